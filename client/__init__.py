@@ -1,0 +1,45 @@
+"""Client for the movierec TorchServe deployment: inference, batch scoring, versions and A/B tests."""
+
+from client.ab import ABRouter, ArmStats, Decision, decide, evaluate
+from client.api import (
+    AuthError,
+    ConfigError,
+    Endpoints,
+    MovieRecClient,
+    MovieRecError,
+    NotFound,
+    ServerError,
+    ServerUnreachable,
+)
+from client.scoring import (
+    BatchSettings,
+    InputError,
+    ScoreSummary,
+    score_csv,
+    score_file,
+)
+from client.versions import list_versions, promote, rollback
+
+__all__ = [
+    "ABRouter",
+    "ArmStats",
+    "AuthError",
+    "BatchSettings",
+    "ConfigError",
+    "Decision",
+    "Endpoints",
+    "InputError",
+    "MovieRecClient",
+    "MovieRecError",
+    "NotFound",
+    "ScoreSummary",
+    "ServerError",
+    "ServerUnreachable",
+    "decide",
+    "evaluate",
+    "list_versions",
+    "promote",
+    "rollback",
+    "score_csv",
+    "score_file",
+]

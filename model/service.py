@@ -1,0 +1,288 @@
+"""The JSON request protocol: parse a batch of request bodies, score them together, render answers.
+
+Request shapes (raw IDs are ints or strings and are echoed as given):
+    {"user_id": U, "movie_id": M}                          one rating
+    {"instances": [{"user_id": U, "movie_id": M}, ...]}    many ratings; a bad item fails alone
+    {"user_id": U, "top_k": K, "exclude_rated": true}      top-K recommendations
+Every answer is a compact JSON object carrying "model_version"; errors are {"error": "..."}
+with a 4xx status. One bad request never affects the others in its batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+
+from model.core import Recommender
+
+MAX_INSTANCES = 20_000
+MAX_TOP_K = 100
+DEFAULT_TOP_K = 10
+
+PAIR_FIELDS = frozenset(("user_id", "movie_id"))
+RECOMMEND_FIELDS = frozenset(("user_id", "top_k", "exclude_rated"))
+BATCH_FIELDS = frozenset(("instances",))
+
+REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 413: "Payload Too Large", 500: "Internal Server Error"}
+
+
+class RequestError(Exception):
+    """A request the service refuses, with the HTTP status to send."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Reply:
+    """One answer: HTTP status and a serialized JSON body."""
+
+    status: int
+    body: bytes
+
+    @property
+    def reason(self) -> str:
+        """The HTTP reason phrase for the status."""
+        return REASONS.get(self.status, "Error")
+
+
+@dataclass
+class Job:
+    """One parsed request and, after inference, its results."""
+
+    kind: str  # "pair" | "instances" | "recommend" | "error"
+    items: list = field(default_factory=list)  # (user_raw, movie_raw) or None per item
+    errors: dict[int, str] = field(default_factory=dict)  # item index -> per-item error
+    user_rows: np.ndarray | None = None
+    movie_rows: np.ndarray | None = None
+    start: int = 0  # offset of this job's pairs in the batch-wide arrays
+    top_k: int = DEFAULT_TOP_K
+    exclude_rated: bool = True
+    error: RequestError | None = None
+    result: object = None
+
+
+def _is_id(value: object) -> bool:
+    return type(value) is int or (type(value) is str and value != "")
+
+
+def _id_problem(name: str, value: object) -> str:
+    if value is None:
+        return f"missing field '{name}'"
+    return f"'{name}' must be an integer or a non-empty string, got {type(value).__name__} {value!r:.40}"
+
+
+def _check_fields(obj: dict, allowed: frozenset, where: str = "") -> None:
+    extra = sorted(set(obj) - allowed)
+    if extra:
+        raise RequestError(400, f"{where}unknown field '{extra[0]}' (allowed: {', '.join(sorted(allowed))})")
+
+
+class RatingService:
+    """Turns a batch of raw request bodies into replies, scoring every pair in one forward pass."""
+
+    def __init__(
+        self,
+        recommender: Recommender,
+        model_version: str,
+        max_instances: int = MAX_INSTANCES,
+        max_top_k: int = MAX_TOP_K,
+    ):
+        self.rec = recommender
+        self.users = recommender.artifact.users
+        self.movies = recommender.artifact.movies
+        self.titles = recommender.artifact.titles
+        self.model_version = model_version
+        self.max_instances = max_instances
+        self.max_top_k = max_top_k
+
+    def handle_batch(self, bodies: list[object]) -> list[Reply]:
+        """Answer every request body of a batch; never raises for a bad request."""
+        jobs = self.parse(bodies)
+        self.infer(jobs)
+        return self.render(jobs)
+
+    # -- parse -------------------------------------------------------------------------------------
+
+    def parse(self, bodies: list[object]) -> list[Job]:
+        """Decode and validate each body into a Job; a bad body becomes an error Job."""
+        jobs = []
+        for body in bodies:
+            try:
+                jobs.append(self._parse_one(body))
+            except RequestError as exc:
+                jobs.append(Job("error", error=exc))
+        return jobs
+
+    def _parse_one(self, body: object) -> Job:
+        if isinstance(body, (bytes, bytearray, memoryview, str)):
+            if not body or (isinstance(body, str) and not body.strip()):
+                raise RequestError(400, "empty request body; send a JSON object")
+            try:
+                body = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise RequestError(400, f"request body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise RequestError(400, f"request body must be a JSON object, got {type(body).__name__}")
+        if "instances" in body:
+            _check_fields(body, BATCH_FIELDS)
+            return self._parse_instances(body["instances"])
+        if "top_k" in body or ("user_id" in body and "movie_id" not in body and "exclude_rated" in body):
+            _check_fields(body, RECOMMEND_FIELDS)
+            return self._parse_recommend(body)
+        _check_fields(body, PAIR_FIELDS)
+        user, movie = body.get("user_id"), body.get("movie_id")
+        for name, value in (("user_id", user), ("movie_id", movie)):
+            if not _is_id(value):
+                hint = " (or 'top_k' for recommendations, or 'instances' for many pairs)" if value is None else ""
+                raise RequestError(400, _id_problem(name, value) + hint)
+        job = Job("pair", items=[(user, movie)])
+        self._map_items(job)
+        if job.errors:
+            raise RequestError(404, job.errors[0])
+        return job
+
+    def _parse_instances(self, instances: object) -> Job:
+        if not isinstance(instances, list):
+            raise RequestError(400, f"'instances' must be a list of {{user_id, movie_id}} objects, got {type(instances).__name__}")
+        if len(instances) > self.max_instances:
+            raise RequestError(413, f"too many instances: {len(instances)} > {self.max_instances}; split the request")
+        job = Job("instances")
+        items, errors = job.items, job.errors
+        for i, item in enumerate(instances):
+            # Fast path first: a well-formed item costs two lookups and two type checks.
+            if type(item) is dict and len(item) == 2:
+                user, movie = item.get("user_id"), item.get("movie_id")
+                if _is_id(user) and _is_id(movie):
+                    items.append((user, movie))
+                    continue
+            items.append(None)
+            errors[i] = self._item_problem(item)
+        self._map_items(job)
+        return job
+
+    @staticmethod
+    def _item_problem(item: object) -> str:
+        if not isinstance(item, dict):
+            return f"instance must be an object with user_id and movie_id, got {type(item).__name__}"
+        try:
+            _check_fields(item, PAIR_FIELDS)
+        except RequestError as exc:
+            return str(exc)
+        for name in ("user_id", "movie_id"):
+            if not _is_id(item.get(name)):
+                return _id_problem(name, item.get(name))
+        return "invalid instance"
+
+    def _map_items(self, job: Job) -> None:
+        """Fill the job's row arrays; unknown IDs become per-item errors."""
+        ulook, mlook = self.users.get, self.movies.get
+        n = len(job.items)
+        urows = np.full(n, -1, dtype=np.int64)
+        mrows = np.full(n, -1, dtype=np.int64)
+        for i, pair in enumerate(job.items):
+            if pair is None:
+                continue
+            u, m = ulook(pair[0]), mlook(pair[1])
+            if u < 0 or m < 0:
+                job.errors[i] = f"unknown user_id {pair[0]}" if u < 0 else f"unknown movie_id {pair[1]}"
+                continue
+            urows[i], mrows[i] = u, m
+        job.user_rows, job.movie_rows = urows, mrows
+
+    def _parse_recommend(self, body: dict) -> Job:
+        user = body.get("user_id")
+        if not _is_id(user):
+            raise RequestError(400, _id_problem("user_id", user))
+        top_k = body.get("top_k", DEFAULT_TOP_K)
+        if type(top_k) is not int or not 1 <= top_k <= self.max_top_k:
+            raise RequestError(400, f"'top_k' must be an integer from 1 to {self.max_top_k}, got {top_k!r:.40}")
+        exclude = body.get("exclude_rated", True)
+        if type(exclude) is not bool:
+            raise RequestError(400, f"'exclude_rated' must be true or false, got {exclude!r:.40}")
+        row = self.users.get(user)
+        if row < 0:
+            raise RequestError(404, f"unknown user_id {user}")
+        return Job("recommend", items=[(user, None)], user_rows=np.array([row]), top_k=top_k, exclude_rated=exclude)
+
+    # -- infer -------------------------------------------------------------------------------------
+
+    def infer(self, jobs: list[Job]) -> None:
+        """One forward pass for all pairs of all requests; top-K per recommendation request."""
+        scored = [j for j in jobs if j.kind in ("pair", "instances")]
+        offset = 0
+        for job in scored:
+            job.start = offset
+            offset += len(job.items)
+        if scored:
+            urows = np.concatenate([j.user_rows for j in scored])
+            mrows = np.concatenate([j.movie_rows for j in scored])
+            known = urows >= 0
+            ratings = np.full(len(urows), np.nan, dtype=np.float32)
+            ratings[known] = self.rec.predict(urows[known], mrows[known])
+            # Four decimals is far below the model's error and keeps answers short.
+            rounded = np.round(ratings.astype(np.float64), 4).tolist()
+            for job in scored:
+                job.result = rounded[job.start : job.start + len(job.items)]
+        for job in jobs:
+            if job.kind == "recommend":
+                job.result = self.rec.recommend(int(job.user_rows[0]), job.top_k, job.exclude_rated)
+
+    # -- render ------------------------------------------------------------------------------------
+
+    def render(self, jobs: list[Job]) -> list[Reply]:
+        """Serialize each job's answer as compact JSON."""
+        version = self.model_version
+        replies = []
+        for job in jobs:
+            if job.kind == "error":
+                body = {"error": str(job.error), "model_version": version}
+                replies.append(Reply(job.error.status, orjson.dumps(body)))
+            elif job.kind == "pair":
+                user, movie = job.items[0]
+                body = {"user_id": user, "movie_id": movie, "rating": job.result[0], "model_version": version}
+                replies.append(Reply(200, orjson.dumps(body)))
+            elif job.kind == "instances":
+                replies.append(Reply(200, orjson.dumps({"predictions": self._predictions(job), "model_version": version})))
+            else:
+                rows, scores = job.result
+                titles, movie_id = self.titles, self.movies.id_of
+                recs = [
+                    {"movie_id": _echo_id(movie_id(r)), "title": titles[r], "score": round(s, 4)}
+                    for r, s in zip(rows.tolist(), scores.tolist())
+                ]
+                body = {"user_id": job.items[0][0], "recommendations": recs, "model_version": version}
+                replies.append(Reply(200, orjson.dumps(body)))
+        return replies
+
+    @staticmethod
+    def _predictions(job: Job) -> list[dict]:
+        out = []
+        errors = job.errors
+        for i, (pair, rating) in enumerate(zip(job.items, job.result)):
+            if i in errors:
+                item = {"error": errors[i]}
+                if pair is not None:
+                    item = {"user_id": pair[0], "movie_id": pair[1], "error": errors[i]}
+                out.append(item)
+            else:
+                out.append({"user_id": pair[0], "movie_id": pair[1], "rating": rating})
+        return out
+
+
+def _echo_id(raw: str) -> int | str:
+    """Movie IDs from the catalogue: numeric ones are sent as JSON numbers, like users send them."""
+    return int(raw) if raw.isdigit() and str(int(raw)) == raw else raw
+
+
+def error_reply(status: int, message: str, model_version: str) -> Reply:
+    """A JSON error reply outside normal parsing (e.g. an unexpected failure)."""
+    return Reply(status, orjson.dumps({"error": message, "model_version": version_or_unknown(model_version)}))
+
+
+def version_or_unknown(version: str | None) -> str:
+    """The model version to report, even before the model loaded."""
+    return version or "unknown"
