@@ -9,7 +9,6 @@ Defaults were tuned on a validation slice of MovieLens 100K (see README, "Traini
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time

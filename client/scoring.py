@@ -358,33 +358,25 @@ def score_csv(
             "predictions"
         ]
 
+    def run() -> ScoreSummary:
+        return score_file(
+            input_path,
+            output_path,
+            score_chunk,
+            chunk_size=chunk_size,
+            concurrency=concurrency,
+            resume=resume,
+            progress=progress,
+        )
+
     if not manage:
-        return score_file(
-            input_path,
-            output_path,
-            score_chunk,
-            chunk_size=chunk_size,
-            concurrency=concurrency,
-            resume=resume,
-            progress=progress,
-        )
-    client.scale(version, settings.workers, model=batch_model)
+        return run()
     try:
-        return score_file(
-            input_path,
-            output_path,
-            score_chunk,
-            chunk_size=chunk_size,
-            concurrency=concurrency,
-            resume=resume,
-            progress=progress,
-        )
+        client.scale(version, settings.workers, model=batch_model)
+        return run()
     finally:
-        # Runs on errors and Ctrl-C too: idle bulk workers would only hold memory.
+        # Runs on errors and Ctrl-C too (even during scale-up): idle bulk workers only hold memory.
         try:
             client.scale(version, settings.idle_workers, model=batch_model)
         except MovieRecError as exc:
-            print(
-                f"warning: could not scale {batch_model}/{version} back down: {exc}",
-                file=sys.stderr,
-            )
+            print(f"warning: could not scale {batch_model}/{version} back down: {exc}", file=sys.stderr)

@@ -41,7 +41,8 @@ class IdIndex:
                 continue
             if str(as_int) == raw:
                 lookup[as_int] = row
-        self._lookup = lookup
+        # Public for the serving hot path: keys are each ID's str spelling and, if numeric, its int.
+        self.lookup = lookup
 
     @classmethod
     def from_ids(cls, raw_ids: Iterable[object]) -> IdIndex:
@@ -54,9 +55,9 @@ class IdIndex:
     def get(self, raw: object, default: int = -1) -> int:
         """Row of one raw ID (int or str), or `default` when unknown. Callers reject bools first."""
         if type(raw) is str:
-            row = self._lookup.get(raw, -1)
-            return row if row >= 0 else self._lookup.get(raw.strip(), default)
-        return self._lookup.get(raw, default) if type(raw) is int else default
+            row = self.lookup.get(raw, -1)
+            return row if row >= 0 else self.lookup.get(raw.strip(), default)
+        return self.lookup.get(raw, default) if type(raw) is int else default
 
     def rows(self, raw_ids: Iterable[object]) -> np.ndarray:
         """Rows of many raw IDs as int64, -1 where unknown."""

@@ -54,7 +54,7 @@ class Job:
     """One parsed request and, after inference, its results."""
 
     kind: str  # "pair" | "instances" | "recommend" | "error"
-    items: list = field(default_factory=list)  # (user_raw, movie_raw) or None per item
+    items: list = field(default_factory=list)  # the request's own objects, answered in place
     errors: dict[int, str] = field(default_factory=dict)  # item index -> per-item error
     user_rows: np.ndarray | None = None
     movie_rows: np.ndarray | None = None
@@ -139,59 +139,59 @@ class RatingService:
             if not _is_id(value):
                 hint = " (or 'top_k' for recommendations, or 'instances' for many pairs)" if value is None else ""
                 raise RequestError(400, _id_problem(name, value) + hint)
-        job = Job("pair", items=[(user, movie)])
-        self._map_items(job)
-        if job.errors:
-            raise RequestError(404, job.errors[0])
-        return job
+        u, m, problem = self._slow_item(body)
+        if problem:
+            raise RequestError(404, problem)
+        return Job("pair", items=[body], user_rows=np.array([u]), movie_rows=np.array([m]))
 
     def _parse_instances(self, instances: object) -> Job:
         if not isinstance(instances, list):
-            raise RequestError(400, f"'instances' must be a list of {{user_id, movie_id}} objects, got {type(instances).__name__}")
+            raise RequestError(
+                400, f"'instances' must be a list of {{user_id, movie_id}} objects, got {type(instances).__name__}"
+            )
         if len(instances) > self.max_instances:
             raise RequestError(413, f"too many instances: {len(instances)} > {self.max_instances}; split the request")
-        job = Job("instances")
-        items, errors = job.items, job.errors
+        ulook, mlook = self.users.lookup.get, self.movies.lookup.get
+        urows, mrows, errors = [], [], {}
         for i, item in enumerate(instances):
-            # Fast path first: a well-formed item costs two lookups and two type checks.
+            # Hot path, kept inline: a well-formed known pair costs two type checks and two dict lookups.
             if type(item) is dict and len(item) == 2:
                 user, movie = item.get("user_id"), item.get("movie_id")
-                if _is_id(user) and _is_id(movie):
-                    items.append((user, movie))
-                    continue
-            items.append(None)
-            errors[i] = self._item_problem(item)
-        self._map_items(job)
-        return job
+                tu, tm = type(user), type(movie)
+                if (tu is int or tu is str) and (tm is int or tm is str):
+                    u, m = ulook(user, -1), mlook(movie, -1)
+                    if u >= 0 and m >= 0:
+                        urows.append(u)
+                        mrows.append(m)
+                        continue
+            u, m, problem = self._slow_item(item)
+            urows.append(u)
+            mrows.append(m)
+            if problem:
+                errors[i] = problem
+        return Job(
+            "instances", items=instances, errors=errors,
+            user_rows=np.array(urows, dtype=np.int64), movie_rows=np.array(mrows, dtype=np.int64),
+        )
 
-    @staticmethod
-    def _item_problem(item: object) -> str:
+    def _slow_item(self, item: object) -> tuple[int, int, str | None]:
+        """Rows of an item the hot path did not take, or the reason it cannot be scored."""
         if not isinstance(item, dict):
-            return f"instance must be an object with user_id and movie_id, got {type(item).__name__}"
+            return -1, -1, f"instance must be an object with user_id and movie_id, got {type(item).__name__}"
         try:
             _check_fields(item, PAIR_FIELDS)
         except RequestError as exc:
-            return str(exc)
-        for name in ("user_id", "movie_id"):
-            if not _is_id(item.get(name)):
-                return _id_problem(name, item.get(name))
-        return "invalid instance"
-
-    def _map_items(self, job: Job) -> None:
-        """Fill the job's row arrays; unknown IDs become per-item errors."""
-        ulook, mlook = self.users.get, self.movies.get
-        n = len(job.items)
-        urows = np.full(n, -1, dtype=np.int64)
-        mrows = np.full(n, -1, dtype=np.int64)
-        for i, pair in enumerate(job.items):
-            if pair is None:
-                continue
-            u, m = ulook(pair[0]), mlook(pair[1])
-            if u < 0 or m < 0:
-                job.errors[i] = f"unknown user_id {pair[0]}" if u < 0 else f"unknown movie_id {pair[1]}"
-                continue
-            urows[i], mrows[i] = u, m
-        job.user_rows, job.movie_rows = urows, mrows
+            return -1, -1, str(exc)
+        user, movie = item.get("user_id"), item.get("movie_id")
+        for name, value in (("user_id", user), ("movie_id", movie)):
+            if not _is_id(value):
+                return -1, -1, _id_problem(name, value)
+        u, m = self.users.get(user), self.movies.get(movie)
+        if u < 0:
+            return -1, -1, f"unknown user_id {user}"
+        if m < 0:
+            return -1, -1, f"unknown movie_id {movie}"
+        return u, m, None
 
     def _parse_recommend(self, body: dict) -> Job:
         user = body.get("user_id")
@@ -206,7 +206,7 @@ class RatingService:
         row = self.users.get(user)
         if row < 0:
             raise RequestError(404, f"unknown user_id {user}")
-        return Job("recommend", items=[(user, None)], user_rows=np.array([row]), top_k=top_k, exclude_rated=exclude)
+        return Job("recommend", items=[body], user_rows=np.array([row]), top_k=top_k, exclude_rated=exclude)
 
     # -- infer -------------------------------------------------------------------------------------
 
@@ -242,8 +242,9 @@ class RatingService:
                 body = {"error": str(job.error), "model_version": version}
                 replies.append(Reply(job.error.status, orjson.dumps(body)))
             elif job.kind == "pair":
-                user, movie = job.items[0]
-                body = {"user_id": user, "movie_id": movie, "rating": job.result[0], "model_version": version}
+                pair = job.items[0]
+                body = {"user_id": pair["user_id"], "movie_id": pair["movie_id"], "rating": job.result[0],
+                        "model_version": version}
                 replies.append(Reply(200, orjson.dumps(body)))
             elif job.kind == "instances":
                 replies.append(Reply(200, orjson.dumps({"predictions": self._predictions(job), "model_version": version})))
@@ -254,23 +255,25 @@ class RatingService:
                     {"movie_id": _echo_id(movie_id(r)), "title": titles[r], "score": round(s, 4)}
                     for r, s in zip(rows.tolist(), scores.tolist())
                 ]
-                body = {"user_id": job.items[0][0], "recommendations": recs, "model_version": version}
+                body = {"user_id": job.items[0]["user_id"], "recommendations": recs, "model_version": version}
                 replies.append(Reply(200, orjson.dumps(body)))
         return replies
 
     @staticmethod
-    def _predictions(job: Job) -> list[dict]:
-        out = []
-        errors = job.errors
-        for i, (pair, rating) in enumerate(zip(job.items, job.result)):
+    def _predictions(job: Job) -> list:
+        """The instances list, answered in place: each good item gains "rating", a bad one becomes its error."""
+        items, errors = job.items, job.errors
+        if not errors:
+            for item, rating in zip(items, job.result):
+                item["rating"] = rating
+            return items
+        for i, (item, rating) in enumerate(zip(items, job.result)):
             if i in errors:
-                item = {"error": errors[i]}
-                if pair is not None:
-                    item = {"user_id": pair[0], "movie_id": pair[1], "error": errors[i]}
-                out.append(item)
+                echo = {k: item[k] for k in ("user_id", "movie_id") if _is_id(item.get(k))} if type(item) is dict else {}
+                items[i] = {**echo, "error": errors[i]}
             else:
-                out.append({"user_id": pair[0], "movie_id": pair[1], "rating": rating})
-        return out
+                item["rating"] = rating
+        return items
 
 
 def _echo_id(raw: str) -> int | str:
@@ -278,11 +281,6 @@ def _echo_id(raw: str) -> int | str:
     return int(raw) if raw.isdigit() and str(int(raw)) == raw else raw
 
 
-def error_reply(status: int, message: str, model_version: str) -> Reply:
+def error_reply(status: int, message: str, model_version: str | None) -> Reply:
     """A JSON error reply outside normal parsing (e.g. an unexpected failure)."""
-    return Reply(status, orjson.dumps({"error": message, "model_version": version_or_unknown(model_version)}))
-
-
-def version_or_unknown(version: str | None) -> str:
-    """The model version to report, even before the model loaded."""
-    return version or "unknown"
+    return Reply(status, orjson.dumps({"error": message, "model_version": model_version or "unknown"}))

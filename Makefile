@@ -1,0 +1,108 @@
+# movierec: train -> archive -> serve -> operate. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+VERSION ?= 1.0
+ARTIFACTS ?= artifacts/v$(VERSION)
+TRAIN_ARGS ?=
+MODEL_STORE ?= model_store
+RUN_DIR ?= run
+INFERENCE_PORT ?= 8080
+MANAGEMENT_PORT ?= 8081
+METRICS_PORT ?= 8082
+GRPC_INFERENCE_PORT ?= 7070
+GRPC_MANAGEMENT_PORT ?= 7071
+MODELS ?= movierec=movierec-$(VERSION).mar
+USER_ID ?= 196
+MOVIE_ID ?= 242
+TOP_K ?= 10
+PYTEST_ARGS ?=
+
+MAR := $(MODEL_STORE)/movierec-$(VERSION).mar
+SERVE_PORTS := --inference-port $(INFERENCE_PORT) --management-port $(MANAGEMENT_PORT) \
+	--metrics-port $(METRICS_PORT) --grpc-inference-port $(GRPC_INFERENCE_PORT) \
+	--grpc-management-port $(GRPC_MANAGEMENT_PORT)
+CLIENT := $(PY) -m client --inference-url http://127.0.0.1:$(INFERENCE_PORT) \
+	--management-url http://127.0.0.1:$(MANAGEMENT_PORT) --key-file $(RUN_DIR)/key_file.json
+ARTIFACT_FILES := model.pt users.json movies.json titles.json rated.npz metadata.json
+
+.PHONY: help install data train mar serve stop status predict recommend demo test test-fast lint bench clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  variables: VERSION=$(VERSION) ARTIFACTS=$(ARTIFACTS) TRAIN_ARGS='...' RUN_DIR=$(RUN_DIR)"
+	@echo "             INFERENCE_PORT=$(INFERENCE_PORT) MANAGEMENT_PORT=$(MANAGEMENT_PORT) METRICS_PORT=$(METRICS_PORT)"
+
+install: $(STAMP) ## create .venv with the pinned dependencies (requirements.txt)
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+data: $(STAMP) ## download MovieLens 100K (from the recbole 1.2.1 wheel) into the user cache
+	$(PY) -c "from model.data import default_dataset; print(*default_dataset(), sep='\n')"
+
+train: $(STAMP) ## train and export an artifact: make train [ARTIFACTS=dir] [TRAIN_ARGS='--epochs 5 ...']
+	$(PY) train.py --out $(ARTIFACTS) $(TRAIN_ARGS)
+
+$(ARTIFACTS)/metadata.json:
+	$(MAKE) train ARTIFACTS=$(ARTIFACTS) TRAIN_ARGS='$(TRAIN_ARGS)'
+
+mar: $(STAMP) ## build model_store/movierec-VERSION.mar from ARTIFACTS: make mar [VERSION=2.0] [ARTIFACTS=dir]
+	@test -f $(ARTIFACTS)/metadata.json || { echo "no artifact in $(ARTIFACTS): run 'make train ARTIFACTS=$(ARTIFACTS)'" >&2; exit 2; }
+	$(PY) -c "from model.artifact import load_artifact; load_artifact('$(ARTIFACTS)')"
+	rm -rf build/mar-$(VERSION)
+	mkdir -p build/mar-$(VERSION)/extra/model build/mar-$(VERSION)/extra/artifact $(MODEL_STORE)
+	cp model/*.py build/mar-$(VERSION)/extra/model/
+	cp $(addprefix $(ARTIFACTS)/,$(ARTIFACT_FILES)) build/mar-$(VERSION)/extra/artifact/
+	$(VENV)/bin/torch-model-archiver --model-name movierec --version $(VERSION) \
+		--handler handler/movierec_handler.py --extra-files build/mar-$(VERSION)/extra \
+		--config-file handler/model-config.yaml --export-path build/mar-$(VERSION) --force
+	mv build/mar-$(VERSION)/movierec.mar $(MAR)
+	@echo "wrote $(MAR)"
+
+serve: $(STAMP) ## start TorchServe in the background with config.properties and wait until ready
+	$(PY) serve.py start --run-dir $(RUN_DIR) --model-store $(MODEL_STORE) $(if $(MODELS),--models $(MODELS)) $(SERVE_PORTS)
+
+stop: ## stop TorchServe (no process left behind)
+	@if [ -x $(PY) ]; then $(PY) serve.py stop --run-dir $(RUN_DIR); fi
+
+status: ## show whether TorchServe runs and which models it serves
+	$(PY) serve.py status --run-dir $(RUN_DIR)
+
+predict: ## sample rating request: make predict [USER_ID=196 MOVIE_ID=242]
+	$(CLIENT) predict --user $(USER_ID) --movie $(MOVIE_ID)
+
+recommend: ## sample top-K request: make recommend [USER_ID=196 TOP_K=10]
+	$(CLIENT) recommend --user $(USER_ID) --top-k $(TOP_K)
+
+demo: $(STAMP) ## the main job: train (or reuse ARTIFACTS), build the .mar, serve, answer requests
+	$(MAKE) --no-print-directory $(ARTIFACTS)/metadata.json
+	$(MAKE) --no-print-directory mar
+	$(MAKE) --no-print-directory serve
+	$(MAKE) --no-print-directory predict
+	$(MAKE) --no-print-directory recommend
+	@echo "TorchServe is running (inference http://127.0.0.1:$(INFERENCE_PORT)); 'make stop' stops it."
+
+test: $(STAMP) ## all tests, including real-TorchServe integration tests
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## unit tests only (seconds)
+	$(PY) -m pytest -q -m "not integration and not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff check + format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: $(STAMP) ## measure in-process vs served throughput and latency; writes BENCHMARKS.md
+	$(PY) bench/bench.py --artifacts $(ARTIFACTS) --out BENCHMARKS.md
+
+clean: stop ## remove build outputs, archives, run state (keeps .venv and the data cache)
+	rm -rf build $(MODEL_STORE) $(RUN_DIR) artifacts
