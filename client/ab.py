@@ -108,7 +108,7 @@ class ArmStats:
     def add_error(self, text: str) -> None:
         """Count one failed row and keep a few messages to show."""
         self.row_errors += 1
-        if len(self.error_examples) < 3:
+        if len(self.error_examples) < 3 and text not in self.error_examples:
             self.error_examples.append(text)
 
     @property

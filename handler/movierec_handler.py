@@ -41,7 +41,7 @@ class MovierecHandler:
         model_dir = props["model_dir"]
         started = time.perf_counter()
         artifact = load_artifact(os.path.join(model_dir, "artifact"), map_location=device)
-        recommender = Recommender(artifact, device=device)
+        recommender = Recommender(artifact, device=device, min_movie_ratings=int(options.get("min_movie_ratings", 0)))
         self.service = RatingService(
             recommender,
             model_version=self.model_version,

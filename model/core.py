@@ -13,7 +13,7 @@ PARITY_TOL = 1e-4
 class Recommender:
     """Scores (user row, movie row) pairs and ranks movies for a user, on one device."""
 
-    def __init__(self, artifact: Artifact, device: str | torch.device = "cpu"):
+    def __init__(self, artifact: Artifact, device: str | torch.device = "cpu", min_movie_ratings: int = 0):
         self.artifact = artifact
         self.device = torch.device(device)
         self.module = artifact.module.to(self.device).eval()
@@ -32,6 +32,12 @@ class Recommender:
             self._movie_logit = (w["mb.weight"][:, 0] + w["lin2.bias"][0]).contiguous()
             self._w_out = w["lin2.weight"][0].contiguous()
         self.parity = self._check_parity()
+        # Movies with only a handful of ratings get extreme learned biases and would top every list
+        # ("Santa with Muscles", 1 rating); recommendations skip them, rating predictions do not.
+        counts = np.bincount(artifact.rated_indices, minlength=len(artifact.movies))
+        self.min_movie_ratings = min_movie_ratings
+        self._rare = torch.from_numpy(counts < min_movie_ratings).to(self.device)
+        self._n_eligible = int((counts >= min_movie_ratings).sum())
 
     def _check_parity(self, n: int = 4096) -> float:
         """Max |factorised - TorchScript| over random pairs; the factorised path is only used if tiny."""
@@ -76,10 +82,12 @@ class Recommender:
         """Top-k movie rows and predicted ratings for one user, best first."""
         hidden = torch.relu(self._movie_part + self._user_part[user_row])
         logit = hidden @ self._w_out + self._movie_logit + self._user_logit[user_row]
+        logit.masked_fill_(self._rare, float("-inf"))
+        available = self._n_eligible
         if exclude_rated:
             rated = torch.from_numpy(self.artifact.rated_by(user_row).astype(np.int64)).to(self.device)
+            available -= int((~self._rare[rated]).sum())
             logit[rated] = float("-inf")
-            k = min(k, len(logit) - len(rated))
         # The sigmoid is monotonic, so rank on logits and scale only the winners.
-        best = torch.topk(logit, min(k, len(logit)))
+        best = torch.topk(logit, max(0, min(k, available)))
         return best.indices.cpu().numpy(), self._scale(best.values).float().cpu().numpy()

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+import serve
 import train
 from tests.synth import write_ratings
 
+REPO = Path(__file__).resolve().parent.parent
 TINY_TRAIN_ARGS = ["--epochs", "6", "--batch-size", "64", "--n-factors", "8", "--nh", "16", "--lr", "1e-2",
                    "--wd", "0.01", "--p1", "0.05", "--p2", "0.1", "--seed", "1", "--quiet", "--threads", "1"]
 
@@ -26,3 +30,42 @@ def tiny_artifact(tmp_path_factory, synth_data) -> Path:
     ratings, movies = synth_data
     assert train.main(["--ratings", str(ratings), "--movies", str(movies), "--out", str(out), *TINY_TRAIN_ARGS]) == 0
     return out
+
+
+def build_mar(artifact: Path, version: str, store: Path) -> Path:
+    """Build movierec-VERSION.mar with the Makefile, exactly as users do."""
+    cmd = ["make", "--no-print-directory", "mar", f"ARTIFACTS={artifact}", f"VERSION={version}",
+           f"MODEL_STORE={store}", f"PY={sys.executable}", f"VENV={Path(sys.executable).parent.parent}"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return store / f"movierec-{version}.mar"
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact_b(tmp_path_factory, synth_data) -> Path:
+    """A second, different model of the same data (for A/B tests): other seed and width."""
+    out = tmp_path_factory.mktemp("artifact") / "v2"
+    ratings, movies = synth_data
+    args = [*TINY_TRAIN_ARGS[:-6], "--seed", "2", "--quiet", "--threads", "1"]
+    args[args.index("--nh") + 1] = "24"
+    assert train.main(["--ratings", str(ratings), "--movies", str(movies), "--out", str(out), *args]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory, tiny_artifact, tiny_artifact_b) -> Path:
+    """A model store holding movierec-1.0.mar and movierec-2.0.mar built by `make mar`."""
+    store = tmp_path_factory.mktemp("model_store")
+    build_mar(tiny_artifact, "1.0", store)
+    build_mar(tiny_artifact_b, "2.0", store)
+    return store
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, model_store):
+    """A real TorchServe on free loopback ports serving movierec 1.0 (default) and 2.0."""
+    run_dir = tmp_path_factory.mktemp("run")
+    srv = serve.start(run_dir, model_store, ["movierec=movierec-1.0.mar", "movierec=movierec-2.0.mar"],
+                      ports=serve.Ports.free(), timeout=240)
+    yield srv
+    serve.stop(run_dir)

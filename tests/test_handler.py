@@ -1,0 +1,129 @@
+"""The TorchServe handler with a small fake context: batches of mixed good and bad requests."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from handler.movierec_handler import MovierecHandler
+from model.artifact import load_artifact
+from model.core import Recommender
+
+
+class FakeContext:
+    """The parts of ts.context.Context the handler uses, recording per-request statuses."""
+
+    def __init__(self, model_dir, version="1.0", yaml_config=None):
+        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": 32}
+        self.manifest = {"model": {"modelName": "movierec", "modelVersion": version}}
+        self.model_yaml_config = yaml_config or {}
+        self.statuses: dict[int, tuple[int, str]] = {}
+        self.content_types: dict[int, str] = {}
+
+    def set_response_status(self, code=200, phrase="", idx=0):
+        self.statuses[idx] = (code, phrase)
+
+    def set_response_content_type(self, idx, value):
+        self.content_types[idx] = value
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_artifact, tmp_path_factory):
+    """A directory laid out like an unpacked .mar: artifact/ next to the handler."""
+    d = tmp_path_factory.mktemp("mar")
+    shutil.copytree(tiny_artifact, d / "artifact")
+    return d
+
+
+@pytest.fixture(scope="module")
+def handler(model_dir):
+    h = MovierecHandler()
+    h.initialize(FakeContext(model_dir, yaml_config={"handler": {"max_instances": 50, "max_top_k": 20}}))
+    return h
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_artifact):
+    return Recommender(load_artifact(tiny_artifact))
+
+
+def run(handler, bodies, as_dict=False):
+    """Send a batch the way TorchServe does (raw bytes under "body") and decode the answers."""
+    ctx = FakeContext(".")
+    data = [{"body": b if as_dict else (json.dumps(b).encode() if not isinstance(b, bytes) else b)} for b in bodies]
+    out = handler.handle(data, ctx)
+    assert len(out) == len(bodies)
+    assert all(isinstance(o, bytes) for o in out)
+    assert all(ctx.content_types[i] == "application/json" for i in range(len(bodies)))
+    return [(ctx.statuses.get(i, (200, "OK"))[0], json.loads(o)) for i, o in enumerate(out)]
+
+
+def test_mixed_batch_isolates_bad_requests(handler, reference, tiny_artifact):
+    art = load_artifact(tiny_artifact)
+    u, m = art.users.ids[3], art.movies.ids[7]
+    expected = float(reference.predict_exact(np.array([3]), np.array([7]))[0])
+    answers = run(
+        handler,
+        [
+            {"user_id": int(u), "movie_id": int(m)},
+            b"{not json",
+            {"user_id": u, "movie_id": m},
+            {"user_id": 999999, "movie_id": int(m)},
+            {"user_id": int(u), "top_k": 5},
+            {"user_id": int(u), "top_k": 500},
+            {"instances": [{"user_id": u, "movie_id": m}, {"user_id": "nobody", "movie_id": m}, {"movie_id": m}]},
+        ],
+    )
+    statuses = [s for s, _ in answers]
+    assert statuses == [200, 400, 200, 404, 200, 400, 200]
+    assert answers[0][1]["user_id"] == int(u) and answers[0][1]["rating"] == pytest.approx(expected, abs=1e-4)
+    assert answers[2][1]["user_id"] == u  # the str spelling is echoed as given
+    assert answers[2][1]["rating"] == answers[0][1]["rating"]
+    assert "unknown user_id 999999" in answers[3][1]["error"]
+    assert len(answers[4][1]["recommendations"]) == 5
+    assert "top_k" in answers[5][1]["error"] and "20" in answers[5][1]["error"]  # cap from model-config YAML
+    preds = answers[6][1]["predictions"]
+    assert preds[0]["rating"] == pytest.approx(expected, abs=1e-4)
+    assert preds[1]["error"] == "unknown user_id nobody"
+    assert "movie_id" in preds[2]["error"] or "user_id" in preds[2]["error"]
+    assert all(a["model_version"] == "1.0" for _, a in answers)
+
+
+def test_decoded_bodies_work_too(handler, tiny_artifact):
+    """With decode_input_request=true TorchServe hands over dicts; the answers must not change."""
+    art = load_artifact(tiny_artifact)
+    body = {"user_id": art.users.ids[0], "movie_id": art.movies.ids[0]}
+    raw = run(handler, [body])
+    decoded = run(handler, [dict(body)], as_dict=True)
+    assert raw == decoded
+
+
+def test_instances_cap_from_yaml(handler, tiny_artifact):
+    art = load_artifact(tiny_artifact)
+    items = [{"user_id": art.users.ids[0], "movie_id": art.movies.ids[0]}] * 51
+    [(status, answer)] = run(handler, [{"instances": items}])
+    assert status == 413 and "51 > 50" in answer["error"]
+
+
+def test_unexpected_failure_is_a_json_500_for_the_batch_not_a_crash(model_dir):
+    h = MovierecHandler()
+    h.initialize(FakeContext(model_dir))
+
+    def boom(bodies):
+        raise RuntimeError("bug")
+
+    h.service.handle_batch = boom
+    answers = run(h, [{"user_id": 1, "movie_id": 1}, {"user_id": 2, "movie_id": 2}])
+    assert [s for s, _ in answers] == [500, 500]
+    assert all("internal error" in a["error"] for _, a in answers)
+
+
+def test_mismatched_artifact_fails_to_load_with_a_clear_error(model_dir, tmp_path):
+    bad = tmp_path / "mar"
+    shutil.copytree(model_dir, bad)
+    (bad / "artifact" / "rated.npz").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="rated.npz"):
+        MovierecHandler().initialize(FakeContext(bad))
