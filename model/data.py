@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -137,20 +138,27 @@ def load_ratings(path: str | os.PathLike, scale: tuple[float, float] = DEFAULT_S
     path = Path(path)
     sep, has_header, names = _sniff(path)
     try:
+        # header=None even with a header: the field count then comes from line 1, so a longer row is an
+        # error instead of pandas silently turning the first column into an index and shifting the rest.
         raw = pd.read_csv(
             path,
             sep=sep,
-            header=0 if has_header else None,
+            header=None,
             dtype=str,
             keep_default_na=False,
             encoding="latin-1",
             skipinitialspace=True,
         )
     except pd.errors.ParserError as exc:
+        where = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
+        if where:
+            expected, line, saw = where.groups()
+            raise DataError(f"{path}:{line}: column {saw}: row has {saw} fields, expected {expected}") from None
         raise DataError(f"{path}: malformed row: {str(exc).strip()}") from None
     line0 = 2 if has_header else 1
     if has_header:
-        raw.columns = [str(c).split(":")[0].strip().lower() for c in raw.columns]
+        header, raw = raw.iloc[0], raw.iloc[1:].reset_index(drop=True)
+        raw.columns = [str(c).split(":")[0].strip().lower() for c in header]
         cols = _column_map(path, list(raw.columns))
     else:
         if raw.shape[1] < 3:
@@ -190,7 +198,7 @@ def load_ratings(path: str | os.PathLike, scale: tuple[float, float] = DEFAULT_S
     frame["rating"] = rating.astype(np.float32)
     if "timestamp" in cols:
         ts = pd.to_numeric(column("timestamp").str.strip(), errors="coerce")
-        bad = ts.isna().to_numpy()
+        bad = ts.isna().to_numpy() | ~np.isfinite(ts.to_numpy(dtype=float, na_value=np.nan))
         if bad.any():
             fail(bad, "timestamp", "timestamp is not a number:")
         frame["timestamp"] = ts.astype(np.int64)

@@ -46,8 +46,9 @@ def tiny_artifact_b(tmp_path_factory, synth_data) -> Path:
     """A second, different model of the same data (for A/B tests): other seed and width."""
     out = tmp_path_factory.mktemp("artifact") / "v2"
     ratings, movies = synth_data
-    args = [*TINY_TRAIN_ARGS[:-6], "--seed", "2", "--quiet", "--threads", "1"]
+    args = list(TINY_TRAIN_ARGS)
     args[args.index("--nh") + 1] = "24"
+    args[args.index("--seed") + 1] = "2"
     assert train.main(["--ratings", str(ratings), "--movies", str(movies), "--out", str(out), *args]) == 0
     return out
 

@@ -1,0 +1,247 @@
+"""CSV streaming, in-order chunk writing and resume bookkeeping, with an injected chunk scorer."""
+
+from __future__ import annotations
+
+import csv
+import random
+import threading
+import time
+
+import pytest
+
+from client.api import MovieRecClient, ServerError
+from client.scoring import (
+    BatchSettings,
+    InputError,
+    completed_rows,
+    read_rows,
+    score_csv,
+    score_file,
+)
+
+
+def fake_rating(user_id: str, movie_id: str) -> float:
+    return 1 + (int(user_id) * 7 + int(movie_id)) % 40 / 10
+
+
+def scorer(delay: float = 0.0, fail_after: int | None = None, calls: list | None = None):
+    """A chunk scorer with the server's answer shape: users above 900 are unknown."""
+    lock = threading.Lock()
+    count = [0]
+
+    def score(instances):
+        with lock:
+            count[0] += 1
+            n = count[0]
+            if calls is not None:
+                calls.append([(i["user_id"], i["movie_id"]) for i in instances])
+        if fail_after is not None and n > fail_after:
+            raise ServerError(503, "no worker available")
+        if delay:
+            time.sleep(random.random() * delay)
+        out = []
+        for i in instances:
+            if int(i["user_id"]) > 900:
+                out.append({**i, "error": f"unknown user_id {i['user_id']}"})
+            else:
+                out.append({**i, "rating": fake_rating(i["user_id"], i["movie_id"])})
+        return out
+
+    return score
+
+
+def write_input(path, n: int, seed: int = 0) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    pairs = [(str(rng.randint(1, 1000)), str(rng.randint(1, 1682))) for _ in range(n)]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["user_id", "movie_id", "timestamp"])
+        for i, (u, m) in enumerate(pairs):
+            w.writerow([u, m, i])
+    return pairs
+
+
+def read_output(path) -> list[list[str]]:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["user_id", "movie_id", "rating", "error"]
+    return rows[1:]
+
+
+def test_output_keeps_input_order_under_concurrency(tmp_path):
+    pairs = write_input(tmp_path / "in.csv", 2345)
+    summary = score_file(
+        tmp_path / "in.csv", tmp_path / "out.csv", scorer(delay=0.01), chunk_size=50, concurrency=8, progress=False
+    )
+    rows = read_output(tmp_path / "out.csv")
+    assert [(r[0], r[1]) for r in rows] == pairs
+    bad = [r for r in rows if r[3]]
+    assert all(r[2] == "" and r[3] == f"unknown user_id {r[0]}" for r in bad)
+    assert all(float(r[2]) == fake_rating(r[0], r[1]) for r in rows if not r[3])
+    assert summary.rows_scored == 2345 and summary.rows_with_errors == len(bad) > 0
+    assert summary.rows_skipped == 0 and summary.rows_per_s > 0
+
+
+def test_ids_are_echoed_as_written_and_extra_columns_ignored(tmp_path):
+    (tmp_path / "in.csv").write_text("movie_id,title,user_id\n0242,Kolya,196\n\n50, Star Wars ,7\n")
+    calls: list = []
+    score_file(tmp_path / "in.csv", tmp_path / "out.csv", scorer(calls=calls), progress=False)
+    assert calls == [[("196", "0242"), ("7", "50")]]
+    assert [r[:2] for r in read_output(tmp_path / "out.csv")] == [["196", "0242"], ["7", "50"]]
+
+
+def test_short_rows_get_a_local_error_naming_the_line(tmp_path):
+    (tmp_path / "in.csv").write_text("user_id,movie_id\n1,2\n3\n4,5\n")
+    calls: list = []
+    summary = score_file(tmp_path / "in.csv", tmp_path / "out.csv", scorer(calls=calls), progress=False)
+    rows = read_output(tmp_path / "out.csv")
+    assert rows[1] == ["", "", "", "line 3: missing movie_id"]
+    assert calls == [[("1", "2"), ("4", "5")]] and summary.rows_with_errors == 1
+
+
+def test_bad_header_and_settings_are_refused(tmp_path):
+    (tmp_path / "in.csv").write_text("user,movie_id\n1,2\n")
+    with pytest.raises(InputError, match="lacks column user_id"):
+        score_file(tmp_path / "in.csv", tmp_path / "out.csv", scorer(), progress=False)
+    with pytest.raises(InputError, match="chunk size"):
+        score_file(tmp_path / "in.csv", tmp_path / "out.csv", scorer(), chunk_size=20_001, progress=False)
+    with pytest.raises(InputError, match="same file"):
+        score_file(tmp_path / "in.csv", tmp_path / "in.csv", scorer(), progress=False)
+
+
+def test_wrong_number_of_predictions_stops_the_job(tmp_path):
+    write_input(tmp_path / "in.csv", 10)
+    with pytest.raises(ServerError, match="9 predictions for 10"):
+        score_file(tmp_path / "in.csv", tmp_path / "out.csv", lambda inst: scorer()(inst)[:-1], progress=False)
+
+
+def test_resume_after_failure_loses_and_duplicates_nothing(tmp_path):
+    pairs = write_input(tmp_path / "in.csv", 1000)
+    with pytest.raises(ServerError, match="no worker"):
+        score_file(
+            tmp_path / "in.csv",
+            tmp_path / "out.csv",
+            scorer(delay=0.005, fail_after=7),
+            chunk_size=40,
+            concurrency=3,
+            progress=False,
+        )
+    done = len(read_output(tmp_path / "out.csv"))
+    assert done % 40 == 0 and 0 < done < 1000
+    calls: list = []
+    summary = score_file(
+        tmp_path / "in.csv", tmp_path / "out.csv", scorer(calls=calls), chunk_size=64, resume=True, progress=False
+    )
+    assert summary.rows_skipped == done and summary.rows_scored == 1000 - done
+    assert [p for chunk in calls for p in chunk] == pairs[done:]
+    score_file(tmp_path / "in.csv", tmp_path / "ref.csv", scorer(), progress=False)
+    assert (tmp_path / "out.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()
+
+
+def test_resume_truncates_a_partial_trailing_line(tmp_path):
+    pairs = write_input(tmp_path / "in.csv", 30)
+    score_file(tmp_path / "in.csv", tmp_path / "ref.csv", scorer(), progress=False)
+    full = (tmp_path / "ref.csv").read_bytes()
+    lines = full.splitlines(keepends=True)
+    # Cut in the middle of the 13th data row, as a crash during a write would.
+    (tmp_path / "out.csv").write_bytes(b"".join(lines[:13]) + lines[13][:5])
+    assert completed_rows(tmp_path / "out.csv") == (12, len(b"".join(lines[:13])))
+    summary = score_file(tmp_path / "in.csv", tmp_path / "out.csv", scorer(), resume=True, progress=False)
+    assert summary.rows_skipped == 12 and summary.rows_scored == 18
+    assert (tmp_path / "out.csv").read_bytes() == full
+    assert [tuple(r[:2]) for r in read_output(tmp_path / "out.csv")] == pairs
+
+
+def test_resume_of_a_finished_job_does_nothing(tmp_path):
+    write_input(tmp_path / "in.csv", 25)
+    score_file(tmp_path / "in.csv", tmp_path / "out.csv", scorer(), progress=False)
+    before = (tmp_path / "out.csv").read_bytes()
+    calls: list = []
+    summary = score_file(tmp_path / "in.csv", tmp_path / "out.csv", scorer(calls=calls), resume=True, progress=False)
+    assert summary.rows_scored == 0 and summary.rows_skipped == 25 and calls == []
+    assert (tmp_path / "out.csv").read_bytes() == before
+
+
+def test_resume_without_output_or_with_partial_header_starts_over(tmp_path):
+    write_input(tmp_path / "in.csv", 5)
+    summary = score_file(tmp_path / "in.csv", tmp_path / "out.csv", scorer(), resume=True, progress=False)
+    assert summary.rows_scored == 5
+    (tmp_path / "out2.csv").write_text("user_id,mov")
+    summary = score_file(tmp_path / "in.csv", tmp_path / "out2.csv", scorer(), resume=True, progress=False)
+    assert summary.rows_scored == 5 and len(read_output(tmp_path / "out2.csv")) == 5
+
+
+def test_resume_refuses_a_foreign_output_file(tmp_path):
+    write_input(tmp_path / "in.csv", 5)
+    (tmp_path / "out.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(InputError, match="cannot resume"):
+        score_file(tmp_path / "in.csv", tmp_path / "out.csv", scorer(), resume=True, progress=False)
+
+
+def test_completed_rows_counts_records_with_quoted_newlines(tmp_path):
+    path = tmp_path / "out.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["user_id", "movie_id", "rating", "error"])
+        w.writerow(['a "quoted"\nid', "1", "", "unknown user_id, with comma"])
+        w.writerow(["2", "3", "4.5", ""])
+    complete = path.read_bytes()
+    with open(path, "a", newline="") as f:
+        f.write('"half\nopen')
+    assert completed_rows(path) == (2, len(complete))
+
+
+def test_read_rows_is_lazy(tmp_path):
+    write_input(tmp_path / "in.csv", 100_000)
+    rows = read_rows(tmp_path / "in.csv")
+    first = next(rows)
+    assert first.line == 2 and first.user_id.isdigit()
+    rows.close()
+
+
+class RecordingClient(MovieRecClient):
+    """A client whose management and inference calls are recorded instead of sent."""
+
+    def __init__(self, tmp_path, fail: bool = False) -> None:
+        super().__init__("http://127.0.0.1:9", "http://127.0.0.1:9", tmp_path / "key_file.json")
+        self.calls: list[tuple] = []
+        self.fail = fail
+
+    def default_version(self, model=None):
+        return "1.0"
+
+    def versions(self, model=None):
+        return ["1.0"] if model == "movierec" else []
+
+    def register(self, version, **kw):
+        self.calls.append(("register", version, kw["model"], kw["batch_size"], kw["initial_workers"]))
+
+    def scale(self, version, min_worker, max_worker=None, *, model=None):
+        self.calls.append(("scale", version, min_worker, model))
+
+    def predict_many(self, instances, *, model=None, version=None):
+        if self.fail:
+            raise ServerError(400, "bad request")
+        self.calls.append(("predict", model, version))
+        return {"predictions": scorer()(instances), "model_version": version}
+
+
+def test_score_csv_registers_scales_up_and_back_down(tmp_path):
+    write_input(tmp_path / "in.csv", 10)
+    client = RecordingClient(tmp_path)
+    settings = BatchSettings(batch_size=4, max_batch_delay=5, workers=3, idle_workers=0)
+    score_csv(client, tmp_path / "in.csv", tmp_path / "out.csv", settings=settings, progress=False)
+    assert client.calls == [
+        ("register", "1.0", "movierec-batch", 4, 3),
+        ("scale", "1.0", 3, "movierec-batch"),
+        ("predict", "movierec-batch", "1.0"),
+        ("scale", "1.0", 0, "movierec-batch"),
+    ]
+
+
+def test_score_csv_scales_down_even_when_the_job_fails(tmp_path):
+    write_input(tmp_path / "in.csv", 10)
+    client = RecordingClient(tmp_path, fail=True)
+    with pytest.raises(ServerError):
+        score_csv(client, tmp_path / "in.csv", tmp_path / "out.csv", version="1.0", progress=False)
+    assert client.calls[-1] == ("scale", "1.0", 0, "movierec-batch")
