@@ -218,11 +218,7 @@ def latest_snapshot(run_dir: Path) -> Path | None:
     """The newest snapshot TorchServe wrote under RUN_DIR/logs/config, if any."""
     config_dir = Path(run_dir) / "logs" / "config"
     # Names start with a yyyyMMddHHmmssSSS timestamp, so the lexical maximum is the newest.
-    found = [
-        p
-        for p in config_dir.glob("*.cfg")
-        if p.name.endswith(("-snapshot.cfg", "-shutdown.cfg", "-startup.cfg"))
-    ]
+    found = [p for p in config_dir.glob("*.cfg") if p.name.endswith(("-snapshot.cfg", "-shutdown.cfg", "-startup.cfg"))]
     return max(found, key=lambda p: p.name) if found else None
 
 
@@ -399,10 +395,10 @@ def stop(run_dir: str | Path = "run", timeout: float = 30) -> bool:
     # SIGTERM lets the frontend write its shutdown snapshot and stop its workers itself.
     for proc in frontend or procs:
         _signal(proc, signal.SIGTERM)
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    alive = _wait_gone(procs, timeout)
     for proc in alive:
         _signal(proc, signal.SIGKILL)
-    psutil.wait_procs(alive, timeout=10)
+    _wait_gone(alive, 10)
     # Anything the workers forked is in the same process group.
     for proc in _instance_processes(state):
         _signal(proc, signal.SIGKILL)
@@ -457,6 +453,24 @@ def _instance_processes(state: dict) -> list[psutil.Process]:
         except (ProcessLookupError, psutil.Error):
             continue
     return list(procs.values())
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until the processes have exited; return those still alive at the timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in procs if _alive(p)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.1)
+
+
+def _alive(proc: psutil.Process) -> bool:
+    """Whether a process still runs; a zombie only waits for its parent to reap it."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _signal(proc: psutil.Process, sig: int) -> None:
@@ -514,8 +528,7 @@ def _wait_ready(server: Server, expected: dict[str, list[str]], timeout: float) 
             return
         time.sleep(0.5)
     raise ServeError(
-        f"TorchServe not ready after {timeout:.0f} s, still waiting for {waiting}\n"
-        f"{_log_tail(server.run_dir)}"
+        f"TorchServe not ready after {timeout:.0f} s, still waiting for {waiting}\n" f"{_log_tail(server.run_dir)}"
     )
 
 
@@ -618,9 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "start":
             ports = Ports(*(getattr(args, f) for f in asdict(Ports())))
-            server = start(
-                run_dir, args.model_store, args.models, ports, args.config, args.timeout
-            )
+            server = start(run_dir, args.model_store, args.models, ports, args.config, args.timeout)
             return _print_status(server, run_dir)
         if args.command == "stop":
             print("stopped" if stop(run_dir, args.timeout) else f"not running ({run_dir})")

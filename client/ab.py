@@ -53,11 +53,7 @@ class ABRouter:
 
     def arm(self, user_id: int | str) -> str:
         """'a' or 'b'. Buckets below the cut go to B, so raising percent_b only moves users A -> B."""
-        return (
-            "b"
-            if bucket(user_id, self.salt) < self.percent_b * (BUCKETS // 100)
-            else "a"
-        )
+        return "b" if bucket(user_id, self.salt) < self.percent_b * (BUCKETS // 100) else "a"
 
     def version_for(self, user_id: int | str) -> str:
         """The model version that serves this user."""
@@ -71,14 +67,10 @@ class ABRouter:
     def predict(self, user_id: int | str, movie_id: int | str) -> dict[str, Any]:
         """Predict a rating with the user's arm; the answer carries "arm" and "served_by"."""
         arm = self.arm(user_id)
-        answer = self.client.predict(
-            user_id, movie_id, model=self.model, version=self.versions[arm]
-        )
+        answer = self.client.predict(user_id, movie_id, model=self.model, version=self.versions[arm])
         return self._tag(answer, arm)
 
-    def recommend(
-        self, user_id: int | str, top_k: int = 10, *, exclude_rated: bool = True
-    ) -> dict[str, Any]:
+    def recommend(self, user_id: int | str, top_k: int = 10, *, exclude_rated: bool = True) -> dict[str, Any]:
         """Top-k recommendations from the user's arm; the answer carries "arm" and "served_by"."""
         arm = self.arm(user_id)
         answer = self.client.recommend(
@@ -122,11 +114,7 @@ class ArmStats:
         if self.scored < 2 or self.sum_sq == 0:
             return math.nan
         mean = self.sum_sq / self.scored
-        var = (
-            max(self.sum_sq2 / self.scored - mean * mean, 0.0)
-            * self.scored
-            / (self.scored - 1)
-        )
+        var = max(self.sum_sq2 / self.scored - mean * mean, 0.0) * self.scored / (self.scored - 1)
         return math.sqrt(var / self.scored) / (2 * math.sqrt(mean))
 
     @property
@@ -139,9 +127,7 @@ class ArmStats:
         if not self.latencies_ms:
             return math.nan
         ordered = sorted(self.latencies_ms)
-        return ordered[
-            min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
-        ]
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 @dataclass
@@ -214,9 +200,7 @@ def read_heldout(path: str | os.PathLike[str]) -> Iterator[EvalRow | str]:
         fields = [name.strip() for name in reader.fieldnames or []]
         missing = [c for c in ("user_id", "movie_id", "rating") if c not in fields]
         if missing:
-            raise InputError(
-                f"{path}: line 1: header lacks column {', '.join(missing)}"
-            )
+            raise InputError(f"{path}: line 1: header lacks column {', '.join(missing)}")
         reader.fieldnames = fields
         for rec in reader:
             try:
@@ -249,9 +233,7 @@ def evaluate(
         instances = [{"user_id": r.user_id, "movie_id": r.movie_id} for r in rows]
         t0 = time.perf_counter()
         try:
-            answer: Any = client.predict_many(
-                instances, model=router.model, version=router.versions[arm]
-            )
+            answer: Any = client.predict_many(instances, model=router.model, version=router.versions[arm])
         except MovieRecError as exc:
             answer = exc
         return arm, rows, (time.perf_counter() - t0) * 1000, answer
@@ -272,7 +254,7 @@ def evaluate(
             for _ in rows:
                 s.add_error(f"{len(predictions)} predictions for {len(rows)} instances")
             return
-        for row, p in zip(rows, predictions):
+        for row, p in zip(rows, predictions, strict=False):
             if p.get("rating") is None:
                 s.add_error(p.get("error", "no rating in the answer"))
                 continue
@@ -282,9 +264,7 @@ def evaluate(
             s.sum_sq2 += sq * sq
 
     buffers: dict[str, list[EvalRow]] = {"a": [], "b": []}
-    with ThreadPoolExecutor(
-        max_workers=concurrency, thread_name_prefix="ab-eval"
-    ) as pool:
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ab-eval") as pool:
         futures = []
         for item in read_heldout(heldout_path):
             if isinstance(item, str):
@@ -341,9 +321,7 @@ def plot_report(a: ArmStats, b: ArmStats, path: str | os.PathLike[str]) -> None:
     width = 0.25
     for i, q in enumerate((50, 90, 99)):
         values = [0.0 if math.isnan(s.latency(q)) else s.latency(q) for s in (a, b)]
-        ax_lat.bar(
-            [x + (i - 1) * width for x in range(2)], values, width, label=f"p{q}"
-        )
+        ax_lat.bar([x + (i - 1) * width for x in range(2)], values, width, label=f"p{q}")
     ax_lat.set_xticks(range(2), labels)
     ax_lat.set_title("Latency per request")
     ax_lat.set_ylabel("ms")

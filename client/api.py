@@ -44,9 +44,7 @@ class ServerUnreachable(MovieRecError):
 class ServerError(MovieRecError):
     """The server answered with an error status; carries its message."""
 
-    def __init__(
-        self, status: int, message: str, body: Any = None, url: str = ""
-    ) -> None:
+    def __init__(self, status: int, message: str, body: Any = None, url: str = "") -> None:
         self.status = status
         self.message = message
         self.body = body
@@ -94,17 +92,13 @@ def is_token_rejection(status: int, content: bytes) -> bool:
         return False
     message, body = error_message(status, content)
     kind = body.get("type", "") if isinstance(body, dict) else ""
-    return kind == "InvalidKeyException" or message.startswith(
-        ("Token Authori", "Token Authenti")
-    )
+    return kind == "InvalidKeyException" or message.startswith(("Token Authori", "Token Authenti"))
 
 
 def check_version(version: str) -> str:
     """Validate a model version string and return it."""
     if not _VERSION_RE.match(version) or ".." in version:
-        raise ConfigError(
-            f"bad model version {version!r}: use letters, digits, '.', '_' or '-'"
-        )
+        raise ConfigError(f"bad model version {version!r}: use letters, digits, '.', '_' or '-'")
     return version
 
 
@@ -132,12 +126,8 @@ class Endpoints:
         """Pick each setting from the argument, then the environment, then the default."""
         env = os.environ if env is None else env
         return cls(
-            inference_url=(
-                inference_url or env.get(ENV_INFERENCE_URL) or DEFAULT_INFERENCE_URL
-            ).rstrip("/"),
-            management_url=(
-                management_url or env.get(ENV_MANAGEMENT_URL) or DEFAULT_MANAGEMENT_URL
-            ).rstrip("/"),
+            inference_url=(inference_url or env.get(ENV_INFERENCE_URL) or DEFAULT_INFERENCE_URL).rstrip("/"),
+            management_url=(management_url or env.get(ENV_MANAGEMENT_URL) or DEFAULT_MANAGEMENT_URL).rstrip("/"),
             key_file=Path(key_file or env.get(ENV_KEY_FILE) or DEFAULT_KEY_FILE),
         )
 
@@ -168,11 +158,7 @@ class KeyFile:
             return {}
         try:
             data = orjson.loads(self.path.read_bytes())
-            return {
-                kind: entry["key"]
-                for kind, entry in data.items()
-                if isinstance(entry, dict) and "key" in entry
-            }
+            return {kind: entry["key"] for kind, entry in data.items() if isinstance(entry, dict) and "key" in entry}
         except (OSError, orjson.JSONDecodeError) as exc:
             raise ConfigError(f"cannot read key file {self.path}: {exc}") from exc
 
@@ -244,11 +230,7 @@ class MovieRecClient:
         timeout: float | None = None,
         session: requests.Session | None = None,
     ) -> Any:
-        base = (
-            self.endpoints.inference_url
-            if api == "inference"
-            else self.endpoints.management_url
-        )
+        base = self.endpoints.inference_url if api == "inference" else self.endpoints.management_url
         url = base + path
         data = orjson.dumps(body) if body is not None else None
         session = session or self.session
@@ -269,9 +251,7 @@ class MovieRecClient:
             except requests.ConnectionError as exc:
                 raise ServerUnreachable(f"cannot reach {base}: {exc}") from exc
             except requests.Timeout as exc:
-                raise ServerUnreachable(
-                    f"{method} {url} timed out after {timeout or self.timeout}s"
-                ) from exc
+                raise ServerUnreachable(f"{method} {url} timed out after {timeout or self.timeout}s") from exc
             if attempt == 1 and is_token_rejection(resp.status_code, resp.content):
                 # Keys expire after an hour and the server rewrites key_file.json.
                 self.keys.reload()
@@ -315,9 +295,7 @@ class MovieRecClient:
         version: str | None = None,
     ) -> dict[str, Any]:
         """Predict one rating: {"user_id", "movie_id", "rating", "model_version"}."""
-        return self.infer(
-            {"user_id": user_id, "movie_id": movie_id}, model=model, version=version
-        )
+        return self.infer({"user_id": user_id, "movie_id": movie_id}, model=model, version=version)
 
     def predict_many(
         self,
@@ -360,9 +338,7 @@ class MovieRecClient:
             if not token:
                 return models
 
-    def describe(
-        self, model: str | None = None, version: str | None = "all"
-    ) -> list[dict[str, Any]]:
+    def describe(self, model: str | None = None, version: str | None = "all") -> list[dict[str, Any]]:
         """Describe versions of a model; version=None describes the default version only."""
         path = f"/models/{model or self.model}"
         if version:
@@ -425,18 +401,14 @@ class MovieRecClient:
             "max_worker": max(min_worker, max_worker or min_worker),
             "synchronous": "true",
         }
-        return self._request(
-            "PUT", "management", path, params=params, timeout=max(self.timeout, 300.0)
-        )
+        return self._request("PUT", "management", path, params=params, timeout=max(self.timeout, 300.0))
 
     def set_default(self, version: str, *, model: str | None = None) -> dict[str, Any]:
         """Make `version` the default of `model`."""
         path = f"/models/{model or self.model}/{check_version(version)}/set-default"
         return self._request("PUT", "management", path)
 
-    def unregister(
-        self, version: str, *, model: str | None = None, force: bool = False
-    ) -> dict[str, Any]:
+    def unregister(self, version: str, *, model: str | None = None, force: bool = False) -> dict[str, Any]:
         """Unregister one version; refuses the default while other versions exist."""
         model = model or self.model
         check_version(version)

@@ -36,9 +36,7 @@ def _server_options() -> argparse.ArgumentParser:
         "--key-file",
         help=f"TorchServe key_file.json (env {ENV_KEY_FILE}; default {DEFAULT_KEY_FILE})",
     )
-    group.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds per request (default 60)"
-    )
+    group.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
     group.add_argument(
         "--retries",
         type=int,
@@ -49,9 +47,7 @@ def _server_options() -> argparse.ArgumentParser:
 
 
 def _model_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL})"
-    )
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL})")
 
 
 def _percent(text: str) -> float:
@@ -151,13 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser(
-        "versions", help="list, register, set-default, unregister model versions"
-    )
+    p = sub.add_parser("versions", help="list, register, set-default, unregister model versions")
     vsub = p.add_subparsers(dest="versions_command", required=True, metavar="ACTION")
-    v = vsub.add_parser(
-        "list", parents=[server], formatter_class=fmt, help="list registered versions"
-    )
+    v = vsub.add_parser("list", parents=[server], formatter_class=fmt, help="list registered versions")
     _model_option(v)
     v.set_defaults(func=cmd_versions_list)
     v = vsub.add_parser(
@@ -172,12 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="archive version, e.g. 2.0 for movierec-2.0.mar",
     )
-    v.add_argument(
-        "--batch-size", type=_positive, default=8, help="TorchServe batch size"
-    )
-    v.add_argument(
-        "--max-batch-delay", type=_non_negative, default=10, help="batch delay, ms"
-    )
+    v.add_argument("--batch-size", type=_positive, default=8, help="TorchServe batch size")
+    v.add_argument("--max-batch-delay", type=_non_negative, default=10, help="batch delay, ms")
     v.add_argument("--workers", type=_non_negative, default=1, help="initial workers")
     v.set_defaults(func=cmd_versions_register)
     v = vsub.add_parser(
@@ -324,9 +312,7 @@ def make_client(args: argparse.Namespace, pool_size: int = 16) -> MovieRecClient
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Run `score`."""
-    settings = scoring.BatchSettings(
-        args.batch_size, args.max_batch_delay, args.workers, args.idle_workers
-    )
+    settings = scoring.BatchSettings(args.batch_size, args.max_batch_delay, args.workers, args.idle_workers)
     with make_client(args, pool_size=args.concurrency) as client:
         summary = scoring.score_csv(
             client,
@@ -349,11 +335,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_versions_list(args: argparse.Namespace) -> int:
     """Run `versions list`."""
     with make_client(args) as client:
-        print(
-            versions.format_versions(
-                args.model, versions.list_versions(client, args.model)
-            )
-        )
+        print(versions.format_versions(args.model, versions.list_versions(client, args.model)))
     return 0
 
 
@@ -390,11 +372,7 @@ def cmd_versions_unregister(args: argparse.Namespace) -> int:
 def cmd_promote(args: argparse.Namespace) -> int:
     """Run `promote`."""
     with make_client(args) as client:
-        print(
-            versions.promote(
-                client, args.version, model=args.model, state_file=args.state_file
-            )
-        )
+        print(versions.promote(client, args.version, model=args.model, state_file=args.state_file))
     return 0
 
 
@@ -412,9 +390,7 @@ def cmd_ab(args: argparse.Namespace) -> int:
         if args.movie is not None:
             answer = router.predict(args.user, args.movie)
         else:
-            answer = router.recommend(
-                args.user, args.top_k or 10, exclude_rated=not args.include_rated
-            )
+            answer = router.recommend(args.user, args.top_k or 10, exclude_rated=not args.include_rated)
     print(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
     return 0
 
@@ -470,7 +446,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(
-            "interrupted; rerun with --resume to continue a score job", file=sys.stderr
-        )
+        print("interrupted; rerun with --resume to continue a score job", file=sys.stderr)
         return 130

@@ -68,11 +68,7 @@ class ScoreSummary:
         return self.rows_scored / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def __str__(self) -> str:
-        resumed = (
-            f", {self.rows_skipped:,} already done before resume"
-            if self.rows_skipped
-            else ""
-        )
+        resumed = f", {self.rows_skipped:,} already done before resume" if self.rows_skipped else ""
         return (
             f"scored {self.rows_scored:,} rows ({self.rows_with_errors:,} with errors{resumed}) "
             f"in {self.elapsed_s:.1f}s: {self.rows_per_s:,.0f} rows/s"
@@ -85,15 +81,11 @@ def read_rows(path: str | os.PathLike[str]) -> Iterator[Row]:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None:
-            raise InputError(
-                f"{path}: empty file, expected a header with user_id,movie_id"
-            )
+            raise InputError(f"{path}: empty file, expected a header with user_id,movie_id")
         names = [name.strip() for name in header]
         missing = [col for col in ("user_id", "movie_id") if col not in names]
         if missing:
-            raise InputError(
-                f"{path}: line 1: header {header} lacks column {', '.join(missing)}"
-            )
+            raise InputError(f"{path}: line 1: header {header} lacks column {', '.join(missing)}")
         u, m = names.index("user_id"), names.index("movie_id")
         need = max(u, m) + 1
         for fields in reader:
@@ -101,9 +93,7 @@ def read_rows(path: str | os.PathLike[str]) -> Iterator[Row]:
                 continue
             if len(fields) < need:
                 col = "user_id" if len(fields) <= u else "movie_id"
-                yield Row(
-                    reader.line_num, "", "", f"line {reader.line_num}: missing {col}"
-                )
+                yield Row(reader.line_num, "", "", f"line {reader.line_num}: missing {col}")
                 continue
             yield Row(reader.line_num, fields[u], fields[m])
 
@@ -163,9 +153,7 @@ def prepare_output(path: str | os.PathLike[str], resume: bool) -> tuple[TextIO, 
         with open(path, newline="", encoding="utf-8") as f:
             header = next(csv.reader(f), None)
         if header != list(OUTPUT_HEADER):
-            raise InputError(
-                f"{path}: cannot resume, header is {header}, expected {list(OUTPUT_HEADER)}"
-            )
+            raise InputError(f"{path}: cannot resume, header is {header}, expected {list(OUTPUT_HEADER)}")
         with open(path, "r+b") as f:
             f.truncate(offset)
             f.flush()
@@ -178,13 +166,9 @@ def prepare_output(path: str | os.PathLike[str], resume: bool) -> tuple[TextIO, 
     return out, 0
 
 
-def score_chunk_rows(
-    rows: list[Row], score_chunk: ScoreChunk
-) -> list[tuple[str, str, str, str]]:
+def score_chunk_rows(rows: list[Row], score_chunk: ScoreChunk) -> list[tuple[str, str, str, str]]:
     """Score one chunk; rows that failed locally are not sent and keep their own error."""
-    instances = [
-        {"user_id": r.user_id, "movie_id": r.movie_id} for r in rows if not r.problem
-    ]
+    instances = [{"user_id": r.user_id, "movie_id": r.movie_id} for r in rows if not r.problem]
     predictions = score_chunk(instances) if instances else []
     if len(predictions) != len(instances):
         raise ServerError(
@@ -199,9 +183,7 @@ def score_chunk_rows(
             continue
         p = next(answers)
         rating = p.get("rating")
-        error = p.get("error") or (
-            "" if rating is not None else "no rating in the answer"
-        )
+        error = p.get("error") or ("" if rating is not None else "no rating in the answer")
         out.append(
             (
                 row.user_id,
@@ -354,9 +336,7 @@ def score_csv(
         version = client.default_version(batch_model)
 
     def score_chunk(instances: list[Instance]) -> list[Prediction]:
-        return client.predict_many(instances, model=batch_model, version=version)[
-            "predictions"
-        ]
+        return client.predict_many(instances, model=batch_model, version=version)["predictions"]
 
     def run() -> ScoreSummary:
         return score_file(

@@ -44,21 +44,15 @@ class VersionInfo:
         )
 
 
-def list_versions(
-    client: MovieRecClient, model: str | None = None
-) -> list[VersionInfo]:
+def list_versions(client: MovieRecClient, model: str | None = None) -> list[VersionInfo]:
     """Every registered version of a model, the default flagged."""
     default = client.default_version(model)
-    return [
-        VersionInfo.from_description(e, default) for e in client.describe(model, "all")
-    ]
+    return [VersionInfo.from_description(e, default) for e in client.describe(model, "all")]
 
 
 def format_versions(model: str, infos: list[VersionInfo]) -> str:
     """A text table of versions."""
-    lines = [
-        f"{'':2}{'version':<12}{'workers':>8}{'min':>5}{'max':>5}{'batch':>7}{'delay_ms':>10}  archive"
-    ]
+    lines = [f"{'':2}{'version':<12}{'workers':>8}{'min':>5}{'max':>5}{'batch':>7}{'delay_ms':>10}  archive"]
     for i in infos:
         mark = "* " if i.is_default else "  "
         lines.append(
@@ -69,15 +63,9 @@ def format_versions(model: str, infos: list[VersionInfo]) -> str:
     return "\n".join(lines)
 
 
-def state_path(
-    client: MovieRecClient, state_file: str | os.PathLike[str] | None = None
-) -> Path:
+def state_path(client: MovieRecClient, state_file: str | os.PathLike[str] | None = None) -> Path:
     """The A/B state file: given, or ab_state.json next to the key file."""
-    return (
-        Path(state_file)
-        if state_file
-        else client.endpoints.key_file.parent / STATE_FILE_NAME
-    )
+    return Path(state_file) if state_file else client.endpoints.key_file.parent / STATE_FILE_NAME
 
 
 def load_state(path: Path) -> dict[str, Any]:
@@ -94,9 +82,7 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
     """Write the state file atomically, so a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(
-        orjson.dumps(state, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
-    )
+    tmp.write_bytes(orjson.dumps(state, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
     os.replace(tmp, path)
 
 
@@ -127,9 +113,7 @@ def promote(
     entry["default"] = version
     entry["changed_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     save_state(path, state)
-    return (
-        f"promoted {model} {version} to default (was {previous}; rollback restores it)"
-    )
+    return f"promoted {model} {version} to default (was {previous}; rollback restores it)"
 
 
 def rollback(
@@ -144,9 +128,7 @@ def rollback(
     state = load_state(path)
     history = state.get(model, {}).get("history", [])
     if not history:
-        raise ConfigError(
-            f"nothing to roll back: {path} records no earlier default of {model}"
-        )
+        raise ConfigError(f"nothing to roll back: {path} records no earlier default of {model}")
     previous = history[-1]
     registered = client.versions(model)
     if previous not in registered:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import orjson
 import pytest
@@ -26,7 +27,9 @@ def test_endpoints_prefer_arguments_then_environment_then_defaults():
         "MOVIEREC_MANAGEMENT_URL": "http://10.0.0.1:9081",
         "MOVIEREC_KEY_FILE": "other/key_file.json",
     }
-    assert Endpoints.resolve(env={}) == Endpoints("http://127.0.0.1:8080", "http://127.0.0.1:8081", "run/key_file.json")
+    assert Endpoints.resolve(env={}) == Endpoints(
+        "http://127.0.0.1:8080", "http://127.0.0.1:8081", Path("run/key_file.json")
+    )
     from_env = Endpoints.resolve(env=env)
     assert from_env.inference_url == "http://10.0.0.1:9080" and str(from_env.key_file) == "other/key_file.json"
     given = Endpoints.resolve("http://h:1", None, "k.json", env=env)

@@ -1,0 +1,68 @@
+"""The command line: --help on every subcommand and argument checks; no server needed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from client.cli import build_parser, main
+
+SUBCOMMANDS = [
+    ["score"],
+    ["versions"],
+    ["versions", "list"],
+    ["versions", "register"],
+    ["versions", "set-default"],
+    ["versions", "unregister"],
+    ["promote"],
+    ["rollback"],
+    ["ab"],
+    ["ab-eval"],
+]
+
+
+@pytest.mark.parametrize("words", SUBCOMMANDS, ids=" ".join)
+def test_every_subcommand_has_help(words, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*words, "--help"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: python -m client " + " ".join(words))
+
+
+def test_module_entry_point_prints_help():
+    done = subprocess.run([sys.executable, "-m", "client", "--help"], capture_output=True, text=True, check=True)
+    for name in ("score", "versions", "promote", "rollback", "ab", "ab-eval"):
+        assert name in done.stdout
+
+
+def test_score_defaults_and_server_flags():
+    args = build_parser().parse_args(
+        ["score", "in.csv", "out.csv", "--key-file", "k.json", "--management-url", "http://127.0.0.1:9081"]
+    )
+    assert (args.model, args.version, args.chunk, args.concurrency, args.workers) == ("movierec", None, 5000, 8, 2)
+    assert (args.batch_size, args.max_batch_delay, args.idle_workers, args.resume) == (4, 5, 0, False)
+    assert args.key_file == "k.json" and args.inference_url is None
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["score", "in.csv", "out.csv", "--chunk", "0"],
+        ["ab", "--a", "1.0", "--b", "2.0", "--user", "1", "--split", "101"],
+        ["ab", "--a", "1.0", "--b", "2.0", "--user", "1", "--movie", "2", "--top-k", "3"],
+        ["versions", "register"],
+    ],
+)
+def test_bad_arguments_exit_with_usage(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_client_errors_print_one_line_and_exit_nonzero(tmp_path, capsys):
+    code = main(["promote", "../1.0", "--key-file", str(tmp_path / "k.json")])
+    assert code == 2
+    assert capsys.readouterr().err.startswith("error: bad model version")

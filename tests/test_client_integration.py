@@ -1,0 +1,164 @@
+"""The client against a real TorchServe serving movierec 1.0 (default) and 2.0."""
+
+from __future__ import annotations
+
+import csv
+import random
+
+import orjson
+import pytest
+
+from client import (
+    ABRouter,
+    AuthError,
+    ConfigError,
+    MovieRecClient,
+    NotFound,
+    ServerError,
+    decide,
+    evaluate,
+    list_versions,
+    promote,
+    rollback,
+    score_csv,
+)
+from client.scoring import BatchSettings
+from model.artifact import load_artifact
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    """A client aimed at the fixture server by constructor arguments only."""
+    with MovieRecClient(server.inference_url, server.management_url, server.key_file, retries=2) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def ids(tiny_artifact):
+    """Known raw user and movie IDs, as the artifact stores them."""
+    art = load_artifact(tiny_artifact)
+    return list(art.users.ids), list(art.movies.ids)
+
+
+def test_predict_echoes_ids_and_names_the_version(client, ids):
+    users, movies = ids
+    one = client.predict(users[0], movies[0])
+    assert one["user_id"] == users[0] and one["movie_id"] == movies[0] and one["model_version"] == "1.0"
+    many = client.predict_many(
+        [{"user_id": users[1], "movie_id": movies[2]}, {"user_id": 99999, "movie_id": movies[0]}]
+    )
+    assert "rating" in many["predictions"][0] and "99999" in many["predictions"][1]["error"]
+    assert client.predict(users[0], movies[0], version="2.0")["model_version"] == "2.0"
+
+
+def test_errors_carry_the_server_text(client, ids):
+    users, movies = ids
+    with pytest.raises(NotFound) as nf:
+        client.predict(users[0], movies[0], version="9.9")
+    assert nf.value.status == 404 and "9.9" in nf.value.message
+    with pytest.raises(ServerError) as bad:
+        client.infer({"movie_id": movies[0]})
+    assert 400 <= bad.value.status < 500 and bad.value.message
+
+
+def test_a_stale_key_is_reread_once(server, tmp_path, ids):
+    users, movies = ids
+    keys = orjson.loads(server.key_file.read_bytes())
+    stale = {kind: {**entry, "key": "stale"} for kind, entry in keys.items()}
+    path = tmp_path / "key_file.json"
+    path.write_bytes(orjson.dumps(stale))
+    c = MovieRecClient(server.inference_url, server.management_url, path)
+    with pytest.raises(AuthError):
+        c.predict(users[0], movies[0])
+    path.write_bytes(orjson.dumps(keys))  # as when TorchServe rotates the key
+    assert c.predict(users[0], movies[0])["model_version"] == "1.0"
+
+
+def test_versions_and_client_side_unregister_refusal(client):
+    infos = {i.version: i for i in list_versions(client)}
+    assert infos["1.0"].is_default and not infos["2.0"].is_default
+    with pytest.raises(ConfigError, match="default version"):
+        client.unregister("1.0")
+
+
+def test_promote_and_rollback(client, tmp_path, ids):
+    users, movies = ids
+    state = tmp_path / "ab_state.json"
+    try:
+        promote(client, "2.0", state_file=state)
+        assert client.default_version() == "2.0"
+        assert client.predict(users[0], movies[0])["model_version"] == "2.0"
+        rollback(client, state_file=state)
+        assert client.default_version() == "1.0"
+    finally:
+        client.set_default("1.0")
+
+
+def test_sticky_router_reports_who_served(client, ids):
+    users, movies = ids
+    router = ABRouter(client, "1.0", "2.0", percent_b=50)
+    for user in users[:20]:
+        answer = router.predict(user, movies[0])
+        assert answer["served_by"] == answer["model_version"] == router.version_for(user)
+        assert answer["arm"] == router.arm(str(user))
+    top = router.recommend(users[0], 5)
+    assert top["served_by"] == router.version_for(users[0]) and len(top["recommendations"]) <= 5
+
+
+def test_score_csv_end_to_end_with_resume(client, ids, tmp_path):
+    users, movies = ids
+    rng = random.Random(5)
+    pairs = [(str(rng.choice(users)), str(rng.choice(movies))) for _ in range(3000)]
+    pairs[10] = ("99999", pairs[10][1])
+    with open(tmp_path / "in.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["user_id", "movie_id", "extra"])
+        w.writerows([u, m, "x"] for u, m in pairs)
+    settings = BatchSettings(batch_size=4, max_batch_delay=5, workers=1, idle_workers=0)
+    try:
+        summary = score_csv(
+            client,
+            tmp_path / "in.csv",
+            tmp_path / "out.csv",
+            chunk_size=400,
+            concurrency=3,
+            settings=settings,
+            progress=False,
+        )
+        assert summary.rows_scored == 3000 and summary.rows_with_errors == 1
+        full = (tmp_path / "out.csv").read_bytes()
+        with open(tmp_path / "out.csv", newline="") as f:
+            rows = list(csv.reader(f))[1:]
+        assert [(r[0], r[1]) for r in rows] == pairs and "99999" in rows[10][3]
+        direct = client.predict_many([{"user_id": u, "movie_id": m} for u, m in pairs[:50]], version="1.0")
+        assert [float(r[2]) for r in rows[11:50]] == [p["rating"] for p in direct["predictions"][11:50]]
+        lines = full.splitlines(keepends=True)
+        (tmp_path / "out.csv").write_bytes(b"".join(lines[:1234]) + lines[1234][:3])
+        resumed = score_csv(
+            client,
+            tmp_path / "in.csv",
+            tmp_path / "out.csv",
+            concurrency=2,
+            settings=settings,
+            resume=True,
+            progress=False,
+        )
+        assert resumed.rows_skipped == 1233 and resumed.rows_scored == 3000 - 1233
+        assert (tmp_path / "out.csv").read_bytes() == full
+        assert all(len(v.get("workers", [])) == 0 for v in client.describe("movierec-batch"))
+    finally:
+        try:
+            client.unregister("1.0", model="movierec-batch")
+        except NotFound:
+            pass
+
+
+def test_ab_eval_scores_each_arm(client, ids, synth_data, tmp_path):
+    ratings, _ = synth_data
+    router = ABRouter(client, "1.0", "2.0", percent_b=50)
+    a, b, bad = evaluate(router, ratings, chunk_size=200)
+    assert bad == [] and a.scored > 0 and b.scored > 0 and a.request_errors == b.request_errors == 0
+    assert 0 < a.rmse < 2 and 0 < b.rmse < 2 and a.latency(50) > 0
+    assert decide(a, b, min_rows=10**9).winner is None

@@ -1,0 +1,255 @@
+"""Tests for serve.py and the production config.properties/log4j2.xml it renders.
+
+Integration tests run a real TorchServe (Java) on free loopback ports with a throwaway echo
+model, so they need neither the movierec handler nor trained artifacts.
+"""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import serve  # noqa: E402
+
+needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs Java")
+
+ECHO_HANDLER = '''
+import json
+
+
+def handle(data, context):
+    """Answer every request with the model version that served it."""
+    if data is None:
+        return None
+    version = context.manifest["model"]["modelVersion"]
+    return [json.dumps({"version": version}) for _ in data]
+'''
+
+
+def build_mar(store: Path, work: Path, version: str) -> Path:
+    """Archive the echo handler as model "echo" into store/echo-VERSION.mar."""
+    handler = work / "echo_handler.py"
+    handler.write_text(ECHO_HANDLER)
+    out = work / version
+    out.mkdir()
+    subprocess.run(
+        [sys.executable, "-m", "model_archiver.model_packaging", "--model-name", "echo"]
+        + ["--version", version, "--handler", str(handler), "--export-path", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    mar = store / f"echo-{version}.mar"
+    (out / "echo.mar").rename(mar)
+    return mar
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """A model store holding echo versions 1.0 and 2.0 under distinct file names."""
+    store = tmp_path_factory.mktemp("store")
+    work = tmp_path_factory.mktemp("build")
+    for version in ("1.0", "2.0"):
+        build_mar(store, work, version)
+    return store
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, store):
+    """One TorchServe instance with echo 1.0, shared by the module's read-only tests."""
+    run_dir = tmp_path_factory.mktemp("run")
+    srv = serve.start(run_dir, store, ["echo=echo-1.0.mar"], serve.Ports.free(), timeout=90)
+    yield srv
+    serve.stop(run_dir)
+
+
+def register(srv: serve.Server, url: str) -> requests.Response:
+    """Ask the management API to register a model archive URL."""
+    params = {"url": url, "initial_workers": 1, "synchronous": "true"}
+    return requests.post(f"{srv.management_url}/models", params=params, headers=srv.auth("management"))
+
+
+def instance_pids(srv: serve.Server) -> set[int]:
+    """The frontend pid and its worker pids."""
+    frontend = psutil.Process(srv.pid)
+    return {srv.pid} | {p.pid for p in frontend.children(recursive=True)}
+
+
+def alive(pid: int) -> bool:
+    """Whether pid runs (a zombie awaiting its reaper does not count)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+# --- fast tests: no server --------------------------------------------------------------------
+
+
+def test_properties_round_trip_backslashes(tmp_path):
+    """Values with regex backslashes and JSON survive write -> Java-style read."""
+    values = {"allowed_urls": r"file:///a\-b/[a-z]+\.mar", "snap": '{"m": {"1.0": "x y"}}'}
+    path = tmp_path / "c.properties"
+    serve.write_properties(path, values, "test")
+    assert serve.read_properties(path) == values
+    assert r"\\.mar" in path.read_text()
+
+
+def test_read_properties_java_syntax(tmp_path):
+    """Comments, ':' separators, continuations and escapes parse as Java does."""
+    path = tmp_path / "c.properties"
+    path.write_text("# c\n! c\na = 1\nb:2\nc long \\\n   value\nd=x\\\\.y\ne\\=k=v\n")
+    props = serve.read_properties(path)
+    assert props == {"a": "1", "b": "2", "c": "long value", "d": "x\\.y", "e=k": "v"}
+
+
+def test_store_url_pattern_only_matches_files_in_store(tmp_path):
+    """The allowed_urls regex admits store/*.mar and nothing beside or below it."""
+    store = tmp_path / "my-store"
+    pattern = re.compile(serve.store_url_pattern(store))
+    assert pattern.fullmatch(f"file://{store}/movierec-1.0.mar")
+    for url in (
+        f"file://{store}/sub/x.mar",
+        f"file://{store}/x.py",
+        f"file://{store}-evil/x.mar",
+        "https://example.com/x.mar",
+        f"file://{tmp_path}/x.mar",
+    ):
+        assert not pattern.fullmatch(url), url
+
+
+def test_render_config_snapshot_replaces_load_models(tmp_path):
+    """A restored snapshot goes into model_snapshot and load_models is dropped."""
+    store = tmp_path / "store"
+    store.mkdir()
+    snapshot = '{"name": "s", "modelCount": 1, "models": {"echo": {"2.0": {}}}}'
+    path = serve.render_config(serve.DEFAULT_CONFIG, tmp_path, store, serve.Ports(1, 2, 3, 4, 5), None, snapshot)
+    props = serve.read_properties(path)
+    assert props["model_snapshot"] == snapshot
+    assert "load_models" not in props
+    assert props["model_store"] == str(store.resolve())
+    assert props["grpc_management_port"] == "5"
+    log4j = re.search(r"-Dlog4j\.configurationFile=(\S+)", props["vmargs"]).group(1)
+    assert Path(log4j).is_absolute() and Path(log4j).is_file()
+
+
+def test_cli_help():
+    """Every subcommand answers --help."""
+    for command in ([], ["start"], ["stop"], ["status"]):
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "serve.py"), *command, "--help"],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0 and "usage" in result.stdout
+
+
+# --- integration: a real TorchServe -------------------------------------------------------------
+
+
+@needs_java
+@pytest.mark.integration
+def test_everything_listens_on_loopback_only(server):
+    """Rendered config and the live sockets: HTTP, metrics and both gRPC ports on 127.0.0.1."""
+    props = serve.read_properties(server.run_dir / "config.properties")
+    assert props["disable_token_authorization"] == "false"
+    assert props["grpc_inference_address"] == props["grpc_management_address"] == "127.0.0.1"
+    for key in ("inference_address", "management_address", "metrics_address"):
+        assert props[key].startswith("http://127.0.0.1:")
+    listening = {
+        (c.laddr.ip, c.laddr.port)
+        for c in psutil.Process(server.pid).net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN
+    }
+    ports = set(serve.asdict(server.ports).values())
+    assert {port for _, port in listening} == ports
+    assert {ip for ip, _ in listening} == {"127.0.0.1"}
+
+
+@needs_java
+@pytest.mark.integration
+def test_token_authorization_is_on(server):
+    """Calls without a valid key are refused; the inference key works."""
+    predict = f"{server.inference_url}/predictions/echo"
+    assert requests.get(f"{server.inference_url}/ping").status_code == 400
+    assert requests.post(predict, data=b"{}").status_code == 400
+    assert requests.post(predict, data=b"{}", headers=server.auth("management")).status_code == 400
+    assert requests.get(f"{server.management_url}/models").status_code == 400
+    assert requests.get(f"{server.inference_url}/ping", headers=server.auth()).status_code == 200
+    answer = requests.post(predict, data=b"{}", headers=server.auth())
+    assert answer.status_code == 200 and answer.json() == {"version": "1.0"}
+
+
+@needs_java
+@pytest.mark.integration
+def test_registration_urls_outside_the_store_are_refused(server, tmp_path):
+    """Remote URLs, '..' paths and files outside the store cannot be registered."""
+    outside = tmp_path / "outside.mar"
+    shutil.copy(server.model_store / "echo-2.0.mar", outside)
+    for url in (
+        "https://example.com/echo.mar",
+        "http://127.0.0.1:1/echo.mar",
+        f"file://{outside}",
+        f"file://{server.model_store}/../{tmp_path.name}/outside.mar",
+        f"../{server.model_store.name}/echo-2.0.mar",
+        str(outside),
+    ):
+        answer = register(server, url)
+        assert answer.status_code in (400, 404), (url, answer.status_code, answer.text)
+    assert [d["modelVersion"] for d in server.describe("echo")] == ["1.0"]
+
+
+@needs_java
+@pytest.mark.integration
+def test_bare_file_name_and_store_url_register(server):
+    """A bare file name resolves inside the store; file:// into the store is allowed."""
+    answer = register(server, "echo-2.0.mar")
+    assert answer.status_code == 200, answer.text
+    versions = sorted(d["modelVersion"] for d in server.describe("echo"))
+    assert versions == ["1.0", "2.0"]
+    headers = server.auth("management")
+    requests.delete(f"{server.management_url}/models/echo/2.0", headers=headers)
+    answer = register(server, f"file://{server.model_store}/echo-2.0.mar")
+    assert answer.status_code == 200, answer.text
+    requests.delete(f"{server.management_url}/models/echo/2.0", headers=headers)
+
+
+@needs_java
+@pytest.mark.integration
+def test_restart_keeps_versions_and_default_and_stop_leaves_nothing(tmp_path, store):
+    """Restart without --models restores both versions and the chosen default; stop is clean."""
+    run_dir = tmp_path / "run"
+    srv = serve.start(run_dir, store, ["echo=echo-1.0.mar"], serve.Ports.free(), timeout=90)
+    try:
+        assert register(srv, "echo-2.0.mar").status_code == 200
+        url = f"{srv.management_url}/models/echo/2.0/set-default"
+        assert requests.put(url, headers=srv.auth("management")).status_code == 200
+    finally:
+        serve.stop(run_dir)
+    assert serve.latest_snapshot(run_dir).name.endswith("-shutdown.cfg")
+
+    srv = serve.start(run_dir, store, None, serve.Ports.free(), timeout=90)
+    try:
+        described = {d["modelVersion"]: d for d in srv.describe("echo")}
+        assert sorted(described) == ["1.0", "2.0"]
+        assert all(any(w["status"] == "READY" for w in d["workers"]) for d in described.values())
+        default = requests.get(f"{srv.management_url}/models/echo", headers=srv.auth("management"))
+        assert default.json()[0]["modelVersion"] == "2.0"
+        answer = requests.post(f"{srv.inference_url}/predictions/echo", headers=srv.auth())
+        assert json.loads(answer.text) == {"version": "2.0"}
+        pids = instance_pids(srv)
+        assert len(pids) == 3  # the frontend and one worker per version
+    finally:
+        assert serve.stop(run_dir) is True
+    assert not [pid for pid in pids if alive(pid)]
+    assert serve.running(run_dir) is None
+    assert not (run_dir / "key_file.json").exists()
+    assert serve.stop(run_dir) is False
