@@ -298,7 +298,7 @@ def start(
     run_dir: str | Path = "run",
     model_store: str | Path = "model_store",
     models: list[str] | str | None = None,
-    ports: Ports = Ports(),
+    ports: Ports | None = None,
     config: str | Path = DEFAULT_CONFIG,
     timeout: float = 180,
 ) -> Server:
@@ -309,6 +309,7 @@ def start(
     """
     run_dir = Path(run_dir).resolve()
     model_store = Path(model_store).resolve()
+    ports = ports or Ports()
     models = parse_models(models) if isinstance(models, str) else list(models or [])
     if not model_store.is_dir():
         raise ServeError(f"model store not found: {model_store}")
