@@ -159,7 +159,10 @@ def test_bad_row_in_headerless_layout_counts_lines_from_one(tmp_path):
 
 
 def test_titles_movies_csv_with_quoted_comma(tmp_path):
-    path = write(tmp_path / "movies.csv", 'movieId,title,genres\n1,"American President, The (1995)",Comedy\n2,Heat (1995),Action\n')
+    path = write(
+        tmp_path / "movies.csv",
+        'movieId,title,genres\n1,"American President, The (1995)",Comedy\n2,Heat (1995),Action\n',
+    )
     assert load_titles(path) == {"1": "American President, The (1995)", "2": "Heat (1995)"}
 
 
@@ -197,6 +200,7 @@ def test_split_indices_depends_on_seed():
     assert not np.array_equal(split_indices(1000, 0.1, 0)[1], split_indices(1000, 0.1, 1)[1])
 
 
+@pytest.mark.slow  # three Python + torch start-ups
 def test_cli_bad_data_exits_2_with_one_line(tmp_path):
     bad = {
         "missing": (tmp_path / "missing.csv", ""),
@@ -207,7 +211,10 @@ def test_cli_bad_data_exits_2_with_one_line(tmp_path):
     procs = {
         name: subprocess.Popen(
             [sys.executable, "train.py", "--ratings", str(path), "--out", str(tmp_path / f"out-{name}")],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for name, (path, _) in bad.items()
     }

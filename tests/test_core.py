@@ -1,0 +1,331 @@
+"""The serving core: factorised scoring and top-K (model/core.py) and the JSON protocol (model/service.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from model.artifact import load_artifact
+from model.core import Recommender
+from model.service import RatingService
+
+VERSION = "test-1.0"
+
+
+@pytest.fixture(scope="module")
+def rec(tiny_artifact) -> Recommender:
+    """A recommender over the session's tiny artifact."""
+    return Recommender(load_artifact(tiny_artifact))
+
+
+@pytest.fixture(scope="module")
+def service(rec) -> RatingService:
+    """The JSON service with default limits."""
+    return RatingService(rec, VERSION)
+
+
+def exact_row(rec: Recommender, user_row: int) -> np.ndarray:
+    """TorchScript predictions of one user for every movie."""
+    n_movies = len(rec.artifact.movies)
+    return rec.predict_exact(np.full(n_movies, user_row), np.arange(n_movies))
+
+
+def ask(service: RatingService, *bodies) -> list[tuple[int, dict]]:
+    """Send bodies (objects are JSON-encoded to bytes) as one batch; return (status, decoded JSON) each."""
+    raw = [b if isinstance(b, bytes | str) else orjson.dumps(b) for b in bodies]
+    replies = service.handle_batch(raw)
+    assert len(replies) == len(bodies)
+    answers = []
+    for reply in replies:
+        body = orjson.loads(reply.body)
+        assert body["model_version"] == VERSION
+        answers.append((reply.status, body))
+    return answers
+
+
+def ask_one(service: RatingService, body) -> tuple[int, dict]:
+    """Send one body as a batch of one."""
+    return ask(service, body)[0]
+
+
+# -- Recommender ---------------------------------------------------------------------------------------
+
+
+def test_predict_matches_torchscript_on_all_pairs(rec):
+    n_users, n_movies = len(rec.artifact.users), len(rec.artifact.movies)
+    users = np.repeat(np.arange(n_users), n_movies)
+    movies = np.tile(np.arange(n_movies), n_users)
+    fast, exact = rec.predict(users, movies), rec.predict_exact(users, movies)
+    assert fast.shape == exact.shape == (n_users * n_movies,)
+    np.testing.assert_allclose(fast, exact, atol=1e-5, rtol=0)
+    assert rec.parity <= 1e-4
+    assert exact.std() > 0.1  # a trained model, not a constant
+
+
+def test_predict_empty(rec):
+    assert rec.predict(np.array([], dtype=np.int64), np.array([], dtype=np.int64)).shape == (0,)
+
+
+@pytest.mark.parametrize("user_row", [0, 17, 59])
+@pytest.mark.parametrize("k", [1, 5, 10])
+def test_recommend_is_top_k_of_exact_over_unrated(rec, user_row, k):
+    exact = exact_row(rec, user_row)
+    rated = set(rec.artifact.rated_by(user_row).tolist())
+    assert rated
+    unrated = np.array([m for m in range(len(exact)) if m not in rated])
+    rows, scores = rec.recommend(user_row, k)
+    assert len(rows) == len(scores) == k and len(set(rows.tolist())) == k
+    assert not set(rows.tolist()) & rated
+    assert np.all(np.diff(scores) <= 0)
+    np.testing.assert_allclose(scores, exact[rows], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(scores, np.sort(exact[unrated])[::-1][:k], atol=1e-5, rtol=0)
+    left_out = np.setdiff1d(unrated, rows)
+    assert exact[left_out].max() <= scores[-1] + 1e-5
+
+
+def test_recommend_may_include_rated_when_asked(rec):
+    n_movies = len(rec.artifact.movies)
+    hits = 0
+    for user_row in range(len(rec.artifact.users)):
+        exact = exact_row(rec, user_row)
+        rows, scores = rec.recommend(user_row, n_movies, exclude_rated=False)
+        assert len(rows) == n_movies
+        np.testing.assert_allclose(scores, np.sort(exact)[::-1], atol=1e-5, rtol=0)
+        top, _ = rec.recommend(user_row, 5, exclude_rated=False)
+        hits += bool(set(top.tolist()) & set(rec.artifact.rated_by(user_row).tolist()))
+    assert hits > 0  # with ~60% of movies rated, some top-5 list contains a rated movie
+
+
+def test_k_beyond_the_unrated_movies_returns_only_unrated(rec):
+    user_row = 3
+    n_movies = len(rec.artifact.movies)
+    rated = set(rec.artifact.rated_by(user_row).tolist())
+    rows, scores = rec.recommend(user_row, n_movies + 10)
+    assert sorted(rows.tolist()) == sorted(set(range(n_movies)) - rated)
+    assert np.isfinite(scores).all()
+
+
+def test_min_movie_ratings_skips_rare_movies(tiny_artifact, rec):
+    counts = np.bincount(rec.artifact.rated_indices, minlength=len(rec.artifact.movies))
+    threshold = int(np.median(counts))
+    strict = Recommender(rec.artifact, min_movie_ratings=threshold)
+    for user_row in (0, 9):
+        rated = set(rec.artifact.rated_by(user_row).tolist())
+        eligible = {m for m in range(len(counts)) if counts[m] >= threshold and m not in rated}
+        rows, _ = strict.recommend(user_row, len(counts))
+        assert set(rows.tolist()) == eligible
+    users = np.zeros(len(counts), dtype=np.int64)
+    np.testing.assert_array_equal(
+        strict.predict(users, np.arange(len(counts))), rec.predict(users, np.arange(len(counts)))
+    )
+
+
+# -- RatingService: single pairs and instances -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("user", "movie"), [(1, 101), ("1", "101"), (60, "150"), (" 7", 120)])
+def test_single_pair_echoes_ids_and_rates(service, rec, user, movie):
+    status, body = ask_one(service, {"user_id": user, "movie_id": movie})
+    assert status == 200
+    assert body["user_id"] == user and body["movie_id"] == movie
+    assert set(body) == {"user_id", "movie_id", "rating", "model_version"}
+    u, m = rec.artifact.users.get(user), rec.artifact.movies.get(movie)
+    assert u >= 0 and m >= 0
+    assert abs(body["rating"] - float(rec.predict_exact(np.array([u]), np.array([m]))[0])) < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "named"),
+    [
+        ({"user_id": 99999, "movie_id": 101}, 404, "user_id 99999"),
+        ({"user_id": 1, "movie_id": "nope"}, 404, "movie_id nope"),
+    ],
+)
+def test_single_pair_unknown_ids(service, body, status, named):
+    got, answer = ask_one(service, body)
+    assert got == status and named in answer["error"]
+
+
+def test_instances_mixed_items_keep_order(service, rec):
+    items = [
+        {"user_id": 1, "movie_id": 101},
+        {"user_id": 99999, "movie_id": 101},
+        {"user_id": "2", "movie_id": "102"},
+        {"user_id": 1, "movie_id": 1.5},
+        "not an object",
+        {"user_id": 3},
+        {"user_id": 3, "movie_id": 777},
+        {"user_id": 3, "movie_id": 103, "extra": 1},
+        {"user_id": True, "movie_id": 103},
+        {"user_id": "", "movie_id": 103},
+        {"user_id": 4, "movie_id": 104},
+    ]
+    status, body = ask_one(service, {"instances": items})
+    assert status == 200
+    preds = body["predictions"]
+    assert len(preds) == len(items)
+    good = {0: (1, 101), 2: ("2", "102"), 10: (4, 104)}
+    for i, (user, movie) in good.items():
+        assert "error" not in preds[i]
+        assert preds[i]["user_id"] == user and preds[i]["movie_id"] == movie
+        u, m = rec.artifact.users.get(user), rec.artifact.movies.get(movie)
+        assert abs(preds[i]["rating"] - float(rec.predict_exact(np.array([u]), np.array([m]))[0])) < 1e-4
+    expected_errors = {
+        1: "user_id 99999",
+        3: "movie_id",
+        4: "instance must be an object",
+        5: "missing field 'movie_id'",
+        6: "movie_id 777",
+        7: "unknown field 'extra'",
+        8: "user_id",
+        9: "user_id",
+    }
+    for i, named in expected_errors.items():
+        assert "rating" not in preds[i], i
+        assert named in preds[i]["error"], (i, preds[i])
+    assert preds[1]["user_id"] == 99999 and preds[6]["movie_id"] == 777
+
+
+def test_instances_empty_list(service):
+    assert ask_one(service, {"instances": []}) == (200, {"predictions": [], "model_version": VERSION})
+
+
+def test_large_instances_request(rec):
+    service = RatingService(rec, VERSION)
+    n_users, n_movies = len(rec.artifact.users), len(rec.artifact.movies)
+    rng = np.random.default_rng(0)
+    users, movies = rng.integers(0, n_users, 20_000), rng.integers(0, n_movies, 20_000)
+    items = [
+        {"user_id": int(service.users.id_of(u)), "movie_id": service.movies.id_of(m)}
+        for u, m in zip(users, movies, strict=True)
+    ]
+    status, body = ask_one(service, {"instances": items})
+    assert status == 200 and len(body["predictions"]) == 20_000
+    got = np.array([p["rating"] for p in body["predictions"]])
+    np.testing.assert_allclose(got, rec.predict_exact(users, movies), atol=1e-4, rtol=0)
+
+
+# -- RatingService: recommendations ---------------------------------------------------------------------
+
+
+def test_recommendations(service, rec):
+    status, body = ask_one(service, {"user_id": 5, "top_k": 7})
+    assert status == 200 and body["user_id"] == 5
+    recs = body["recommendations"]
+    assert len(recs) == 7
+    rows, scores = rec.recommend(rec.artifact.users.get(5), 7)
+    assert [r["movie_id"] for r in recs] == [int(rec.artifact.movies.id_of(m)) for m in rows]
+    np.testing.assert_allclose([r["score"] for r in recs], scores, atol=1e-4)
+    for r in recs:
+        assert r["title"] == rec.artifact.titles[rec.artifact.movies.get(r["movie_id"])]
+        assert r["title"].startswith("Movie ")
+
+
+def test_recommendations_exclude_rated_by_default(service, rec):
+    user_row = rec.artifact.users.get(8)
+    rated = {rec.artifact.movies.id_of(m) for m in rec.artifact.rated_by(user_row)}
+    n_movies = len(rec.artifact.movies)
+    _, default = ask_one(service, {"user_id": 8, "top_k": 100})
+    ids = {str(r["movie_id"]) for r in default["recommendations"]}
+    assert not ids & rated and len(ids) == n_movies - len(rated)
+    _, included = ask_one(service, {"user_id": 8, "top_k": 100, "exclude_rated": False})
+    assert len(included["recommendations"]) == n_movies
+    _, explicit = ask_one(service, {"user_id": "8", "exclude_rated": True})
+    assert explicit["user_id"] == "8" and len(explicit["recommendations"]) == 10
+
+
+@pytest.mark.parametrize("top_k", [0, -1, 101, True, 2.0, "5", None])
+def test_top_k_bounds(service, top_k):
+    status, body = ask_one(service, {"user_id": 1, "top_k": top_k})
+    assert status == 400 and "top_k" in body["error"]
+
+
+def test_top_k_cap_is_configurable(rec):
+    service = RatingService(rec, VERSION, max_top_k=5)
+    assert ask_one(service, {"user_id": 1, "top_k": 5})[0] == 200
+    status, body = ask_one(service, {"user_id": 1, "top_k": 6})
+    assert status == 400 and "1 to 5" in body["error"]
+
+
+def test_recommendations_unknown_user(service):
+    status, body = ask_one(service, {"user_id": "ghost", "top_k": 3})
+    assert status == 404 and "user_id ghost" in body["error"]
+
+
+# -- RatingService: malformed bodies -----------------------------------------------------------------------
+
+MALFORMED = {
+    "not_json": (b"{user_id: 1", 400, "not valid JSON"),
+    "empty": (b"", 400, "empty"),
+    "blank_str": ("   ", 400, "empty"),
+    "array": (b"[1, 2]", 400, "JSON object"),
+    "number": (b"42", 400, "JSON object"),
+    "null": (b"null", 400, "JSON object"),
+    "string": (b'"hello"', 400, "JSON object"),
+    "user_float": ({"user_id": 1.0, "movie_id": 101}, 400, "'user_id'"),
+    "user_bool": ({"user_id": True, "movie_id": 101}, 400, "'user_id'"),
+    "user_list": ({"user_id": [1], "movie_id": 101}, 400, "'user_id'"),
+    "user_dict": ({"user_id": {"id": 1}, "movie_id": 101}, 400, "'user_id'"),
+    "user_null": ({"user_id": None, "movie_id": 101}, 400, "'user_id'"),
+    "user_empty": ({"user_id": "", "movie_id": 101}, 400, "'user_id'"),
+    "movie_float": ({"user_id": 1, "movie_id": 101.0}, 400, "'movie_id'"),
+    "movie_missing": ({"user_id": 1}, 400, "'movie_id'"),
+    "no_fields": ({}, 400, "'user_id'"),
+    "extra_field": ({"user_id": 1, "movie_id": 101, "bogus": 1}, 400, "'bogus'"),
+    "extra_with_instances": ({"instances": [], "user_id": 1}, 400, "'user_id'"),
+    "extra_with_top_k": ({"user_id": 1, "top_k": 3, "movie_id": 101}, 400, "'movie_id'"),
+    "recommend_user_float": ({"user_id": 1.5, "top_k": 3}, 400, "'user_id'"),
+    "exclude_rated_not_bool": ({"user_id": 1, "top_k": 3, "exclude_rated": "yes"}, 400, "exclude_rated"),
+    "instances_dict": ({"instances": {"user_id": 1, "movie_id": 101}}, 400, "'instances'"),
+    "instances_null": ({"instances": None}, 400, "'instances'"),
+    "instances_string": ({"instances": "many"}, 400, "'instances'"),
+    "too_many_instances": ({"instances": [{"user_id": 1, "movie_id": 101}] * 6}, 413, "too many instances"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_malformed_bodies(rec, name):
+    body, status, named = MALFORMED[name]
+    service = RatingService(rec, VERSION, max_instances=5)
+    got, answer = ask_one(service, body)
+    assert got == status, answer
+    assert set(answer) == {"error", "model_version"}
+    assert named in answer["error"], answer["error"]
+
+
+def test_max_instances_boundary(rec):
+    service = RatingService(rec, VERSION, max_instances=5)
+    status, body = ask_one(service, {"instances": [{"user_id": 1, "movie_id": 101}] * 5})
+    assert status == 200 and len(body["predictions"]) == 5
+
+
+def test_reply_reason_phrases(service):
+    replies = service.handle_batch([b"{}", orjson.dumps({"user_id": 1, "movie_id": 101})])
+    assert [r.reason for r in replies] == ["Bad Request", "OK"]
+
+
+def test_batch_mixing_good_and_bad_bodies(service, rec):
+    bodies = [
+        {"user_id": 1, "movie_id": 101},
+        b"garbage",
+        {"instances": [{"user_id": 2, "movie_id": 102}, {"user_id": 2, "movie_id": 0}]},
+        {"user_id": 1.0, "movie_id": 101},
+        {"user_id": 3, "top_k": 2},
+        {"user_id": 99999, "movie_id": 101},
+        {"user_id": "4", "movie_id": "104"},
+    ]
+    answers = ask(service, *bodies)
+    assert [status for status, _ in answers] == [200, 400, 200, 400, 200, 404, 200]
+
+    def exact(user, movie) -> float:
+        u, m = rec.artifact.users.get(user), rec.artifact.movies.get(movie)
+        return float(rec.predict_exact(np.array([u]), np.array([m]))[0])
+
+    assert abs(answers[0][1]["rating"] - exact(1, 101)) < 1e-4
+    preds = answers[2][1]["predictions"]
+    assert abs(preds[0]["rating"] - exact(2, 102)) < 1e-4 and "movie_id 0" in preds[1]["error"]
+    assert len(answers[4][1]["recommendations"]) == 2
+    assert abs(answers[6][1]["rating"] - exact("4", "104")) < 1e-4
+    alone = [ask_one(service, bodies[i])[1] for i in (0, 2, 4, 6)]
+    assert alone == [answers[i][1] for i in (0, 2, 4, 6)]  # neighbours in a batch change nothing

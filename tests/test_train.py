@@ -1,0 +1,124 @@
+"""train.py: a short run really learns, exports a faithful TorchScript model, and is reproducible."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from model.artifact import load_artifact
+from model.data import load_ratings, split_indices
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = ["--epochs", "2", "--batch-size", "256", "--n-factors", "4", "--nh", "8", "--quiet", "--threads", "1"]
+
+
+def all_predictions(folder: Path) -> torch.Tensor:
+    """The artifact model's rating for every (user row, movie row) pair."""
+    art = load_artifact(folder)
+    users = torch.arange(len(art.users)).repeat_interleave(len(art.movies))
+    movies = torch.arange(len(art.movies)).repeat(len(art.users))
+    with torch.no_grad():
+        return art.module(users, movies)
+
+
+def quick_run(ratings: Path, out: Path, *extra: str) -> Path:
+    """A few-second training run into out."""
+    assert train.main(["--ratings", str(ratings), "--out", str(out), *QUICK, *extra]) == 0
+    return out
+
+
+def test_training_learns(tiny_artifact, synth_data):
+    meta = json.loads((tiny_artifact / "metadata.json").read_text())
+    cfg = meta["train"]
+    frame = load_ratings(synth_data[0]).frame
+    tr, va = split_indices(len(frame), cfg["val_frac"], cfg["seed"])
+    ratings = frame["rating"].to_numpy(np.float64)
+    baseline = math.sqrt(np.mean((ratings[va] - ratings[tr].mean()) ** 2))
+
+    # Recompute the validation RMSE from the exported model, independently of train.py's bookkeeping.
+    art = load_artifact(tiny_artifact)
+    users = torch.from_numpy(art.users.rows(frame["user_id"].iloc[va]))
+    movies = torch.from_numpy(art.movies.rows(frame["movie_id"].iloc[va]))
+    with torch.no_grad():
+        pred = art.module(users, movies).double().numpy()
+    val_rmse = math.sqrt(np.mean((pred - ratings[va]) ** 2))
+
+    assert meta["metrics"]["val_rmse"] == pytest.approx(val_rmse, abs=1e-4)
+    assert meta["metrics"]["val_rmse_global_mean"] == pytest.approx(baseline, abs=1e-4)
+    assert val_rmse < 0.8 * baseline, (val_rmse, baseline)
+    assert meta["counts"]["val"] == len(va) and meta["counts"]["train"] == len(tr)
+    history = meta["metrics"]["history"]
+    assert [h["epoch"] for h in history] == list(range(1, cfg["epochs"] + 1))
+    assert history[-1]["val_rmse"] < history[0]["val_rmse"]
+
+
+def test_torchscript_parity_recorded(tiny_artifact):
+    meta = json.loads((tiny_artifact / "metadata.json").read_text())
+    assert 0 <= meta["metrics"]["export_max_abs_diff"] < 1e-4
+
+
+def test_loss_plot_is_a_png(tiny_artifact):
+    data = (tiny_artifact / "loss.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+
+
+def test_same_seed_same_model(tmp_path, synth_data):
+    a = quick_run(synth_data[0], tmp_path / "a", "--seed", "7")
+    b = quick_run(synth_data[0], tmp_path / "b", "--seed", "7")
+    c = quick_run(synth_data[0], tmp_path / "c", "--seed", "8")
+    pa, pb, pc = all_predictions(a), all_predictions(b), all_predictions(c)
+    assert torch.equal(pa, pb)
+    assert not torch.equal(pa, pc)
+    meta_a, meta_b = (json.loads((p / "metadata.json").read_text()) for p in (a, b))
+    assert meta_a["metrics"]["val_rmse"] == meta_b["metrics"]["val_rmse"]
+    assert meta_a["files"]["users.json"] == meta_b["files"]["users.json"]
+
+
+def test_no_bias_run(tmp_path, synth_data):
+    out = quick_run(synth_data[0], tmp_path / "nobias", "--no-bias")
+    art = load_artifact(out)
+    assert art.net.bias is False and art.metadata["train"]["bias"] is False
+    state = art.module.state_dict()
+    assert torch.count_nonzero(state["ub.weight"]) == 0 and torch.count_nonzero(state["mb.weight"]) == 0
+
+
+def test_titles_found_beside_the_ratings(tmp_path, synth_data):
+    # No --movies: movies.csv next to ratings.csv is used.
+    art = load_artifact(quick_run(synth_data[0], tmp_path / "t"))
+    assert all(t is not None and t.startswith("Movie ") for t in art.titles)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [["--epochs", "0"], ["--val-frac", "1"], ["--val-frac", "0"], ["--nh", "-3"]],
+)
+def test_bad_options_are_usage_errors(tmp_path, bad, capsys):
+    with pytest.raises(SystemExit) as info:
+        train.parse_args(["--out", str(tmp_path / "x"), *bad])
+    assert info.value.code == 2
+    assert bad[0] in capsys.readouterr().err
+
+
+def test_too_few_ratings(tmp_path, capsys):
+    path = tmp_path / "ratings.csv"
+    path.write_text("userId,movieId,rating,timestamp\n" + "".join(f"1,{m},4,{m}\n" for m in range(5)))
+    assert train.main(["--ratings", str(path), "--out", str(tmp_path / "out"), *QUICK]) == 2
+    assert "need at least 10" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow  # a Python + torch start-up
+def test_help():
+    done = subprocess.run([sys.executable, "train.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for option in ("--ratings", "--movies", "--out", "--seed", "--epochs", "--no-bias"):
+        assert option in done.stdout
+    assert done.stderr == ""
