@@ -315,6 +315,8 @@ def start(
         raise ServeError(f"model store not found: {model_store}")
     if (live := running(run_dir)) is not None:
         raise ServeError(f"TorchServe already runs from {run_dir} (pid {live.pid}); stop it first")
+    # A frontend killed with SIGKILL leaves its workers spinning; clear them first.
+    stop(run_dir)
     _check_ports_free(ports)
     for entry in models:
         mar = entry.split("=", 1)[-1]
@@ -576,7 +578,10 @@ def _log_tail(run_dir: Path, lines: int = 40) -> str:
 def _print_status(server: Server | None, run_dir: Path) -> int:
     """Print what runs from RUN_DIR; exit status 0 if running, 3 if not (LSB style)."""
     if server is None:
-        print(f"not running ({run_dir})")
+        state = _read_state(run_dir)
+        leftovers = _instance_processes(state) if state else []
+        hint = f"; {len(leftovers)} leftover processes, run stop" if leftovers else ""
+        print(f"not running ({run_dir}){hint}")
         return 3
     print(f"running  pid {server.pid}  run dir {server.run_dir}")
     print(f"inference  {server.inference_url}")
@@ -612,7 +617,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     for field, port in asdict(defaults).items():
         flag = "--" + field.replace("_", "-") + "-port"
-        p_start.add_argument(flag, dest=field, type=int, default=port, help=f"(default {port})")
+        p_start.add_argument(flag, dest=field, type=int, default=port, metavar="PORT", help=f"(default {port})")
     p_start.add_argument("--config", default=str(DEFAULT_CONFIG), help="base config.properties")
     p_start.add_argument("--timeout", type=float, default=180, help="seconds to wait for READY")
 

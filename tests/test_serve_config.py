@@ -214,31 +214,40 @@ def test_registration_urls_outside_the_store_are_refused(server, tmp_path):
 
 @needs_java
 @pytest.mark.integration
-def test_bare_file_name_and_store_url_register(server):
-    """A bare file name resolves inside the store; file:// into the store is allowed."""
-    answer = register(server, "echo-2.0.mar")
-    assert answer.status_code == 200, answer.text
-    versions = sorted(d["modelVersion"] for d in server.describe("echo"))
-    assert versions == ["1.0", "2.0"]
+def test_bare_file_name_registers_from_the_store(server):
+    """A bare file name resolves inside the store (allowed_urls is not consulted for it)."""
     headers = server.auth("management")
-    requests.delete(f"{server.management_url}/models/echo/2.0", headers=headers)
-    answer = register(server, f"file://{server.model_store}/echo-2.0.mar")
-    assert answer.status_code == 200, answer.text
-    requests.delete(f"{server.management_url}/models/echo/2.0", headers=headers)
+    try:
+        answer = register(server, "echo-2.0.mar")
+        assert answer.status_code == 200, answer.text
+        versions = sorted(d["modelVersion"] for d in server.describe("echo"))
+        assert versions == ["1.0", "2.0"]
+    finally:
+        requests.delete(f"{server.management_url}/models/echo/2.0", headers=headers)
 
 
 @needs_java
 @pytest.mark.integration
-def test_restart_keeps_versions_and_default_and_stop_leaves_nothing(tmp_path, store):
-    """Restart without --models restores both versions and the chosen default; stop is clean."""
-    run_dir = tmp_path / "run"
-    srv = serve.start(run_dir, store, ["echo=echo-1.0.mar"], serve.Ports.free(), timeout=90)
-    try:
-        assert register(srv, "echo-2.0.mar").status_code == 200
-        url = f"{srv.management_url}/models/echo/2.0/set-default"
-        assert requests.put(url, headers=srv.auth("management")).status_code == 200
-    finally:
-        serve.stop(run_dir)
+def test_store_file_url_passes_allowed_urls_but_is_not_copied_onto_itself(server):
+    """0.12 'downloads' a file:// URL into the store, so one pointing there fails (500)."""
+    answer = register(server, f"file://{server.model_store}/echo-2.0.mar")
+    assert answer.status_code == 500
+    assert "already exists" in answer.json()["message"]
+    assert [d["modelVersion"] for d in server.describe("echo")] == ["1.0"]
+
+
+@needs_java
+@pytest.mark.integration
+def test_restart_keeps_versions_and_default_and_stop_leaves_nothing(server, store):
+    """Restart without models restores both versions and the chosen default; stop is clean.
+
+    Runs last: it restarts the module's shared server (saving a third TorchServe start).
+    """
+    run_dir = server.run_dir
+    assert register(server, "echo-2.0.mar").status_code == 200
+    url = f"{server.management_url}/models/echo/2.0/set-default"
+    assert requests.put(url, headers=server.auth("management")).status_code == 200
+    assert serve.stop(run_dir) is True
     assert serve.latest_snapshot(run_dir).name.endswith("-shutdown.cfg")
 
     srv = serve.start(run_dir, store, None, serve.Ports.free(), timeout=90)
