@@ -31,7 +31,7 @@ CLIENT := $(PY) -m client --inference-url http://127.0.0.1:$(INFERENCE_PORT) \
 	--management-url http://127.0.0.1:$(MANAGEMENT_PORT) --key-file $(RUN_DIR)/key_file.json
 ARTIFACT_FILES := model.pt users.json movies.json titles.json rated.npz metadata.json
 
-.PHONY: help install data train mar serve stop status predict recommend demo test test-fast lint bench clean
+.PHONY: help install data train mar serve stop status predict recommend demo test test-fast lint bench kserve-layout clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -104,5 +104,11 @@ lint: $(STAMP) ## ruff check + format check
 bench: $(STAMP) ## measure in-process vs served throughput and latency; writes BENCHMARKS.md
 	$(PY) bench/bench.py --artifacts $(ARTIFACTS) --out BENCHMARKS.md
 
+KSERVE_LAYOUT ?= deploy/kserve/layout/v$(VERSION)
+
+kserve-layout: $(STAMP) ## stage deploy/kserve/layout/vVERSION (config/ + model-store/) for KServe
+	@test -f $(MAR) || { echo "no $(MAR): run 'make mar VERSION=$(VERSION)'" >&2; exit 2; }
+	$(PY) deploy/kserve/stage.py --mar $(MAR) --out $(KSERVE_LAYOUT)
+
 clean: stop ## remove build outputs, archives, run state (keeps .venv and the data cache)
-	rm -rf build $(MODEL_STORE) $(RUN_DIR) artifacts
+	rm -rf build $(MODEL_STORE) $(RUN_DIR) artifacts deploy/kserve/layout

@@ -1,0 +1,361 @@
+"""The KServe deployment: storage-layout config, manifests, staging, and TorchServe started as KServe starts it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import requests
+import yaml
+
+import serve
+from model.artifact import load_artifact
+from model.core import Recommender
+
+REPO = Path(__file__).resolve().parent.parent
+KSERVE = REPO / "deploy" / "kserve"
+CONFIG = KSERVE / "config" / "config.properties"
+MANIFEST = KSERVE / "inferenceservice.yaml"
+CANARY = KSERVE / "inferenceservice-canary.yaml"
+BATCH_SETTINGS = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 32, "maxBatchDelay": 5}
+
+
+def load_stage():
+    """deploy/kserve/stage.py as a module (deploy/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("kserve_stage", KSERVE / "stage.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def wrapper_parse(text: str) -> dict[str, str]:
+    """config.properties as KServe's TorchServe wrapper reads it (kserve_wrapper/__main__.py parse_config)."""
+    keys = {}
+    for line in text.splitlines(keepends=True):
+        if not line.startswith("#") and "=" in line:
+            name, value = line.split("=", 1)
+            keys[name.strip()] = value.strip()
+    return keys
+
+
+def snapshot(props: dict[str, str]) -> dict:
+    """The model_snapshot JSON of a config."""
+    return json.loads(props["model_snapshot"])
+
+
+# --- the layout and manifests (no TorchServe) ---------------------------------------------------
+
+
+def test_config_keeps_the_kserve_contract():
+    """Loopback 8085 for the wrapper, no tokens, no env overrides, movierec 1.0 with our batching."""
+    props = serve.read_properties(CONFIG)
+    assert props["inference_address"] == props["management_address"] == "http://127.0.0.1:8085"
+    assert props["metrics_address"] == "http://0.0.0.0:8082"
+    assert props["grpc_inference_address"] == props["grpc_management_address"] == "127.0.0.1"
+    assert props["disable_token_authorization"] == "true"
+    # Off, so the runtime's TS_SERVICE_ENVELOPE=kserve cannot wrap the handler (see the config).
+    assert props["enable_envvars_config"] == "false"
+    assert props["enable_model_api"] == "false"
+    assert props["install_py_dep_per_model"] == "false"
+    assert props["decode_input_request"] == "false"
+    assert props["metrics_mode"] == "prometheus"
+    assert props["model_store"] == "/mnt/models/model-store"
+    assert "service_envelope" not in props and "load_models" not in props
+    models = snapshot(props)["models"]
+    assert list(models) == ["movierec"] and list(models["movierec"]) == ["1.0"]
+    v1 = models["movierec"]["1.0"]
+    assert v1["defaultVersion"] is True and v1["marName"] == "movierec-1.0.mar"
+    assert {k: v1[k] for k in BATCH_SETTINGS} == BATCH_SETTINGS
+
+
+def test_kserve_wrapper_reads_the_config_as_torchserve_does():
+    """The wrapper's naive KEY=VALUE parser and java.util.Properties agree on every key."""
+    text = CONFIG.read_text(encoding="utf-8")
+    assert "\\" not in text, "the wrapper does not undo properties escapes or join continued lines"
+    wrapper = wrapper_parse(text)
+    assert wrapper == serve.read_properties(CONFIG)
+    # What the wrapper derives: predictor host for /v1/models/movierec:predict and the served names.
+    assert wrapper["inference_address"].split("//")[1] == "127.0.0.1:8085"
+    assert list(snapshot(wrapper)["models"]) == ["movierec"]
+
+
+def test_manifests_deploy_movierec_and_a_10_percent_canary():
+    """Both manifests are InferenceServices for movierec; only the canary sets canaryTrafficPercent."""
+    main = yaml.safe_load(MANIFEST.read_text())
+    canary = yaml.safe_load(CANARY.read_text())
+    for doc in (main, canary):
+        assert doc["apiVersion"] == "serving.kserve.io/v1beta1" and doc["kind"] == "InferenceService"
+        assert doc["metadata"]["name"] == "movierec"
+        # canaryTrafficPercent needs Knative.
+        assert doc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
+        model = doc["spec"]["predictor"]["model"]
+        assert model["modelFormat"]["name"] == "pytorch" and model["protocolVersion"] == "v1"
+        assert model["resources"]["limits"]["memory"]
+    assert "canaryTrafficPercent" not in main["spec"]["predictor"]
+    assert canary["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    main_uri = main["spec"]["predictor"]["model"]["storageUri"]
+    canary_uri = canary["spec"]["predictor"]["model"]["storageUri"]
+    assert main_uri.endswith("/v1.0") and canary_uri.endswith("/v2.0")
+
+
+# --- staging and a real TorchServe with the KServe config -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def layouts(model_store, tmp_path_factory) -> dict[str, Path]:
+    """Version -> a staged KServe layout (config/ + model-store/), as `make kserve-layout` writes it."""
+    stage = load_stage()
+    root = tmp_path_factory.mktemp("kserve-layout")
+    return {v: stage.stage(model_store / f"movierec-{v}.mar", root / f"v{v}") for v in ("1.0", "2.0")}
+
+
+@pytest.mark.integration
+def test_stage_writes_one_complete_layout_per_version(layouts):
+    """1.0 reproduces the tracked config exactly; 2.0 differs only in its model_snapshot."""
+    template = CONFIG.read_text(encoding="utf-8")
+    assert (layouts["1.0"] / "config" / "config.properties").read_text() == template
+    staged = serve.read_properties(layouts["2.0"] / "config" / "config.properties")
+    models = snapshot(staged)["models"]["movierec"]
+    assert list(models) == ["2.0"] and models["2.0"]["marName"] == "movierec-2.0.mar"
+    assert {k: models["2.0"][k] for k in BATCH_SETTINGS} == BATCH_SETTINGS
+    assert {k: v for k, v in staged.items() if k != "model_snapshot"} == {
+        k: v for k, v in serve.read_properties(CONFIG).items() if k != "model_snapshot"
+    }
+    for version, layout in layouts.items():
+        assert [p.name for p in (layout / "model-store").iterdir()] == [f"movierec-{version}.mar"]
+
+
+@pytest.mark.integration
+def test_stage_refuses_an_archive_of_another_model(tmp_path, model_store):
+    """A .mar whose manifest names another model is not staged."""
+    other = tmp_path / "other-1.0.mar"
+    with zipfile.ZipFile(model_store / "movierec-1.0.mar") as src, zipfile.ZipFile(other, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "MAR-INF/MANIFEST.json":
+                manifest = json.loads(data)
+                manifest["model"]["modelName"] = "other"
+                data = json.dumps(manifest).encode()
+            dst.writestr(item, data)
+    with pytest.raises(ValueError, match="expected 'movierec'"):
+        load_stage().stage(other, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@dataclass
+class KServeTorchServe:
+    """TorchServe started from a KServe layout: the shared inference/management URL and its files."""
+
+    version: str
+    url: str
+    metrics_url: str
+    root: Path
+
+
+def _override(config: Path, values: dict[str, str]) -> None:
+    """Replace KEY=VALUE lines in place, keeping comments and layout (the wrapper's format)."""
+    lines = config.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        key = line.split("=", 1)[0]
+        if not line.startswith("#") and key in values:
+            lines[i] = f"{key}={values.pop(key)}"
+    assert not values, f"keys not in the config: {values}"
+    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _wait_ready(url: str, pid: int, version: str, timeout: float = 180) -> None:
+    """Poll what the KServe wrapper polls: GET <management>/models/movierec until a worker is READY."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if not psutil.pid_exists(pid):
+            raise AssertionError("TorchServe exited during startup")
+        try:
+            r = requests.get(f"{url}/models/movierec", timeout=5)
+            last = f"{r.status_code} {r.text[:200]}"
+            if r.ok and any(w.get("status") == "READY" for w in r.json()[0].get("workers", [])):
+                return
+        except requests.RequestException as error:
+            last = str(error)
+        time.sleep(0.5)
+    raise AssertionError(f"movierec {version} not READY after {timeout:.0f} s: {last}")
+
+
+def _log_tail(root: Path) -> str:
+    """The end of TorchServe's logs, for failure messages."""
+    parts = []
+    for path in (root / "logs" / "torchserve.out", root / "logs" / "ts_log.log", root / "logs" / "model_log.log"):
+        if path.is_file():
+            parts.append(f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-30:]))
+    return "\n".join(parts)
+
+
+@pytest.fixture(scope="module", params=["1.0", "2.0"])
+def kserve_ts(request, layouts, tmp_path_factory):
+    """TorchServe run exactly as the kserve-torchserve runtime runs it, from a copy of one staged layout.
+
+    Only addresses and ports change (free loopback ones). enable_envvars_config=false means TS_*
+    variables cannot do it, so the copy is edited; the pod's TS_SERVICE_ENVELOPE=kserve is set to
+    show it is ignored. TMPDIR, cwd and logs live under the test's own directory.
+    """
+    version = request.param
+    root = tmp_path_factory.mktemp(f"kserve-ts-{version}")
+    mnt = root / "mnt" / "models"
+    shutil.copytree(layouts[version], mnt)
+    inference, metrics, grpc_inference, grpc_management = serve.free_ports(4)
+    address = f"http://{serve.HOST}:{inference}"
+    _override(
+        mnt / "config" / "config.properties",
+        {
+            "inference_address": address,
+            "management_address": address,
+            "metrics_address": f"http://{serve.HOST}:{metrics}",
+            "grpc_inference_port": str(grpc_inference),
+            "grpc_management_port": str(grpc_management),
+        },
+    )
+    tmp_dir, logs = root / "tmp", root / "logs"
+    tmp_dir.mkdir()
+    logs.mkdir()
+    assert len(str(tmp_dir)) <= serve.MAX_TMPDIR_LEN
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TS_")}
+    env.update(
+        TMPDIR=str(tmp_dir),
+        TEMP=str(tmp_dir),
+        LOG_LOCATION=str(logs),
+        METRICS_LOCATION=str(logs),
+        TS_SERVICE_ENVELOPE="kserve",
+    )
+    launcher = [sys.executable, "-m", "ts.model_server"]
+    args = ["--start", f"--model-store={mnt}/model-store", f"--ts-config={mnt}/config/config.properties"]
+    with open(logs / "torchserve.out", "ab") as out:
+        done = subprocess.run(
+            launcher + args,
+            cwd=root,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            timeout=60,
+        )
+    assert done.returncode == 0, _log_tail(root)
+    pid = int((tmp_dir / ".model_server.pid").read_text().split()[0])
+    try:
+        try:
+            _wait_ready(address, pid, version)
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{_log_tail(root)}") from None
+        yield KServeTorchServe(version, address, f"http://{serve.HOST}:{metrics}", root)
+    finally:
+        _stop(launcher, root, env, pid)
+
+
+def _stop(launcher: list[str], root: Path, env: dict[str, str], pid: int) -> None:
+    """`torchserve --stop` with the same TMPDIR and cwd, then kill leftovers by pid; assert none remain."""
+    try:
+        frontend = psutil.Process(pid)
+        procs = [frontend, *frontend.children(recursive=True)]
+        pgid = os.getpgid(pid)
+    except psutil.Error:
+        return
+    subprocess.run([*launcher, "--stop"], cwd=root, env=env, capture_output=True, timeout=60)
+    _, alive = psutil.wait_procs(procs, timeout=30)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=10)
+    # Anything the workers forked stays in the launcher's new session and process group.
+    stragglers = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid:
+                stragglers.append(proc)
+                proc.kill()
+        except (psutil.Error, ProcessLookupError):
+            pass
+    psutil.wait_procs(stragglers, timeout=10)
+    assert not [p.pid for p in procs + stragglers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not (root / "key_file.json").exists()
+
+
+@pytest.fixture(scope="module")
+def references(tiny_artifact, tiny_artifact_b):
+    """Version -> (artifact, in-process Recommender) of the archive that version was built from."""
+    refs = {}
+    for version, path in (("1.0", tiny_artifact), ("2.0", tiny_artifact_b)):
+        art = load_artifact(path)
+        refs[version] = (art, Recommender(art))
+    return refs
+
+
+def _pairs(art, rng, n: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """n random known (user, movie) rows and their request instances."""
+    urows, mrows = rng.integers(0, len(art.users), n), rng.integers(0, len(art.movies), n)
+    instances = [
+        {"user_id": art.users.ids[u], "movie_id": art.movies.ids[m]} for u, m in zip(urows, mrows, strict=True)
+    ]
+    return urows, mrows, instances
+
+
+@pytest.mark.integration
+def test_v1_predict_without_token_returns_the_handlers_predictions(kserve_ts, references):
+    """The wrapper's forward (POST /v1/models/movierec:predict, no token) reaches our handler unwrapped."""
+    art, rec = references[kserve_ts.version]
+    urows, mrows, instances = _pairs(art, np.random.default_rng(7), 50)
+    instances[3] = {"user_id": 99999, "movie_id": art.movies.ids[0]}
+    r = requests.post(f"{kserve_ts.url}/v1/models/movierec:predict", json={"instances": instances}, timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    # No kserve envelope around it: exactly our handler's answer.
+    assert set(body) == {"predictions", "model_version"} and body["model_version"] == kserve_ts.version
+    preds = body["predictions"]
+    assert len(preds) == 50 and "error" in preds[3]
+    good = [i for i in range(50) if i != 3]
+    expected = rec.predict_exact(urows[good], mrows[good])
+    assert np.abs(np.array([preds[i]["rating"] for i in good]) - expected).max() < 1e-4
+
+
+@pytest.mark.integration
+def test_concurrent_requests_are_batched_without_mixing_answers(kserve_ts, references):
+    """batch_size 32: concurrent requests share handler calls and each still gets its own answer."""
+    art, rec = references[kserve_ts.version]
+    rng = np.random.default_rng(11)
+    jobs = [_pairs(art, rng, 5) for _ in range(24)]
+
+    def send(job):
+        return requests.post(f"{kserve_ts.url}/v1/models/movierec:predict", json={"instances": job[2]}, timeout=30)
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        answers = list(pool.map(send, jobs))
+    for (urows, mrows, _), r in zip(jobs, answers, strict=True):
+        assert r.status_code == 200, r.text
+        got = np.array([p["rating"] for p in r.json()["predictions"]])
+        assert np.abs(got - rec.predict_exact(urows, mrows)).max() < 1e-4
+
+
+@pytest.mark.integration
+def test_readiness_probe_and_locked_management(kserve_ts):
+    """The wrapper's readiness check and /ping need no token; the snapshot's batching is in effect; no registration."""
+    described = requests.get(f"{kserve_ts.url}/models/movierec", timeout=10).json()[0]
+    assert described["modelVersion"] == kserve_ts.version
+    assert {k: described[k] for k in BATCH_SETTINGS} == BATCH_SETTINGS
+    assert requests.get(f"{kserve_ts.url}/ping", timeout=10).status_code == 200
+    r = requests.post(f"{kserve_ts.url}/models", params={"url": f"movierec-{kserve_ts.version}.mar"}, timeout=10)
+    assert r.status_code == 405
+    metrics = requests.get(f"{kserve_ts.metrics_url}/metrics", timeout=10)
+    assert metrics.status_code == 200 and "ts_inference_requests_total" in metrics.text
