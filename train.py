@@ -21,7 +21,16 @@ import torch
 from tqdm import tqdm
 
 from model.artifact import load_artifact, rated_csr, save_artifact
-from model.data import DEFAULT_NAME, DEFAULT_SCALE, DataError, Ratings, default_dataset, load_ratings, load_titles, split_indices
+from model.data import (
+    DEFAULT_NAME,
+    DEFAULT_SCALE,
+    DataError,
+    Ratings,
+    default_dataset,
+    load_ratings,
+    load_titles,
+    split_indices,
+)
 from model.index import IdIndex
 from model.net import EmbeddingNet, NetConfig
 
@@ -68,7 +77,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: torch default)")
     p.add_argument(
-        "--rating-scale", type=float, nargs=2, default=DEFAULT_SCALE, metavar=("MIN", "MAX"),
+        "--rating-scale",
+        type=float,
+        nargs=2,
+        default=DEFAULT_SCALE,
+        metavar=("MIN", "MAX"),
         help="allowed rating values; rows outside are an error (default: 0.5 5)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -178,7 +191,9 @@ def export(model: torch.nn.Module, val_u: torch.Tensor, val_m: torch.Tensor) -> 
     return scripted, diff
 
 
-def build_titles(movies: IdIndex, ratings_path: Path | None, movies_path: str | None, default_titles: Path | None) -> list:
+def build_titles(
+    movies: IdIndex, ratings_path: Path | None, movies_path: str | None, default_titles: Path | None
+) -> list:
     """Titles aligned with the movie index (None where the titles file lacks a movie)."""
     source = movies_path or default_titles
     if source is None and ratings_path is not None:
@@ -256,16 +271,31 @@ def train(args: argparse.Namespace) -> dict:
 
     out = Path(args.out)
     save_artifact(
-        out, scripted, users, movies, titles, rated_csr(urows, mrows, len(users)),
+        out,
+        scripted,
+        users,
+        movies,
+        titles,
+        rated_csr(urows, mrows, len(users)),
         {
             "rating_range": [y_min, y_max],
-            "counts": {"users": len(users), "movies": len(movies), "ratings": len(frame),
-                       "train": len(tr_idx), "val": len(va_idx)},
+            "counts": {
+                "users": len(users),
+                "movies": len(movies),
+                "ratings": len(frame),
+                "train": len(tr_idx),
+                "val": len(va_idx),
+            },
             "net": net_cfg.to_dict(),
             "train": asdict(cfg),
             "metrics": metrics,
-            "data": {"source": source, "fingerprint": data.fingerprint(),
-                     "duplicates_dropped": data.duplicates_dropped, "split": "random", "val_frac": cfg.val_frac},
+            "data": {
+                "source": source,
+                "fingerprint": data.fingerprint(),
+                "duplicates_dropped": data.duplicates_dropped,
+                "split": "random",
+                "val_frac": cfg.val_frac,
+            },
         },
     )
     plot_history(history, out / "loss.png")

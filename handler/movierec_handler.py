@@ -55,8 +55,13 @@ class MovierecHandler:
         meta = artifact.metadata
         log.info(
             "movierec %s loaded on %s in %.2fs: %d users, %d movies, val RMSE %.4f, data %s, parity %.1e",
-            self.model_version, device, time.perf_counter() - started, len(artifact.users), len(artifact.movies),
-            meta.get("metrics", {}).get("val_rmse", float("nan")), meta.get("data", {}).get("fingerprint"),
+            self.model_version,
+            device,
+            time.perf_counter() - started,
+            len(artifact.users),
+            len(artifact.movies),
+            meta.get("metrics", {}).get("val_rmse", float("nan")),
+            meta.get("data", {}).get("fingerprint"),
             recommender.parity,
         )
         self.initialized = True

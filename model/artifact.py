@@ -18,7 +18,7 @@ import json
 import os
 import warnings
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +104,7 @@ def save_artifact(
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "torch_version": torch.__version__,
         **metadata,
         "files": {name: _sha256(out / name) for name in FILES},

@@ -236,7 +236,7 @@ def load_titles(path: str | os.PathLike) -> dict[str, str]:
             ids, titles = frame[key], frame["title"]
     except (pd.errors.ParserError, UnicodeDecodeError, KeyError) as exc:
         raise DataError(f"{path}: cannot read titles: {exc}") from None
-    return dict(zip(ids.str.strip(), titles.fillna("").str.strip()))
+    return dict(zip(ids.str.strip(), titles.fillna("").str.strip(), strict=False))
 
 
 def _first_line(path: Path) -> str:

@@ -170,8 +170,11 @@ class RatingService:
             if problem:
                 errors[i] = problem
         return Job(
-            "instances", items=instances, errors=errors,
-            user_rows=np.array(urows, dtype=np.int64), movie_rows=np.array(mrows, dtype=np.int64),
+            "instances",
+            items=instances,
+            errors=errors,
+            user_rows=np.array(urows, dtype=np.int64),
+            movie_rows=np.array(mrows, dtype=np.int64),
         )
 
     def _slow_item(self, item: object) -> tuple[int, int, str | None]:
@@ -243,17 +246,23 @@ class RatingService:
                 replies.append(Reply(job.error.status, orjson.dumps(body)))
             elif job.kind == "pair":
                 pair = job.items[0]
-                body = {"user_id": pair["user_id"], "movie_id": pair["movie_id"], "rating": job.result[0],
-                        "model_version": version}
+                body = {
+                    "user_id": pair["user_id"],
+                    "movie_id": pair["movie_id"],
+                    "rating": job.result[0],
+                    "model_version": version,
+                }
                 replies.append(Reply(200, orjson.dumps(body)))
             elif job.kind == "instances":
-                replies.append(Reply(200, orjson.dumps({"predictions": self._predictions(job), "model_version": version})))
+                replies.append(
+                    Reply(200, orjson.dumps({"predictions": self._predictions(job), "model_version": version}))
+                )
             else:
                 rows, scores = job.result
                 titles, movie_id = self.titles, self.movies.id_of
                 recs = [
                     {"movie_id": _echo_id(movie_id(r)), "title": titles[r], "score": round(s, 4)}
-                    for r, s in zip(rows.tolist(), scores.tolist())
+                    for r, s in zip(rows.tolist(), scores.tolist(), strict=False)
                 ]
                 body = {"user_id": job.items[0]["user_id"], "recommendations": recs, "model_version": version}
                 replies.append(Reply(200, orjson.dumps(body)))
@@ -264,12 +273,14 @@ class RatingService:
         """The instances list, answered in place: each good item gains "rating", a bad one becomes its error."""
         items, errors = job.items, job.errors
         if not errors:
-            for item, rating in zip(items, job.result):
+            for item, rating in zip(items, job.result, strict=False):
                 item["rating"] = rating
             return items
-        for i, (item, rating) in enumerate(zip(items, job.result)):
+        for i, (item, rating) in enumerate(zip(items, job.result, strict=False)):
             if i in errors:
-                echo = {k: item[k] for k in ("user_id", "movie_id") if _is_id(item.get(k))} if type(item) is dict else {}
+                echo = (
+                    {k: item[k] for k in ("user_id", "movie_id") if _is_id(item.get(k))} if type(item) is dict else {}
+                )
                 items[i] = {**echo, "error": errors[i]}
             else:
                 item["rating"] = rating

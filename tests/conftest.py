@@ -13,8 +13,29 @@ import train
 from tests.synth import write_ratings
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_TRAIN_ARGS = ["--epochs", "6", "--batch-size", "64", "--n-factors", "8", "--nh", "16", "--lr", "1e-2",
-                   "--wd", "0.01", "--p1", "0.05", "--p2", "0.1", "--seed", "1", "--quiet", "--threads", "1"]
+TINY_TRAIN_ARGS = [
+    "--epochs",
+    "6",
+    "--batch-size",
+    "64",
+    "--n-factors",
+    "8",
+    "--nh",
+    "16",
+    "--lr",
+    "1e-2",
+    "--wd",
+    "0.01",
+    "--p1",
+    "0.05",
+    "--p2",
+    "0.1",
+    "--seed",
+    "1",
+    "--quiet",
+    "--threads",
+    "1",
+]
 
 
 @pytest.fixture(scope="session")
@@ -34,8 +55,16 @@ def tiny_artifact(tmp_path_factory, synth_data) -> Path:
 
 def build_mar(artifact: Path, version: str, store: Path) -> Path:
     """Build movierec-VERSION.mar with the Makefile, exactly as users do."""
-    cmd = ["make", "--no-print-directory", "mar", f"ARTIFACTS={artifact}", f"VERSION={version}",
-           f"MODEL_STORE={store}", f"PY={sys.executable}", f"VENV={Path(sys.executable).parent.parent}"]
+    cmd = [
+        "make",
+        "--no-print-directory",
+        "mar",
+        f"ARTIFACTS={artifact}",
+        f"VERSION={version}",
+        f"MODEL_STORE={store}",
+        f"PY={sys.executable}",
+        f"VENV={Path(sys.executable).parent.parent}",
+    ]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     return store / f"movierec-{version}.mar"
@@ -66,7 +95,12 @@ def model_store(tmp_path_factory, tiny_artifact, tiny_artifact_b) -> Path:
 def server(tmp_path_factory, model_store):
     """A real TorchServe on free loopback ports serving movierec 1.0 (default) and 2.0."""
     run_dir = tmp_path_factory.mktemp("run")
-    srv = serve.start(run_dir, model_store, ["movierec=movierec-1.0.mar", "movierec=movierec-2.0.mar"],
-                      ports=serve.Ports.free(), timeout=240)
+    srv = serve.start(
+        run_dir,
+        model_store,
+        ["movierec=movierec-1.0.mar", "movierec=movierec-2.0.mar"],
+        ports=serve.Ports.free(),
+        timeout=240,
+    )
     yield srv
     serve.stop(run_dir)

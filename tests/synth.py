@@ -22,7 +22,7 @@ def write_ratings(
     ratings = folder / "ratings.csv"
     with open(ratings, "w") as fh:
         fh.write("userId,movieId,rating,timestamp\n")
-        for i, (u, m, r) in enumerate(zip(users, movies, rating)):
+        for i, (u, m, r) in enumerate(zip(users, movies, rating, strict=False)):
             fh.write(f"{u + 1},{m + 101},{r:.1f},{880000000 + i}\n")
     titles = folder / "movies.csv"
     with open(titles, "w") as fh:

@@ -49,7 +49,9 @@ def test_many_pairs_keep_order_and_fail_alone_on_both_routes(http, server, ref):
     art, rec = ref
     rng = np.random.default_rng(3)
     urows, mrows = rng.integers(0, len(art.users), 500), rng.integers(0, len(art.movies), 500)
-    instances = [{"user_id": art.users.ids[u], "movie_id": int(art.movies.ids[m])} for u, m in zip(urows, mrows)]
+    instances = [
+        {"user_id": art.users.ids[u], "movie_id": int(art.movies.ids[m])} for u, m in zip(urows, mrows, strict=False)
+    ]
     instances[17] = {"user_id": 99999, "movie_id": 101}
     instances[18] = {"user_id": art.users.ids[0]}
     expected = rec.predict_exact(urows, mrows)
@@ -148,7 +150,7 @@ def test_concurrent_mixed_requests_are_batched_without_hurting_good_ones(http, s
 
     with ThreadPoolExecutor(32) as pool:
         answers = list(pool.map(call, jobs))
-    for (body, pair), r in zip(jobs, answers):
+    for (_body, pair), r in zip(jobs, answers, strict=True):
         if pair is None:
             assert 400 <= r.status_code < 500, r.text
         else:
