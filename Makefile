@@ -34,7 +34,7 @@ ARTIFACT_FILES := model.pt users.json movies.json titles.json rated.npz metadata
 .PHONY: help install data train mar serve stop status predict recommend demo test test-fast lint bench kserve-layout clean
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 	@echo "  variables: VERSION=$(VERSION) ARTIFACTS=$(ARTIFACTS) TRAIN_ARGS='...' RUN_DIR=$(RUN_DIR)"
 	@echo "             INFERENCE_PORT=$(INFERENCE_PORT) MANAGEMENT_PORT=$(MANAGEMENT_PORT) METRICS_PORT=$(METRICS_PORT)"
 
@@ -55,8 +55,7 @@ train: $(STAMP) ## train and export an artifact: make train [ARTIFACTS=dir] [TRA
 $(ARTIFACTS)/metadata.json:
 	$(MAKE) train ARTIFACTS=$(ARTIFACTS) TRAIN_ARGS='$(TRAIN_ARGS)'
 
-mar: $(STAMP) ## build model_store/movierec-VERSION.mar from ARTIFACTS: make mar [VERSION=2.0] [ARTIFACTS=dir]
-	@test -f $(ARTIFACTS)/metadata.json || { echo "no artifact in $(ARTIFACTS): run 'make train ARTIFACTS=$(ARTIFACTS)'" >&2; exit 2; }
+mar: $(STAMP) $(ARTIFACTS)/metadata.json ## build model_store/movierec-VERSION.mar from ARTIFACTS (trained first if missing, with TRAIN_ARGS)
 	$(PY) -c "from model.artifact import load_artifact; load_artifact('$(ARTIFACTS)')"
 	rm -rf build/mar-$(VERSION)
 	mkdir -p build/mar-$(VERSION)/extra/model build/mar-$(VERSION)/extra/artifact $(MODEL_STORE)
@@ -84,7 +83,6 @@ recommend: ## sample top-K request: make recommend [USER_ID=196 TOP_K=10]
 	$(CLIENT) recommend --user $(USER_ID) --top-k $(TOP_K)
 
 demo: $(STAMP) ## the main job: train (or reuse ARTIFACTS), build the .mar, serve, answer requests
-	$(MAKE) --no-print-directory $(ARTIFACTS)/metadata.json
 	$(MAKE) --no-print-directory mar
 	$(MAKE) --no-print-directory serve
 	$(MAKE) --no-print-directory predict
