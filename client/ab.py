@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from client.api import DEFAULT_MODEL, MovieRecClient, MovieRecError, check_version
-from client.scoring import InputError
+from client.scoring import InputError, find_columns
 
 BUCKETS = 10_000
 DEFAULT_SALT = "movierec-ab"
@@ -196,22 +196,24 @@ class EvalRow:
 def read_heldout(path: str | os.PathLike[str]) -> Iterator[EvalRow | str]:
     """Stream a user_id,movie_id,rating CSV; yields an error string for each unreadable row."""
     with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        fields = [name.strip() for name in reader.fieldnames or []]
-        missing = [c for c in ("user_id", "movie_id", "rating") if c not in fields]
-        if missing:
-            raise InputError(f"{path}: line 1: header lacks column {', '.join(missing)}")
-        reader.fieldnames = fields
-        for rec in reader:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise InputError(f"{path}: empty file, expected a header with user_id,movie_id,rating")
+        u, m, r = find_columns(header, ("user_id", "movie_id", "rating"), path)
+        need = max(u, m, r) + 1
+        for fields in reader:
+            if not fields:
+                continue
+            if len(fields) < need:
+                yield f"line {reader.line_num}: expected at least {need} columns, got {len(fields)}"
+                continue
             try:
-                rating = float(rec["rating"])
-            except (TypeError, ValueError):
-                yield f"line {reader.line_num}: column rating: not a number: {rec['rating']!r}"
+                rating = float(fields[r])
+            except ValueError:
+                yield f"line {reader.line_num}: column rating: not a number: {fields[r]!r}"
                 continue
-            if rec["user_id"] is None or rec["movie_id"] is None:
-                yield f"line {reader.line_num}: missing user_id or movie_id"
-                continue
-            yield EvalRow(reader.line_num, rec["user_id"], rec["movie_id"], rating)
+            yield EvalRow(reader.line_num, fields[u], fields[m], rating)
 
 
 def evaluate(

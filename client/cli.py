@@ -47,7 +47,7 @@ def _server_options() -> argparse.ArgumentParser:
 
 
 def _model_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL})")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model name (default %(default)s)")
 
 
 def _percent(text: str) -> float:
@@ -74,14 +74,12 @@ def _non_negative(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of every subcommand."""
     server = _server_options()
-    fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="python -m client", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
         "score",
         parents=[server],
-        formatter_class=fmt,
         help="score a user_id,movie_id CSV in bulk",
         description="Score every (user_id, movie_id) row of a CSV through the movierec-batch registration; "
         "writes user_id,movie_id,rating,error in input order.",
@@ -97,42 +95,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk",
         type=_positive,
         default=scoring.DEFAULT_CHUNK,
-        help="rows per request (max 20000)",
+        help="rows per request (max 20000) (default %(default)s)",
     )
     p.add_argument(
         "--concurrency",
         type=_positive,
         default=scoring.DEFAULT_CONCURRENCY,
-        help="requests in flight",
+        help="requests in flight (default %(default)s)",
     )
     p.add_argument(
         "--workers",
         type=_positive,
         default=scoring.DEFAULT_WORKERS,
-        help="workers during the job",
+        help="workers during the job (default %(default)s)",
     )
     p.add_argument(
         "--idle-workers",
         type=_non_negative,
         default=scoring.DEFAULT_IDLE_WORKERS,
-        help="workers after",
+        help="workers after (default %(default)s)",
     )
     p.add_argument(
         "--batch-size",
         type=_positive,
         default=scoring.DEFAULT_BATCH_SIZE,
-        help="TorchServe batch size",
+        help="TorchServe batch size (default %(default)s)",
     )
     p.add_argument(
         "--max-batch-delay",
         type=_non_negative,
         default=scoring.DEFAULT_MAX_BATCH_DELAY_MS,
-        help="batch delay, ms",
+        help="batch delay, ms (default %(default)s)",
     )
     p.add_argument(
         "--batch-model",
         default=scoring.BATCH_MODEL,
-        help="name of the bulk-scoring registration",
+        help="name of the bulk-scoring registration (default %(default)s)",
     )
     p.add_argument(
         "--resume",
@@ -149,13 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("versions", help="list, register, set-default, unregister model versions")
     vsub = p.add_subparsers(dest="versions_command", required=True, metavar="ACTION")
-    v = vsub.add_parser("list", parents=[server], formatter_class=fmt, help="list registered versions")
+    v = vsub.add_parser("list", parents=[server], help="list registered versions")
     _model_option(v)
     v.set_defaults(func=cmd_versions_list)
     v = vsub.add_parser(
         "register",
         parents=[server],
-        formatter_class=fmt,
         help="register movierec-VERSION.mar from the model store",
     )
     _model_option(v)
@@ -164,14 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="archive version, e.g. 2.0 for movierec-2.0.mar",
     )
-    v.add_argument("--batch-size", type=_positive, default=8, help="TorchServe batch size")
-    v.add_argument("--max-batch-delay", type=_non_negative, default=10, help="batch delay, ms")
-    v.add_argument("--workers", type=_non_negative, default=1, help="initial workers")
+    v.add_argument("--batch-size", type=_positive, default=8, help="TorchServe batch size (default %(default)s)")
+    v.add_argument("--max-batch-delay", type=_non_negative, default=10, help="batch delay, ms (default %(default)s)")
+    v.add_argument("--workers", type=_non_negative, default=1, help="initial workers (default %(default)s)")
     v.set_defaults(func=cmd_versions_register)
     v = vsub.add_parser(
         "set-default",
         parents=[server],
-        formatter_class=fmt,
         help="make a version the default",
     )
     _model_option(v)
@@ -180,7 +176,6 @@ def build_parser() -> argparse.ArgumentParser:
     v = vsub.add_parser(
         "unregister",
         parents=[server],
-        formatter_class=fmt,
         help="unregister a version (not the default while others exist)",
     )
     _model_option(v)
@@ -190,7 +185,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "promote",
         parents=[server],
-        formatter_class=fmt,
         help="make VERSION the default, remembering the previous one",
     )
     p.add_argument("version")
@@ -204,7 +198,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "rollback",
         parents=[server],
-        formatter_class=fmt,
         help="restore the default replaced by the last promote",
     )
     _model_option(p)
@@ -217,14 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "ab",
         parents=[server],
-        formatter_class=fmt,
         help="ask the sticky A/B split for one user",
         description="Route one user to version A or B by a stable hash of the user ID and print the answer.",
     )
     _model_option(p)
     p.add_argument("--a", required=True, help="version A")
     p.add_argument("--b", required=True, help="version B")
-    p.add_argument("--split", type=_percent, default=50.0, help="percent of users on B")
+    p.add_argument("--split", type=_percent, default=50.0, help="percent of users on B (default %(default)s)")
     p.add_argument("--user", required=True, help="user ID")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--movie", help="predict this movie's rating")
@@ -243,7 +235,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "ab-eval",
         parents=[server],
-        formatter_class=fmt,
         help="compare versions A and B on held-out ratings",
         description="Score held-out ratings through the live endpoint with each user on its sticky arm; report "
         "RMSE, latency and errors per version; optionally promote the clearly better version.",
@@ -252,18 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
     _model_option(p)
     p.add_argument("--a", required=True, help="version A")
     p.add_argument("--b", required=True, help="version B")
-    p.add_argument("--split", type=_percent, default=50.0, help="percent of users on B")
+    p.add_argument("--split", type=_percent, default=50.0, help="percent of users on B (default %(default)s)")
     p.add_argument(
         "--chunk",
         type=_positive,
         default=ab.DEFAULT_EVAL_CHUNK,
-        help="rows per request",
+        help="rows per request (default %(default)s)",
     )
     p.add_argument(
         "--concurrency",
         type=_positive,
         default=ab.DEFAULT_EVAL_CONCURRENCY,
-        help="requests in flight",
+        help="requests in flight (default %(default)s)",
     )
     p.add_argument("--plot", help="write a PNG comparison here")
     p.add_argument(
@@ -275,19 +266,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-rows",
         type=_positive,
         default=ab.DEFAULT_MIN_ROWS,
-        help="scored rows each arm needs",
+        help="scored rows each arm needs (default %(default)s)",
     )
     p.add_argument(
         "--min-improvement",
         type=float,
         default=ab.DEFAULT_MIN_IMPROVEMENT,
-        help="RMSE gap needed to promote",
+        help="RMSE gap needed to promote (default %(default)s)",
     )
     p.add_argument(
         "--max-error-rate-increase",
         type=float,
         default=ab.DEFAULT_MAX_ERROR_RATE_INCREASE,
-        help="how much higher the winner's row error rate may be",
+        help="how much higher the winner's row error rate may be (default %(default)s)",
     )
     p.add_argument(
         "--state-file",

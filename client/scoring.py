@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import os
 import sys
 import time
@@ -33,7 +34,12 @@ DEFAULT_BATCH_SIZE = 4
 DEFAULT_MAX_BATCH_DELAY_MS = 5
 DEFAULT_IDLE_WORKERS = 0
 MAX_INSTANCES = 20_000
+SYNC_INTERVAL_S = 1.0
 
+# (user_id, movie_id, problem): IDs exactly as in the file; problem is "" or why it is not sent.
+# Plain tuples, because a million dataclass instances cost more than the HTTP round trips.
+Row = tuple[str, str, str]
+Record = tuple[str, str, str, str]
 Instance = dict[str, str]
 Prediction = dict[str, Any]
 ScoreChunk = Callable[[list[Instance]], list[Prediction]]
@@ -41,16 +47,6 @@ ScoreChunk = Callable[[list[Instance]], list[Prediction]]
 
 class InputError(MovieRecError):
     """The input or output CSV cannot be used."""
-
-
-@dataclass
-class Row:
-    """One input row: its line number and IDs exactly as they appear in the file."""
-
-    line: int
-    user_id: str
-    movie_id: str
-    problem: str = ""
 
 
 @dataclass
@@ -82,20 +78,32 @@ def read_rows(path: str | os.PathLike[str]) -> Iterator[Row]:
         header = next(reader, None)
         if header is None:
             raise InputError(f"{path}: empty file, expected a header with user_id,movie_id")
-        names = [name.strip() for name in header]
-        missing = [col for col in ("user_id", "movie_id") if col not in names]
-        if missing:
-            raise InputError(f"{path}: line 1: header {header} lacks column {', '.join(missing)}")
-        u, m = names.index("user_id"), names.index("movie_id")
+        u, m = find_columns(header, ("user_id", "movie_id"), path)
         need = max(u, m) + 1
         for fields in reader:
             if not fields:
                 continue
             if len(fields) < need:
                 col = "user_id" if len(fields) <= u else "movie_id"
-                yield Row(reader.line_num, "", "", f"line {reader.line_num}: missing {col}")
+                yield ("", "", f"line {reader.line_num}: missing {col}")
                 continue
-            yield Row(reader.line_num, fields[u], fields[m])
+            yield (fields[u], fields[m], "")
+
+
+# MovieLens CSV exports (ml-latest, ml-25m) spell the ID columns this way.
+COLUMN_ALIASES = {"user_id": ("user_id", "userId"), "movie_id": ("movie_id", "movieId"), "rating": ("rating",)}
+
+
+def find_columns(header: list[str], columns: tuple[str, ...], path: str | os.PathLike[str]) -> list[int]:
+    """Index of each wanted column in a header row, accepting MovieLens spellings."""
+    names = [name.strip() for name in header]
+    found = {
+        col: next((names.index(a) for a in COLUMN_ALIASES.get(col, (col,)) if a in names), None) for col in columns
+    }
+    missing = [col for col, idx in found.items() if idx is None]
+    if missing:
+        raise InputError(f"{path}: line 1: header {header} lacks column {', '.join(missing)}")
+    return [found[col] for col in columns]
 
 
 def chunked(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
@@ -166,32 +174,28 @@ def prepare_output(path: str | os.PathLike[str], resume: bool) -> tuple[TextIO, 
     return out, 0
 
 
-def score_chunk_rows(rows: list[Row], score_chunk: ScoreChunk) -> list[tuple[str, str, str, str]]:
+def score_chunk_rows(rows: list[Row], score_chunk: ScoreChunk, first_row: int = 1) -> list[Record]:
     """Score one chunk; rows that failed locally are not sent and keep their own error."""
-    instances = [{"user_id": r.user_id, "movie_id": r.movie_id} for r in rows if not r.problem]
+    instances = [{"user_id": u, "movie_id": m} for u, m, problem in rows if not problem]
     predictions = score_chunk(instances) if instances else []
     if len(predictions) != len(instances):
         raise ServerError(
             502,
-            f"server returned {len(predictions)} predictions for {len(instances)} instances (line {rows[0].line}+)",
+            f"server returned {len(predictions)} predictions for {len(instances)} instances "
+            f"(data rows {first_row}..{first_row + len(rows) - 1})",
         )
     answers = iter(predictions)
-    out = []
-    for row in rows:
-        if row.problem:
-            out.append((row.user_id, row.movie_id, "", row.problem))
+    out: list[Record] = []
+    for u, m, problem in rows:
+        if problem:
+            out.append((u, m, "", problem))
             continue
         p = next(answers)
         rating = p.get("rating")
-        error = p.get("error") or ("" if rating is not None else "no rating in the answer")
-        out.append(
-            (
-                row.user_id,
-                row.movie_id,
-                "" if rating is None else repr(float(rating)),
-                _one_line(error),
-            )
-        )
+        if rating is not None:
+            out.append((u, m, repr(float(rating)), ""))
+        else:
+            out.append((u, m, "", _one_line(p.get("error") or "no rating in the answer")))
     return out
 
 
@@ -200,13 +204,14 @@ def _one_line(text: str) -> str:
     return text.replace("\r", " ").replace("\n", " ")
 
 
-def write_chunk(out: TextIO, records: list[tuple[str, str, str, str]]) -> None:
-    """Append records and force them to disk, so a crash loses at most a trailing partial line."""
+def write_chunk(out: TextIO, records: list[Record], sync: bool = True) -> None:
+    """Append whole records in one write and flush; with sync, force them to disk too."""
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(records)
     out.write(buf.getvalue())
     out.flush()
-    os.fsync(out.fileno())
+    if sync:
+        os.fsync(out.fileno())
 
 
 def score_file(
@@ -229,9 +234,8 @@ def score_file(
     start = time.perf_counter()
     rows = read_rows(input_path)
     out, skipped = prepare_output(output_path, resume)
-    for _ in range(skipped):
-        if next(rows, None) is None:
-            break
+    for _ in itertools.islice(rows, skipped):
+        pass
     scored = errors = 0
     bar = tqdm(
         total=count_data_lines(input_path) if progress else None,
@@ -244,19 +248,26 @@ def score_file(
     )
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="score")
     # Queue a second round of chunks so workers never wait for the writer; still bounded.
-    pending: deque[Future[list[tuple[str, str, str, str]]]] = deque()
+    pending: deque[Future[list[Record]]] = deque()
+    last_sync = time.monotonic()
     try:
 
         def drain_one() -> None:
-            nonlocal scored, errors
+            nonlocal scored, errors, last_sync
             records = pending.popleft().result()
-            write_chunk(out, records)
+            # Flushed data survives a killed process; fsync (costly per chunk) bounds what an OS crash loses.
+            sync = time.monotonic() - last_sync >= SYNC_INTERVAL_S
+            write_chunk(out, records, sync=sync)
+            if sync:
+                last_sync = time.monotonic()
             scored += len(records)
             errors += sum(1 for r in records if r[3])
             bar.update(len(records))
 
+        first_row = skipped + 1
         for chunk in chunked(rows, chunk_size):
-            pending.append(pool.submit(score_chunk_rows, chunk, score_chunk))
+            pending.append(pool.submit(score_chunk_rows, chunk, score_chunk, first_row))
+            first_row += len(chunk)
             if len(pending) >= 2 * concurrency:
                 drain_one()
         while pending:
@@ -264,6 +275,8 @@ def score_file(
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         bar.close()
+        out.flush()
+        os.fsync(out.fileno())
         out.close()
     return ScoreSummary(scored, errors, skipped, time.perf_counter() - start)
 

@@ -139,3 +139,11 @@ def test_plot_report_writes_png(tmp_path):
     a.latencies_ms = [5.0, 7.0, 30.0]
     plot_report(a, b, tmp_path / "ab.png")
     assert (tmp_path / "ab.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_read_heldout_accepts_movielens_column_names(tmp_path):
+    path = tmp_path / "ratings.csv"
+    path.write_text("userId,movieId,rating,timestamp\n1,31,2.5,1260759144\n1,2\n")
+    items = list(read_heldout(path))
+    assert (items[0].user_id, items[0].movie_id, items[0].rating) == ("1", "31", 2.5)
+    assert items[1] == "line 3: expected at least 3 columns, got 2"

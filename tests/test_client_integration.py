@@ -162,3 +162,18 @@ def test_ab_eval_scores_each_arm(client, ids, synth_data, tmp_path):
     assert bad == [] and a.scored > 0 and b.scored > 0 and a.request_errors == b.request_errors == 0
     assert 0 < a.rmse < 2 and 0 < b.rmse < 2 and a.latency(50) > 0
     assert decide(a, b, min_rows=10**9).winner is None
+
+
+def test_cli_reaches_the_server_through_flags(server, ids, capsys):
+    from client.cli import main
+
+    users, movies = ids
+    flags = ["--inference-url", server.inference_url, "--management-url", server.management_url]
+    flags += ["--key-file", str(server.key_file)]
+    assert main(["versions", "list", *flags]) == 0
+    assert "* 1.0" in capsys.readouterr().out
+    assert main(["ab", "--a", "1.0", "--b", "2.0", "--user", str(users[0]), "--movie", str(movies[0]), *flags]) == 0
+    answer = orjson.loads(capsys.readouterr().out)
+    assert answer["served_by"] in ("1.0", "2.0") and "rating" in answer
+    assert main(["versions", "unregister", "1.0", *flags]) == 2
+    assert "default version" in capsys.readouterr().err
