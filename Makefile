@@ -27,7 +27,7 @@ MAR := $(MODEL_STORE)/movierec-$(VERSION).mar
 SERVE_PORTS := --inference-port $(INFERENCE_PORT) --management-port $(MANAGEMENT_PORT) \
 	--metrics-port $(METRICS_PORT) --grpc-inference-port $(GRPC_INFERENCE_PORT) \
 	--grpc-management-port $(GRPC_MANAGEMENT_PORT)
-CLIENT := $(PY) -m client --inference-url http://127.0.0.1:$(INFERENCE_PORT) \
+SERVER_FLAGS := --inference-url http://127.0.0.1:$(INFERENCE_PORT) \
 	--management-url http://127.0.0.1:$(MANAGEMENT_PORT) --key-file $(RUN_DIR)/key_file.json
 ARTIFACT_FILES := model.pt users.json movies.json titles.json rated.npz metadata.json
 
@@ -67,8 +67,8 @@ mar: $(STAMP) $(ARTIFACTS)/metadata.json ## build model_store/movierec-VERSION.m
 	mv build/mar-$(VERSION)/movierec.mar $(MAR)
 	@echo "wrote $(MAR)"
 
-serve: $(STAMP) ## start TorchServe in the background with config.properties and wait until ready
-	$(PY) serve.py start --run-dir $(RUN_DIR) --model-store $(MODEL_STORE) $(if $(MODELS),--models $(MODELS)) $(SERVE_PORTS)
+serve: $(STAMP) ## start TorchServe in the background and wait until ready (restores the last snapshot; FRESH=1 loads MODELS)
+	$(PY) serve.py start --run-dir $(RUN_DIR) --model-store $(MODEL_STORE) --models $(MODELS) $(if $(FRESH),--fresh) $(SERVE_PORTS)
 
 stop: ## stop TorchServe (no process left behind)
 	@if [ -x $(PY) ]; then $(PY) serve.py stop --run-dir $(RUN_DIR); fi
@@ -77,13 +77,14 @@ status: ## show whether TorchServe runs and which models it serves
 	$(PY) serve.py status --run-dir $(RUN_DIR)
 
 predict: ## sample rating request: make predict [USER_ID=196 MOVIE_ID=242]
-	$(CLIENT) predict --user $(USER_ID) --movie $(MOVIE_ID)
+	$(PY) -m client predict $(SERVER_FLAGS) --user $(USER_ID) --movie $(MOVIE_ID)
 
 recommend: ## sample top-K request: make recommend [USER_ID=196 TOP_K=10]
-	$(CLIENT) recommend --user $(USER_ID) --top-k $(TOP_K)
+	$(PY) -m client recommend $(SERVER_FLAGS) --user $(USER_ID) --top-k $(TOP_K)
 
 demo: $(STAMP) ## the main job: train (or reuse ARTIFACTS), build the .mar, serve, answer requests
 	$(MAKE) --no-print-directory mar
+	$(MAKE) --no-print-directory stop
 	$(MAKE) --no-print-directory serve
 	$(MAKE) --no-print-directory predict
 	$(MAKE) --no-print-directory recommend

@@ -613,7 +613,12 @@ def _parser() -> argparse.ArgumentParser:
     p_start.add_argument("--model-store", default="model_store", help="directory of .mar files")
     p_start.add_argument(
         "--models",
-        help="NAME=FILE.mar,... to load; omitted: restore the last snapshot in RUN_DIR",
+        help="NAME=FILE.mar,... to load when RUN_DIR has no snapshot yet (or with --fresh)",
+    )
+    p_start.add_argument(
+        "--fresh",
+        action="store_true",
+        help="load --models even if RUN_DIR holds a snapshot (drops registered versions and the default)",
     )
     for field, port in asdict(defaults).items():
         flag = "--" + field.replace("_", "-") + "-port"
@@ -637,7 +642,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "start":
             ports = Ports(*(getattr(args, f) for f in asdict(Ports())))
-            server = start(run_dir, args.model_store, args.models, ports, args.config, args.timeout)
+            models = args.models
+            # A restart must keep every registered version and the chosen default, so a
+            # snapshot wins over --models unless the caller asks for a fresh start.
+            if models and not args.fresh and (snap := latest_snapshot(run_dir)) is not None:
+                print(f"restoring {snap.name} (registered versions and default); --fresh loads {models} instead")
+                models = None
+            server = start(run_dir, args.model_store, models, ports, args.config, args.timeout)
             return _print_status(server, run_dir)
         if args.command == "stop":
             print("stopped" if stop(run_dir, args.timeout) else f"not running ({run_dir})")

@@ -71,6 +71,11 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _raw_id(text: str) -> int | str:
+    """IDs typed on the command line: decimal ones go out as JSON numbers, the rest as strings."""
+    return int(text) if text.isdigit() and str(int(text)) == text else text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of every subcommand."""
     server = _server_options()
@@ -144,6 +149,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("predict", parents=[server], help="predict one user's rating of one movie")
+    _model_option(p)
+    p.add_argument("--version", help="model version (default: the server's default version)")
+    p.add_argument("--user", required=True, type=_raw_id, help="user ID")
+    p.add_argument("--movie", required=True, type=_raw_id, help="movie ID")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("recommend", parents=[server], help="top-K movie recommendations for one user")
+    _model_option(p)
+    p.add_argument("--version", help="model version (default: the server's default version)")
+    p.add_argument("--user", required=True, type=_raw_id, help="user ID")
+    p.add_argument("--top-k", type=_positive, default=10, help="how many movies (default %(default)s, at most 100)")
+    p.add_argument("--include-rated", action="store_true", help="let recommendations include rated movies")
+    p.set_defaults(func=cmd_recommend)
 
     p = sub.add_parser("versions", help="list, register, set-default, unregister model versions")
     vsub = p.add_subparsers(dest="versions_command", required=True, metavar="ACTION")
@@ -364,6 +384,24 @@ def cmd_promote(args: argparse.Namespace) -> int:
     """Run `promote`."""
     with make_client(args) as client:
         print(versions.promote(client, args.version, model=args.model, state_file=args.state_file))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Run `predict`."""
+    with make_client(args) as client:
+        answer = client.predict(args.user, args.movie, model=args.model, version=args.version)
+    print(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    """Run `recommend`."""
+    with make_client(args) as client:
+        answer = client.recommend(
+            args.user, args.top_k, exclude_rated=not args.include_rated, model=args.model, version=args.version
+        )
+    print(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
     return 0
 
 
