@@ -299,11 +299,14 @@ def train(args: argparse.Namespace) -> dict:
         },
     )
     plot_history(history, out / "loss.png")
+    # The held-out rows, for `python -m client ab-eval`: comparing two versions on rows
+    # neither saw in training (same --seed and --val-frac give the same rows).
+    frame.iloc[va_idx][["user_id", "movie_id", "rating"]].to_csv(out / "validation.csv", index=False)
     load_artifact(out)  # what we wrote must pass the same validation the server runs
     print(
         f"validation RMSE {metrics['val_rmse']:.4f} (global mean {metrics['val_rmse_global_mean']:.4f}); "
         f"trained in {train_seconds:.1f}s; TorchScript parity {diff:.1e}\n"
-        f"artifacts: {out}/ (model.pt, index maps, metadata.json, loss.png)"
+        f"artifacts: {out}/ (model.pt, index maps, metadata.json, loss.png, validation.csv)"
     )
     return metrics
 

@@ -358,23 +358,25 @@ class MovieRecClient:
         version: str,
         *,
         model: str | None = None,
-        batch_size: int = 8,
-        max_batch_delay: int = 10,
+        batch_size: int | None = None,
+        max_batch_delay: int | None = None,
         initial_workers: int = 1,
         response_timeout: int | None = None,
         archive: str | None = None,
     ) -> dict[str, Any]:
-        """Register movierec-{version}.mar from the server's model store under `model`."""
+        """Register movierec-{version}.mar from the server's model store under `model`.
+
+        Batch settings left as None keep the archive's own model-config YAML, so both arms of
+        an A/B test serve with the same batching unless asked otherwise.
+        """
         params: dict[str, Any] = {
             "url": archive or archive_name(version),
             "model_name": model or self.model,
-            "batch_size": batch_size,
-            "max_batch_delay": max_batch_delay,
             "initial_workers": initial_workers,
             "synchronous": "true",
         }
-        if response_timeout is not None:
-            params["response_timeout"] = response_timeout
+        optional = {"batch_size": batch_size, "max_batch_delay": max_batch_delay, "response_timeout": response_timeout}
+        params.update({k: v for k, v in optional.items() if v is not None})
         # Loading workers synchronously can take a while; don't time out before the server does.
         timeout = max(self.timeout, 300.0)
         return self._request(

@@ -181,8 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="archive version, e.g. 2.0 for movierec-2.0.mar",
     )
-    v.add_argument("--batch-size", type=_positive, default=8, help="TorchServe batch size (default %(default)s)")
-    v.add_argument("--max-batch-delay", type=_non_negative, default=10, help="batch delay, ms (default %(default)s)")
+    v.add_argument("--batch-size", type=_positive, help="TorchServe batch size (default: the archive's YAML)")
+    v.add_argument("--max-batch-delay", type=_non_negative, help="batch delay, ms (default: the archive's YAML)")
     v.add_argument("--workers", type=_non_negative, default=1, help="initial workers (default %(default)s)")
     v.set_defaults(func=cmd_versions_register)
     v = vsub.add_parser(
@@ -237,9 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--a", required=True, help="version A")
     p.add_argument("--b", required=True, help="version B")
     p.add_argument("--split", type=_percent, default=50.0, help="percent of users on B (default %(default)s)")
-    p.add_argument("--user", required=True, help="user ID")
+    p.add_argument("--user", required=True, type=_raw_id, help="user ID")
     what = p.add_mutually_exclusive_group()
-    what.add_argument("--movie", help="predict this movie's rating")
+    what.add_argument("--movie", type=_raw_id, help="predict this movie's rating")
     what.add_argument(
         "--top-k",
         type=_positive,
