@@ -329,3 +329,37 @@ def test_batch_mixing_good_and_bad_bodies(service, rec):
     assert abs(answers[6][1]["rating"] - exact("4", "104")) < 1e-4
     alone = [ask_one(service, bodies[i])[1] for i in (0, 2, 4, 6)]
     assert alone == [answers[i][1] for i in (0, 2, 4, 6)]  # neighbours in a batch change nothing
+
+
+# -- RatingService: the column-wise fast path must answer exactly like the per-item path -------------
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"user_id": " 1", "movie_id": 101},  # whitespace around a known ID still maps
+        {"user_id": True, "movie_id": 101},  # a bool among ints is not an ID
+        {"user_id": 2**63 + 5, "movie_id": 101},  # beyond int64
+        {"user_id": -5, "movie_id": 101},  # below the ID table
+        {"user_id": 10**9, "movie_id": 101},  # above the ID table
+        {"user_id": 1, "movie_id": "101"},  # str spelling in an otherwise int column
+        {"user_id": 1, "movie_id": 1.0},  # float
+        {"user_id": "", "movie_id": 101},
+        {"user_id": 1, "movie_id": 101, "x": 0},
+        [1, 101],
+    ],
+)
+def test_fast_path_agrees_with_per_item_answers(service, odd):
+    good = [{"user_id": int(service.users.ids[i % 5]), "movie_id": int(service.movies.ids[i])} for i in range(6)]
+    [(status, batch)] = ask(service, {"instances": [*good[:3], odd, *good[3:]]})
+    assert status == 200
+    preds = batch["predictions"]
+    assert len(preds) == 7
+    for item, got in zip([*good[:3], *good[3:]], preds[:3] + preds[4:], strict=True):
+        status, single = ask_one(service, item)
+        assert status == 200 and got["rating"] == single["rating"]
+    status, single = ask_one(service, odd) if isinstance(odd, dict) else (400, {"error": "x"})
+    if status == 200:
+        assert preds[3]["rating"] == single["rating"]
+    else:
+        assert "error" in preds[3] and "rating" not in preds[3]
