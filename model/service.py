@@ -151,6 +151,9 @@ class RatingService:
             )
         if len(instances) > self.max_instances:
             raise RequestError(413, f"too many instances: {len(instances)} > {self.max_instances}; split the request")
+        job = self._instances_fast(instances)
+        if job is not None:
+            return job
         ulook, mlook = self.users.lookup.get, self.movies.lookup.get
         urows, mrows, errors = [], [], {}
         for i, item in enumerate(instances):
@@ -176,6 +179,29 @@ class RatingService:
             user_rows=np.array(urows, dtype=np.int64),
             movie_rows=np.array(mrows, dtype=np.int64),
         )
+
+    def _instances_fast(self, instances: list) -> Job | None:
+        """Column-wise mapping when every item is a {user_id, movie_id} object; None to fall back.
+
+        Pulling each column out with one comprehension and mapping it with numpy costs about half
+        of a per-item loop at 10k items; only items that did not map are looked at one by one.
+        """
+        try:
+            users = [item["user_id"] for item in instances]
+            movies = [item["movie_id"] for item in instances]
+        except (KeyError, TypeError):
+            return None
+        if set(map(len, instances)) - {2}:
+            return None
+        urows, mrows = self.users.rows_exact(users), self.movies.rows_exact(movies)
+        if urows is None or mrows is None:
+            return None
+        errors = {}
+        for i in np.flatnonzero((urows < 0) | (mrows < 0)).tolist():
+            urows[i], mrows[i], problem = self._slow_item(instances[i])
+            if problem:
+                errors[i] = problem
+        return Job("instances", items=instances, errors=errors, user_rows=urows, movie_rows=mrows)
 
     def _slow_item(self, item: object) -> tuple[int, int, str | None]:
         """Rows of an item the hot path did not take, or the reason it cannot be scored."""
