@@ -6,7 +6,6 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-
 MAX_TABLE = 1 << 24
 
 
