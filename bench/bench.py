@@ -94,6 +94,8 @@ SERVED = (
     Served("bulk 10k pairs, c4", "bulk10k", 4, 10_000),
     Served(f"top-{TOP_K}, c1", "topk", 1, 0),
     Served("bulk 10k pairs, c4, bulk registration", "bulk10k", 4, 10_000, BULK_MODEL),
+    # The same archive without dynamic batching: what a latency-only registration would give top-K.
+    Served(f"top-{TOP_K}, c1, bulk registration", "topk", 1, 0, BULK_MODEL),
 )
 # (bodies, connections) cycled during the JVM warm-up so every code path gets compiled.
 WARMUP_MIX = (("single", 32), ("bulk1k", 2), ("bulk10k", 2), ("topk", 2), ("single", 1))
@@ -681,10 +683,12 @@ def targets_section(results: dict) -> list[str]:
     """The targets next to the measured numbers."""
     served = (results.get("served") or {}).get("configs", {})
     rows = []
-    bulk = [c for c in ("bulk 10k pairs, c1", "bulk 10k pairs, c4") if c in served]
+    bulk = [
+        c for c in ("bulk 10k pairs, c1", "bulk 10k pairs, c4", "bulk 10k pairs, c4, bulk registration") if c in served
+    ]
     if bulk:
         best = max(median(served[c], "pairs_s") for c in bulk)
-        text = ", ".join(f"{rate(median(served[c], 'pairs_s'))} pairs/s ({c.split(', ')[1]})" for c in bulk)
+        text = ", ".join(f"{rate(median(served[c], 'pairs_s'))} pairs/s ({', '.join(c.split(', ')[1:])})" for c in bulk)
         rows.append(
             f"| served 10k-pair bulk ≥ {rate(TARGET_BULK_PAIRS_S)} pairs/s | {text} | "
             f"{verdict(best >= TARGET_BULK_PAIRS_S)} |"
@@ -700,8 +704,12 @@ def targets_section(results: dict) -> list[str]:
     topk = f"top-{TOP_K}, c1"
     if topk in served:
         p50 = median(served[topk], "p50_ms")
+        unbatched = f"{topk}, bulk registration"
+        extra = (
+            f"; {ms(median(served[unbatched], 'p50_ms'))} ms without dynamic batching" if unbatched in served else ""
+        )
         rows.append(
-            f"| top-K p50 ≤ {TARGET_TOPK_P50_MS:.0f} ms (served, c1) | {ms(p50)} ms | "
+            f"| top-K p50 ≤ {TARGET_TOPK_P50_MS:.0f} ms (served, c1) | {ms(p50)} ms{extra} | "
             f"{verdict(p50 <= TARGET_TOPK_P50_MS)} |"
         )
     if not rows:
