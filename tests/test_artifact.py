@@ -119,7 +119,7 @@ def test_metadata(artifact, synth_data):
 
 def test_no_pickle_besides_torchscript(tiny_artifact):
     names = {p.name for p in tiny_artifact.iterdir()}
-    assert names == {*FILES, "metadata.json", "loss.png"}
+    assert names == {*FILES, "metadata.json", "loss.png", "validation.csv"}
     for name in ("users.json", "movies.json", "titles.json", "metadata.json"):
         json.loads((tiny_artifact / name).read_text(encoding="utf-8"))
     with np.load(tiny_artifact / "rated.npz", allow_pickle=False) as rated:

@@ -122,3 +122,20 @@ def test_help():
     for option in ("--ratings", "--movies", "--out", "--seed", "--epochs", "--no-bias"):
         assert option in done.stdout
     assert done.stderr == ""
+
+
+def test_validation_csv_holds_exactly_the_held_out_rows(tiny_artifact, synth_data):
+    """ab-eval compares versions on these rows, so they must be the split's validation rows."""
+    import pandas as pd
+
+    from model.data import load_ratings, split_indices
+
+    meta = json.loads((tiny_artifact / "metadata.json").read_text())
+    data = load_ratings(synth_data[0])
+    _, val = split_indices(len(data.frame), meta["train"]["val_frac"], meta["train"]["seed"])
+    held = pd.read_csv(tiny_artifact / "validation.csv", dtype=str)
+    assert list(held.columns) == ["user_id", "movie_id", "rating"]
+    expected = data.frame.iloc[val]
+    assert held["user_id"].tolist() == expected["user_id"].tolist()
+    assert held["movie_id"].tolist() == expected["movie_id"].tolist()
+    assert len(held) == meta["counts"]["val"]
