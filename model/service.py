@@ -118,6 +118,10 @@ class RatingService:
         return jobs
 
     def _parse_one(self, body: object) -> Job:
+        if body is None:
+            # TorchServe hands over no body when it decoded one as a form (curl -d without a JSON
+            # Content-Type); the raw bytes are gone by then.
+            raise RequestError(400, "no JSON request body; send a JSON object with Content-Type: application/json")
         if isinstance(body, (bytes, bytearray, memoryview, str)):
             if not body or (isinstance(body, str) and not body.strip()):
                 raise RequestError(400, "empty request body; send a JSON object")

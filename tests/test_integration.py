@@ -159,6 +159,17 @@ def test_concurrent_mixed_requests_are_batched_without_hurting_good_ones(http, s
             assert r.json()["rating"] == pytest.approx(want, abs=1e-4)
 
 
+def test_a_form_encoded_body_gets_a_clear_400(http, server):
+    """curl -d without a JSON Content-Type: TorchServe decodes a form and the body never arrives."""
+    r = http.post(
+        server.inference_url + "/predictions/movierec",
+        data='{"user_id": 1, "movie_id": 101}',
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        timeout=30,
+    )
+    assert r.status_code == 400 and "Content-Type: application/json" in r.json()["error"]
+
+
 def test_too_many_instances_is_413(http, server):
     r = post(http, server, {"instances": [{"user_id": 1, "movie_id": 101}] * 20001})
     assert r.status_code == 413 and "20000" in r.json()["error"]
