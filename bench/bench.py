@@ -380,6 +380,12 @@ def register_bulk(server: serve.Server, mar: str) -> None:
     params = {"url": mar, "model_name": BULK_MODEL, "synchronous": "true", **BULK_REGISTRATION}
     r = requests.post(f"{server.management_url}/models", params=params, headers=server.auth("management"), timeout=300)
     r.raise_for_status()
+    # initial_workers is capped by the archive YAML's maxWorkers: 1, so scale explicitly, as the
+    # scoring client does.
+    workers = BULK_REGISTRATION["initial_workers"]
+    scale = {"min_worker": workers, "max_worker": workers, "synchronous": "true"}
+    url = f"{server.management_url}/models/{BULK_MODEL}"
+    requests.put(url, params=scale, headers=server.auth("management"), timeout=300).raise_for_status()
 
 
 def log_bytes(run_dir: Path) -> int:

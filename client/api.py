@@ -379,7 +379,7 @@ class MovieRecClient:
         params.update({k: v for k, v in optional.items() if v is not None})
         # Loading workers synchronously can take a while; don't time out before the server does.
         timeout = max(self.timeout, 300.0)
-        return self._request(
+        answer = self._request(
             "POST",
             "management",
             "/models",
@@ -387,6 +387,11 @@ class MovieRecClient:
             timeout=timeout,
             session=self.register_session,
         )
+        if initial_workers > 1:
+            # TorchServe silently caps initial_workers at the archive YAML's maxWorkers (1 for
+            # our latency archive); an explicit scale is what actually starts more workers.
+            self.scale(version, initial_workers, model=model or self.model)
+        return answer
 
     def scale(
         self,
