@@ -83,6 +83,20 @@ def test_versions_and_client_side_unregister_refusal(client):
         client.unregister("1.0")
 
 
+def test_register_under_another_name_keeps_archive_batching_and_starts_all_workers(client, ids):
+    """initial_workers alone is capped by the archive's maxWorkers: 1; register must still give 2."""
+    users, movies = ids
+    try:
+        client.register("1.0", model="movierec-extra", initial_workers=2)
+        [info] = list_versions(client, model="movierec-extra")
+        assert (info.workers, info.batch_size, info.url) == (2, 32, "movierec-1.0.mar")
+        answer = client.predict(users[0], movies[0], model="movierec-extra")
+        assert answer["rating"] == client.predict(users[0], movies[0])["rating"]
+    finally:
+        client.unregister("1.0", model="movierec-extra")
+    assert "movierec-extra" not in [m["modelName"] for m in client.list_models()]
+
+
 def test_promote_and_rollback(client, tmp_path, ids):
     users, movies = ids
     state = tmp_path / "ab_state.json"
