@@ -36,6 +36,7 @@ ARTIFACT_FILES := model.pt users.json movies.json titles.json rated.npz metadata
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 	@echo "  variables: VERSION=$(VERSION) ARTIFACTS=$(ARTIFACTS) TRAIN_ARGS='...' RUN_DIR=$(RUN_DIR)"
+	@echo "             MODELS=$(MODELS) FRESH=1 (make serve: load MODELS instead of the last snapshot)"
 	@echo "             INFERENCE_PORT=$(INFERENCE_PORT) MANAGEMENT_PORT=$(MANAGEMENT_PORT) METRICS_PORT=$(METRICS_PORT)"
 
 install: $(STAMP) ## create .venv with the pinned dependencies (requirements.txt)

@@ -1,6 +1,6 @@
 """Measure movierec in-process, through a real TorchServe, and batch CSV scoring; write BENCHMARKS.md.
 
-Method (see /work/shared/notes/serving-performance.md): 1 torch thread and gc.freeze() as in the
+Method (the serving-performance notes shared with the team): 1 torch thread and gc.freeze() as in the
 handler; wrk from Debian with rotating pre-built bodies; a JVM warm-up before any served number;
 several interleaved rounds, medians reported; busy CPU from /proc/stat recorded as noise.
 """
