@@ -158,19 +158,9 @@ class RatingService:
         job = self._instances_fast(instances)
         if job is not None:
             return job
-        ulook, mlook = self.users.lookup.get, self.movies.lookup.get
+        # Some item is not a plain {user_id, movie_id} object: check each one on its own.
         urows, mrows, errors = [], [], {}
         for i, item in enumerate(instances):
-            # Hot path, kept inline: a well-formed known pair costs two type checks and two dict lookups.
-            if type(item) is dict and len(item) == 2:
-                user, movie = item.get("user_id"), item.get("movie_id")
-                tu, tm = type(user), type(movie)
-                if (tu is int or tu is str) and (tm is int or tm is str):
-                    u, m = ulook(user, -1), mlook(movie, -1)
-                    if u >= 0 and m >= 0:
-                        urows.append(u)
-                        mrows.append(m)
-                        continue
             u, m, problem = self._slow_item(item)
             urows.append(u)
             mrows.append(m)
