@@ -57,7 +57,7 @@ class NotFound(ServerError):
 
 
 class AuthError(ServerError):
-    """The token was refused even after re-reading the key file."""
+    """The token was refused even after re-reading the key file and rotating an expired key."""
 
 
 def error_message(status: int, content: bytes) -> tuple[str, Any]:
@@ -202,6 +202,7 @@ class MovieRecClient:
     ) -> None:
         self.endpoints = Endpoints.resolve(inference_url, management_url, key_file)
         self.keys = KeyFile(self.endpoints.key_file)
+        self._rotation_lock = threading.Lock()
         self.model = model
         self.timeout = timeout
         self.session = _session(retries, backoff_factor, pool_size)
@@ -234,7 +235,7 @@ class MovieRecClient:
         url = base + path
         data = orjson.dumps(body) if body is not None else None
         session = session or self.session
-        for attempt in (1, 2):
+        for attempt in (1, 2, 3):
             headers = dict(_JSON) if data is not None else {}
             token = self.keys.key(api)
             if token:
@@ -252,10 +253,15 @@ class MovieRecClient:
                 raise ServerUnreachable(f"cannot reach {base}: {exc}") from exc
             except requests.Timeout as exc:
                 raise ServerUnreachable(f"{method} {url} timed out after {timeout or self.timeout}s") from exc
-            if attempt == 1 and is_token_rejection(resp.status_code, resp.content):
-                # Keys expire after an hour and the server rewrites key_file.json.
-                self.keys.reload()
-                continue
+            if is_token_rejection(resp.status_code, resp.content):
+                # Another process may have rotated the keys (the file changed): re-read it first.
+                if attempt == 1:
+                    self.keys.reload()
+                    continue
+                # Keys expire (token_expiration_min) and TorchServe does not renew them by itself:
+                # a job longer than that rotates the key with the API key, once per expiry.
+                if attempt == 2 and api in ("inference", "management") and self._rotate(api, token):
+                    continue
             break
         if is_token_rejection(resp.status_code, resp.content):
             message, parsed = error_message(resp.status_code, resp.content)
@@ -270,6 +276,24 @@ class MovieRecClient:
             return orjson.loads(resp.content)
         except orjson.JSONDecodeError:
             return resp.text
+
+    def _rotate(self, kind: str, stale: str | None) -> bool:
+        """Ask TorchServe for a new `kind` key unless another thread already did; True if renewed."""
+        with self._rotation_lock:
+            self.keys.reload()
+            if self.keys.key(kind) != stale:
+                return True
+            api_key = self.keys.key("API")
+            if not api_key:
+                return False
+            resp = self.session.get(
+                f"{self.endpoints.management_url}/token",
+                params={"type": kind},
+                headers={"Authorization": f"Bearer {api_key}"},
+                timeout=self.timeout,
+            )
+            self.keys.reload()
+            return resp.ok and self.keys.key(kind) != stale
 
     # Inference API
 

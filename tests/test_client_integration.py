@@ -191,3 +191,30 @@ def test_cli_reaches_the_server_through_flags(server, ids, capsys):
     assert answer["served_by"] in ("1.0", "2.0") and "rating" in answer
     assert main(["versions", "unregister", "1.0", *flags]) == 2
     assert "default version" in capsys.readouterr().err
+
+
+def test_expired_keys_are_rotated_with_the_api_key(model_store, tmp_path, ids):
+    """TorchServe does not renew expired keys; a long job must rotate them and go on."""
+    import time
+    from pathlib import Path
+
+    import serve
+
+    users, movies = ids
+    props = serve.read_properties(serve.DEFAULT_CONFIG)
+    props["token_expiration_min"] = "0.05"  # 3 s
+    config = tmp_path / "config.properties"
+    serve.write_properties(config, props, "short-lived keys for this test")
+    (tmp_path / "log4j2.xml").write_bytes((Path(serve.DEFAULT_CONFIG).parent / "log4j2.xml").read_bytes())
+    run_dir = tmp_path / "run"
+    srv = serve.start(run_dir, model_store, ["movierec=movierec-1.0.mar"], ports=serve.Ports.free(), config=config)
+    try:
+        with MovieRecClient(srv.inference_url, srv.management_url, srv.key_file, retries=1) as c:
+            first = c.predict(users[0], movies[0])
+            old_key = srv.token("inference")
+            time.sleep(4)
+            assert c.predict(users[0], movies[0])["rating"] == first["rating"]
+            assert srv.token("inference") != old_key
+            assert c.versions() == ["1.0"]  # the management key expired too
+    finally:
+        serve.stop(run_dir)
