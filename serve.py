@@ -93,15 +93,31 @@ class Server:
         """An Authorization header for the given key kind."""
         return {"Authorization": f"Bearer {self.token(kind)}"}
 
+    def renew(self, kind: str) -> None:
+        """Have TorchServe issue a new `kind` key; it never renews an expired one by itself."""
+        url = f"{self.management_url}/token?type={kind}"
+        with urllib.request.urlopen(urllib.request.Request(url, headers=self.auth("API")), timeout=10):
+            pass
+
+    def get_json(self, url: str, kind: str) -> object:
+        """GET a URL with a `kind` key and decode its JSON; an expired key is renewed once."""
+        try:
+            return _get_json(url, self.auth(kind))
+        except urllib.error.HTTPError as error:
+            # Startup on a slow machine can outlast a short token_expiration_min.
+            if error.code != 400 or not _is_token_rejection(error):
+                raise
+        self.renew(kind)
+        return _get_json(url, self.auth(kind))
+
     def describe(self, model: str) -> list[dict]:
         """All registered versions of a model, as the management API describes them."""
-        url = f"{self.management_url}/models/{model}/all"
-        return _get_json(url, self.auth("management"))
+        return self.get_json(f"{self.management_url}/models/{model}/all", "management")
 
     def models(self) -> list[str]:
         """Names of all registered models."""
-        url = f"{self.management_url}/models?limit=1000"
-        return [m["modelName"] for m in _get_json(url, self.auth("management"))["models"]]
+        listing = self.get_json(f"{self.management_url}/models?limit=1000", "management")
+        return [m["modelName"] for m in listing["models"]]
 
 
 def free_ports(n: int) -> list[int]:
@@ -509,6 +525,17 @@ def _read_pid(tmp_dir: Path) -> int:
     return int((tmp_dir / ".model_server.pid").read_text().split()[0])
 
 
+def _is_token_rejection(error: urllib.error.HTTPError) -> bool:
+    """Whether a 400 from TorchServe refuses the token rather than the request."""
+    try:
+        body = json.loads(error.read() or b"{}")
+    except ValueError:
+        return False
+    message = str(body.get("message", "")) if isinstance(body, dict) else ""
+    kind = body.get("type", "") if isinstance(body, dict) else ""
+    return kind == "InvalidKeyException" or message.startswith(("Token Authori", "Token Authenti"))
+
+
 def _get_json(url: str, headers: dict[str, str]) -> object:
     """GET a URL and decode its JSON body."""
     request = urllib.request.Request(url, headers=headers)
@@ -537,9 +564,7 @@ def _wait_ready(server: Server, expected: dict[str, list[str]], timeout: float) 
 
 def _not_ready(server: Server, expected: dict[str, list[str]]) -> str:
     """What startup still waits for, or "" when every expected model is serving."""
-    urllib.request.urlopen(
-        urllib.request.Request(f"{server.inference_url}/ping", headers=server.auth()), timeout=5
-    ).close()
+    server.get_json(f"{server.inference_url}/ping", "inference")
     for name, versions in expected.items():
         try:
             described = server.describe(name)
@@ -598,7 +623,7 @@ def _print_status(server: Server | None, run_dir: Path) -> int:
 
 def _is_default(server: Server, name: str, info: dict) -> bool:
     """Whether info describes the default version of model name."""
-    default = _get_json(f"{server.management_url}/models/{name}", server.auth("management"))
+    default = server.get_json(f"{server.management_url}/models/{name}", "management")
     return default[0]["modelVersion"] == info["modelVersion"]
 
 

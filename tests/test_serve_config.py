@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -237,6 +238,26 @@ def test_store_file_url_passes_allowed_urls_but_is_not_copied_onto_itself(server
 
 
 @needs_java
+@pytest.mark.integration
+def test_start_and_status_outlive_expired_keys(store, tmp_path):
+    """TorchServe never renews a key; a slow start or a later status check renews its own."""
+    props = serve.read_properties(serve.DEFAULT_CONFIG)
+    props["token_expiration_min"] = "0.02"  # 1 s (TorchServe truncates to whole seconds)
+    config = tmp_path / "config.properties"
+    serve.write_properties(config, props, "keys that expire during startup")
+    shutil.copy(Path(serve.DEFAULT_CONFIG).parent / "log4j2.xml", tmp_path / "log4j2.xml")
+    run_dir = tmp_path / "run"
+    srv = serve.start(run_dir, store, ["echo=echo-1.0.mar"], serve.Ports.free(), config=config, timeout=90)
+    try:
+        stale = srv.token("management")
+        time.sleep(1.5)
+        assert requests.get(f"{srv.management_url}/models", headers=srv.auth("management")).status_code == 400
+        assert srv.models() == ["echo"]
+        assert srv.token("management") != stale
+    finally:
+        assert serve.stop(run_dir) is True
+
+
 @pytest.mark.integration
 def test_restart_keeps_versions_and_default_and_stop_leaves_nothing(server, store):
     """Restart without models restores both versions and the chosen default; stop is clean.
