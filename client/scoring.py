@@ -24,6 +24,7 @@ from client.api import (
     NotFound,
     ServerError,
 )
+from client.jobs import JobLeases
 
 BATCH_MODEL = "movierec-batch"
 OUTPUT_HEADER = ("user_id", "movie_id", "rating", "error")
@@ -331,13 +332,23 @@ def score_csv(
     resume: bool = False,
     progress: bool = True,
     manage: bool = True,
+    jobs: JobLeases | None = None,
 ) -> ScoreSummary:
     """Score a CSV through the movierec-batch registration, scaling its workers for the job.
 
-    With manage=False the registration and its workers are left as they are.
+    Concurrent jobs on one server share the registration through `jobs` (by default leases
+    under state_dir()): it runs the most workers any of them asked for, and the last one to
+    finish scales it down to `settings.idle_workers`. With manage=False the registration and
+    its workers are left as they are.
     """
     settings = settings or BatchSettings()
-    if manage:
+    if not manage:
+        version = version or client.default_version(batch_model)
+        return _score(client, input_path, output_path, batch_model, version, chunk_size, concurrency, resume, progress)
+
+    jobs = jobs or JobLeases.for_server(client.endpoints.management_url)
+    with jobs.locked():
+        # Under the lock, so two jobs starting together do not both register.
         version = ensure_batch_registration(
             client,
             model=model,
@@ -345,31 +356,46 @@ def score_csv(
             batch_model=batch_model,
             settings=settings,
         )
-    elif version is None:
-        version = client.default_version(batch_model)
+        target = f"{batch_model}/{version}"
+        lease = jobs.add(target, settings.workers)
+    try:
+        with jobs.locked():
+            client.scale(version, jobs.workers(target), model=batch_model)
+        return _score(client, input_path, output_path, batch_model, version, chunk_size, concurrency, resume, progress)
+    finally:
+        # Runs on errors and Ctrl-C too (even during scale-up): idle bulk workers only hold memory,
+        # but a job still running keeps the workers it asked for.
+        with jobs.locked():
+            jobs.remove(lease)
+            workers = jobs.workers(target) or settings.idle_workers
+            try:
+                client.scale(version, workers, model=batch_model)
+            except MovieRecError as exc:
+                print(f"warning: could not scale {target} to {workers} workers: {exc}", file=sys.stderr)
+
+
+def _score(
+    client: MovieRecClient,
+    input_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    batch_model: str,
+    version: str,
+    chunk_size: int,
+    concurrency: int,
+    resume: bool,
+    progress: bool,
+) -> ScoreSummary:
+    """Run score_file against one version of the bulk registration."""
 
     def score_chunk(instances: list[Instance]) -> list[Prediction]:
         return client.predict_many(instances, model=batch_model, version=version)["predictions"]
 
-    def run() -> ScoreSummary:
-        return score_file(
-            input_path,
-            output_path,
-            score_chunk,
-            chunk_size=chunk_size,
-            concurrency=concurrency,
-            resume=resume,
-            progress=progress,
-        )
-
-    if not manage:
-        return run()
-    try:
-        client.scale(version, settings.workers, model=batch_model)
-        return run()
-    finally:
-        # Runs on errors and Ctrl-C too (even during scale-up): idle bulk workers only hold memory.
-        try:
-            client.scale(version, settings.idle_workers, model=batch_model)
-        except MovieRecError as exc:
-            print(f"warning: could not scale {batch_model}/{version} back down: {exc}", file=sys.stderr)
+    return score_file(
+        input_path,
+        output_path,
+        score_chunk,
+        chunk_size=chunk_size,
+        concurrency=concurrency,
+        resume=resume,
+        progress=progress,
+    )

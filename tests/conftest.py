@@ -13,6 +13,19 @@ import train
 from tests.synth import write_ratings
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_client_state(tmp_path_factory):
+    """Scoring-job leases go to a per-session directory, never the user's ~/.cache."""
+    from client.jobs import ENV_STATE_DIR
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv(ENV_STATE_DIR, str(tmp_path_factory.mktemp("client-state")))
+    yield
+    mp.undo()
+
+
 TINY_TRAIN_ARGS = [
     "--epochs",
     "6",

@@ -169,6 +169,62 @@ def test_score_csv_end_to_end_with_resume(client, ids, tmp_path):
             pass
 
 
+def test_concurrent_score_jobs_do_not_scale_each_other_down(server, ids, tmp_path):
+    """A short job that ends while a long one runs leaves the long one its workers."""
+    import threading
+    import time
+
+    users, movies = ids
+    rng = random.Random(7)
+
+    def write(path, n):
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["user_id", "movie_id"])
+            w.writerows((rng.choice(users), rng.choice(movies)) for _ in range(n))
+
+    write(tmp_path / "long.csv", 200_000)
+    write(tmp_path / "short.csv", 1_000)
+    results = {}
+
+    def long_job():
+        with MovieRecClient(server.inference_url, server.management_url, server.key_file) as c:
+            results["long"] = score_csv(
+                c,
+                tmp_path / "long.csv",
+                tmp_path / "long.out.csv",
+                chunk_size=500,
+                concurrency=2,
+                settings=BatchSettings(workers=2),
+                progress=False,
+            )
+
+    with MovieRecClient(server.inference_url, server.management_url, server.key_file) as c:
+        try:
+            runner = threading.Thread(target=long_job)
+            runner.start()
+            deadline = time.monotonic() + 120
+            out = tmp_path / "long.out.csv"
+            while time.monotonic() < deadline and not (out.exists() and out.stat().st_size > 10_000):
+                time.sleep(0.05)
+            short = score_csv(
+                c, tmp_path / "short.csv", tmp_path / "short.out.csv", settings=BatchSettings(workers=1), progress=False
+            )
+            assert short.rows_scored == 1_000 and short.rows_with_errors == 0
+            assert runner.is_alive(), "the long job ended before the short one: make it longer"
+            workers = c.describe("movierec-batch", "1.0")[0]["workers"]
+            assert len(workers) == 2  # the long job's 2, not the short job's idle 0
+            runner.join(300)
+            assert results["long"].rows_scored == 200_000 and results["long"].rows_with_errors == 0
+            assert c.describe("movierec-batch", "1.0")[0]["workers"] == []
+        finally:
+            runner.join(300)
+            try:
+                c.unregister("1.0", model="movierec-batch")
+            except NotFound:
+                pass
+
+
 def test_ab_eval_scores_each_arm(client, ids, synth_data, tmp_path):
     ratings, _ = synth_data
     router = ABRouter(client, "1.0", "2.0", percent_b=50)

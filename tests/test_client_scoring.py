@@ -10,6 +10,7 @@ import time
 import pytest
 
 from client.api import MovieRecClient, ServerError
+from client.jobs import JobLeases
 from client.scoring import (
     BatchSettings,
     InputError,
@@ -237,6 +238,72 @@ def test_score_csv_registers_scales_up_and_back_down(tmp_path):
         ("predict", "movierec-batch", "1.0"),
         ("scale", "1.0", 0, "movierec-batch"),
     ]
+
+
+def test_overlapping_jobs_keep_each_others_workers_and_the_last_scales_down(tmp_path):
+    """Job B starts and ends inside job A: B must not take A's workers away when it ends."""
+    write_input(tmp_path / "a.csv", 10)
+    write_input(tmp_path / "b.csv", 10)
+    jobs = JobLeases(tmp_path / "jobs")
+    inner_done = []
+
+    class OverlappingClient(RecordingClient):
+        def predict_many(self, instances, *, model=None, version=None):
+            if not inner_done:
+                inner_done.append(True)
+                score_csv(
+                    self,
+                    tmp_path / "b.csv",
+                    tmp_path / "b.out.csv",
+                    settings=BatchSettings(workers=4),
+                    progress=False,
+                    jobs=jobs,
+                )
+            return super().predict_many(instances, model=model, version=version)
+
+    client = OverlappingClient(tmp_path)
+    score_csv(
+        client, tmp_path / "a.csv", tmp_path / "a.out.csv", settings=BatchSettings(workers=2), progress=False, jobs=jobs
+    )
+    scales = [c[2] for c in client.calls if c[0] == "scale"]
+    # A up to 2; B up to max(2, 4); B ends and leaves A's 2; A ends, last, and scales to 0.
+    assert scales == [2, 4, 2, 0]
+    assert jobs.workers("movierec-batch/1.0") == 0
+    assert list((tmp_path / "jobs").glob("*.json")) == []
+
+
+def test_leases_of_dead_jobs_do_not_pin_workers(tmp_path):
+    """A job killed with SIGKILL leaves its lease file; the next job ignores and removes it."""
+    import json
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    jobs = JobLeases(tmp_path / "jobs")
+    jobs.directory.mkdir(parents=True)
+    stale = jobs.directory / "stale.json"
+    stale.write_text(json.dumps({"pid": int(dead.stdout), "target": "movierec-batch/1.0", "workers": 8}))
+    (jobs.directory / "torn.json").write_text('{"pid": ')
+    write_input(tmp_path / "in.csv", 10)
+    client = RecordingClient(tmp_path)
+    score_csv(
+        client, tmp_path / "in.csv", tmp_path / "out.csv", settings=BatchSettings(workers=3), progress=False, jobs=jobs
+    )
+    assert [c[2] for c in client.calls if c[0] == "scale"] == [3, 0]
+    assert not stale.exists() and not (jobs.directory / "torn.json").exists()
+
+
+def test_leases_are_per_server_and_per_version(tmp_path):
+    a = JobLeases.for_server("http://127.0.0.1:8081", tmp_path)
+    b = JobLeases.for_server("http://127.0.0.1:9081", tmp_path)
+    assert a.directory != b.directory and a.directory.parent == b.directory.parent
+    with a.locked():
+        lease = a.add("movierec-batch/1.0", 3)
+        a.add("movierec-batch/2.0", 5)
+    assert a.workers("movierec-batch/1.0") == 3 and a.workers("movierec-batch/2.0") == 5
+    assert b.workers("movierec-batch/1.0") == 0
+    a.remove(lease)
+    assert a.workers("movierec-batch/1.0") == 0
 
 
 def test_score_csv_scales_down_even_when_the_job_fails(tmp_path):
