@@ -130,7 +130,7 @@ def fit(model, train, val, cfg: TrainConfig, device: torch.device, quiet: bool =
         t0 = time.perf_counter()
         perm = torch.randperm(n, device=device, generator=gen)
         total = torch.zeros((), device=device)
-        bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=quiet, unit="batch")
+        bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=quiet or None, unit="batch")
         for step in bar:
             idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             loss = torch.nn.functional.mse_loss(model(tu[idx], tm[idx]), tr[idx])

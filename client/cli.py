@@ -112,13 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=_positive,
         default=scoring.DEFAULT_WORKERS,
-        help="workers during the job (default %(default)s)",
+        help="workers during the job; jobs running side by side get the largest ask (default %(default)s)",
     )
     p.add_argument(
         "--idle-workers",
         type=_non_negative,
         default=scoring.DEFAULT_IDLE_WORKERS,
-        help="workers after (default %(default)s)",
+        help="workers after the last running job ends (default %(default)s)",
     )
     p.add_argument(
         "--batch-size",
