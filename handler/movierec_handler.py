@@ -18,6 +18,7 @@ from model.core import Recommender
 from model.service import MAX_INSTANCES, MAX_TOP_K, RatingService, Reply, error_reply
 
 log = logging.getLogger(__name__)
+WORKER_METRICS_LOGGER = "ts.metrics.caching_metric"
 
 
 class MovierecHandler:
@@ -64,6 +65,11 @@ class MovierecHandler:
             meta.get("data", {}).get("fingerprint"),
             recommender.parity,
         )
+        # TorchServe's worker prints a [METRICS] line per batch (PredictionTime, a last-value
+        # gauge) that the frontend reads back and parses. Dropping it measured +25% single-pair
+        # throughput at c32; the frontend's own latency and queue metrics stay.
+        quiet = not options.get("worker_metrics", False)
+        logging.getLogger(WORKER_METRICS_LOGGER).setLevel(logging.WARNING if quiet else logging.NOTSET)
         self.initialized = True
 
     def preprocess(self, data: list[dict]) -> list:

@@ -108,6 +108,30 @@ def test_instances_cap_from_yaml(handler, tiny_artifact):
     assert status == 413 and "51 > 50" in answer["error"]
 
 
+def test_worker_metric_lines_are_off_unless_asked_for(model_dir, caplog):
+    """TorchServe's own metrics cache prints a [METRICS] line per batch only with worker_metrics."""
+    import logging
+    from pathlib import Path
+
+    import ts
+    from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+
+    metrics = MetricsCacheYamlImpl(str(Path(ts.__file__).parent / "configs" / "metrics.yaml"))
+    metrics.initialize_cache()
+    metrics.model_name = "movierec"
+    caplog.set_level(logging.INFO)
+
+    def emitted(options):
+        MovierecHandler().initialize(FakeContext(model_dir, yaml_config={"handler": options}))
+        caplog.clear()
+        metrics.request_ids = {0: "req-1"}
+        metrics.add_time("PredictionTime", 1.5)  # as ts/service.py does after each batch
+        return [r.getMessage() for r in caplog.records if "[METRICS]" in r.getMessage()]
+
+    assert len(emitted({"worker_metrics": True})) == 1
+    assert emitted({}) == []
+
+
 def test_unexpected_failure_is_a_json_500_for_the_batch_not_a_crash(model_dir):
     h = MovierecHandler()
     h.initialize(FakeContext(model_dir))
