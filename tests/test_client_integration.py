@@ -193,7 +193,7 @@ def test_concurrent_score_jobs_do_not_scale_each_other_down(server, ids, tmp_pat
                 c,
                 tmp_path / "long.csv",
                 tmp_path / "long.out.csv",
-                chunk_size=500,
+                chunk_size=250,  # many small requests: it must outlast the short job by far
                 concurrency=2,
                 settings=BatchSettings(workers=2),
                 progress=False,
