@@ -31,7 +31,7 @@ SERVER_FLAGS := --inference-url http://127.0.0.1:$(INFERENCE_PORT) \
 	--management-url http://127.0.0.1:$(MANAGEMENT_PORT) --key-file $(RUN_DIR)/key_file.json
 ARTIFACT_FILES := model.pt users.json movies.json titles.json rated.npz metadata.json
 
-.PHONY: help install data train mar serve stop status predict recommend demo test test-fast lint bench kserve-layout clean
+.PHONY: help install data train mar serve stop status health predict recommend demo test test-fast lint bench kserve-layout clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -77,6 +77,9 @@ stop: ## stop TorchServe (no process left behind)
 status: ## show whether TorchServe runs and which models it serves
 	$(PY) serve.py status --run-dir $(RUN_DIR)
 
+health: ## exit 0 if TorchServe answers /ping and every model has a READY worker (probe command)
+	$(PY) serve.py health --run-dir $(RUN_DIR)
+
 predict: ## sample rating request: make predict [USER_ID=196 MOVIE_ID=242]
 	$(PY) -m client predict $(SERVER_FLAGS) --user $(USER_ID) --movie $(MOVIE_ID)
 
@@ -87,6 +90,7 @@ demo: $(STAMP) ## the main job: train (or reuse ARTIFACTS), build the .mar, serv
 	$(MAKE) --no-print-directory mar
 	$(MAKE) --no-print-directory stop
 	$(MAKE) --no-print-directory serve
+	$(MAKE) --no-print-directory health
 	$(MAKE) --no-print-directory predict
 	$(MAKE) --no-print-directory recommend
 	@echo "TorchServe is running (inference http://127.0.0.1:$(INFERENCE_PORT)); 'make stop' stops it."

@@ -600,6 +600,26 @@ def _log_tail(run_dir: Path, lines: int = 40) -> str:
 # --- command line -----------------------------------------------------------------------------
 
 
+def health(run_dir: str | Path = "run") -> str:
+    """Why the instance in RUN_DIR cannot serve, or "" when it can.
+
+    Healthy means: the frontend runs, /ping answers Healthy with the inference key (renewed if it
+    expired: TorchServe 0.12 wants a key even there), and every registered version that should
+    have workers has a READY one. This is the check for an exec liveness/readiness probe.
+    """
+    server = running(run_dir)
+    if server is None:
+        return f"TorchServe is not running from {Path(run_dir).resolve()}"
+    try:
+        ping = server.get_json(f"{server.inference_url}/ping", "inference")
+        if not isinstance(ping, dict) or ping.get("status") != "Healthy":
+            return f"/ping answered {ping!r}"
+        waiting = _not_ready(server, {name: [] for name in server.models()})
+    except (OSError, ValueError, KeyError) as error:
+        return f"TorchServe does not answer properly: {error}"
+    return f"waiting for {waiting}" if waiting else ""
+
+
 def _print_status(server: Server | None, run_dir: Path) -> int:
     """Print what runs from RUN_DIR; exit status 0 if running, 3 if not (LSB style)."""
     if server is None:
@@ -657,6 +677,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p_status = sub.add_parser("status", help="show whether TorchServe runs and its models")
     p_status.add_argument("--run-dir", default="run")
+
+    p_health = sub.add_parser(
+        "health",
+        help="exit 0 if TorchServe answers /ping and every model has a READY worker, else 1 (for probes)",
+    )
+    p_health.add_argument("--run-dir", default="run")
     return parser
 
 
@@ -678,6 +704,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "stop":
             print("stopped" if stop(run_dir, args.timeout) else f"not running ({run_dir})")
             return 0
+        if args.command == "health":
+            problem = health(run_dir)
+            print(f"unhealthy: {problem}" if problem else "healthy")
+            return 1 if problem else 0
         return _print_status(running(run_dir), run_dir)
     except ServeError as error:
         print(f"serve.py {args.command}: {error}", file=sys.stderr)

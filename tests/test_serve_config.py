@@ -196,6 +196,15 @@ def test_token_authorization_is_on(server):
 
 @needs_java
 @pytest.mark.integration
+def test_health_probe_passes_on_a_serving_instance_and_fails_without_one(server, tmp_path, capsys):
+    assert serve.health(server.run_dir) == ""
+    assert serve.main(["health", "--run-dir", str(server.run_dir)]) == 0
+    assert capsys.readouterr().out.strip() == "healthy"
+    assert serve.main(["health", "--run-dir", str(tmp_path)]) == 1
+    assert "unhealthy: TorchServe is not running" in capsys.readouterr().out
+
+
+@pytest.mark.integration
 def test_registration_urls_outside_the_store_are_refused(server, tmp_path):
     """Remote URLs, '..' paths and files outside the store cannot be registered."""
     outside = tmp_path / "outside.mar"
