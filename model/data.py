@@ -148,6 +148,8 @@ def load_ratings(path: str | os.PathLike, scale: tuple[float, float] = DEFAULT_S
             keep_default_na=False,
             encoding="latin-1",
             skipinitialspace=True,
+            # Kept, then dropped below: skipping them in the parser shifts every later line number.
+            skip_blank_lines=False,
         )
     except pd.errors.ParserError as exc:
         where = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
@@ -155,9 +157,15 @@ def load_ratings(path: str | os.PathLike, scale: tuple[float, float] = DEFAULT_S
             expected, line, saw = where.groups()
             raise DataError(f"{path}:{line}: column {saw}: row has {saw} fields, expected {expected}") from None
         raise DataError(f"{path}: malformed row: {str(exc).strip()}") from None
+    # A blank line reads as a row of empty fields; only rows with an empty first field can be one.
+    blank = raw.iloc[:, 0].fillna("").eq("").to_numpy()
+    if blank.any():
+        blank[blank] = raw[blank].fillna("").eq("").all(axis=1).to_numpy()
+    lines = np.flatnonzero(~blank) + 1  # the file line of each remaining row
+    raw = raw[~blank].reset_index(drop=True)
     line0 = 2 if has_header else 1
     if has_header:
-        header, raw = raw.iloc[0], raw.iloc[1:].reset_index(drop=True)
+        header, raw, lines = raw.iloc[0], raw.iloc[1:].reset_index(drop=True), lines[1:]
         raw.columns = [str(c).split(":")[0].strip().lower() for c in header]
         cols = _column_map(path, list(raw.columns))
     else:
@@ -178,7 +186,7 @@ def load_ratings(path: str | os.PathLike, scale: tuple[float, float] = DEFAULT_S
         label = cols[ours] if has_header else ours
         n = int(mask.sum())
         more = f" ({n - 1} more row(s) like it)" if n > 1 else ""
-        raise DataError(f"{path}:{row + line0}: column '{label}': {problem} {value!r}{more}")
+        raise DataError(f"{path}:{lines[row]}: column '{label}': {problem} {value!r}{more}")
 
     frame = pd.DataFrame(index=raw.index)
     for ours in ("user_id", "movie_id"):

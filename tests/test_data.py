@@ -29,6 +29,8 @@ BAD_RATINGS = {
     "empty_movie_id": (HEADER + "1,10,4,100\n2, ,3,101\n", 3, "movieid"),
     "too_many_fields": (HEADER + "1,10,4,100\n1,11,3,101,9\n", 3, "5 fields"),
     "too_many_fields_first_row": (HEADER + "1,10,4,100,9\n1,11,3,101\n", 2, "5 fields"),
+    "bad_rating_after_blank_lines": (HEADER + "1,10,4,100\n\n\n1,11,x,101\n", 5, "rating"),
+    "too_many_fields_after_blank_line": (HEADER + "1,10,4,100\n\n1,11,3,101,9\n", 4, "5 fields"),
 }
 
 
@@ -149,6 +151,11 @@ def test_fingerprint_changes_with_the_data(tmp_path):
     a = load_ratings(write(tmp_path / "a.csv", HEADER + GOOD))
     b = load_ratings(write(tmp_path / "b.csv", HEADER + GOOD.replace("3.5", "4.5")))
     assert a.fingerprint() != b.fingerprint()
+
+
+def test_blank_lines_are_skipped_not_rows(tmp_path):
+    ratings = load_ratings(write(tmp_path / "r.csv", HEADER + "\n1,10,4,100\n\n\n2,10,5,102\n\n"))
+    assert len(ratings.frame) == 2
 
 
 def test_bad_row_in_headerless_layout_counts_lines_from_one(tmp_path):
