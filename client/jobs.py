@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from client.api import ConfigError
+
 ENV_STATE_DIR = "MOVIEREC_STATE_DIR"
 
 
@@ -60,8 +62,15 @@ class JobLeases:
 
         flock is released by the kernel when its holder dies, so a killed job never wedges it.
         """
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with open(self.directory / ".lock", "a") as lock:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            lock = open(self.directory / ".lock", "a")  # noqa: SIM115 - closed below, after unlocking
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot keep scoring-job leases in {self.directory} ({exc.strerror}); "
+                f"set {ENV_STATE_DIR} to a writable directory"
+            ) from None
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield

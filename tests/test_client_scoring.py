@@ -293,6 +293,16 @@ def test_leases_of_dead_jobs_do_not_pin_workers(tmp_path):
     assert not stale.exists() and not (jobs.directory / "torn.json").exists()
 
 
+def test_unwritable_lease_directory_is_a_clear_config_error(tmp_path):
+    from client.api import ConfigError
+
+    (tmp_path / "file").write_text("not a directory")
+    jobs = JobLeases(tmp_path / "file" / "jobs")
+    with pytest.raises(ConfigError, match="MOVIEREC_STATE_DIR"):
+        with jobs.locked():
+            pass
+
+
 def test_leases_are_per_server_and_per_version(tmp_path):
     a = JobLeases.for_server("http://127.0.0.1:8081", tmp_path)
     b = JobLeases.for_server("http://127.0.0.1:9081", tmp_path)
