@@ -31,7 +31,7 @@ SERVER_FLAGS := --inference-url http://127.0.0.1:$(INFERENCE_PORT) \
 	--management-url http://127.0.0.1:$(MANAGEMENT_PORT) --key-file $(RUN_DIR)/key_file.json
 ARTIFACT_FILES := model.pt users.json movies.json titles.json rated.npz metadata.json
 
-.PHONY: help install data train mar serve stop status health predict recommend demo test test-fast lint bench kserve-layout clean
+.PHONY: help install data train mar serve stop status health predict recommend demo test test-fast lint bench gpu-check kserve-layout clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -108,6 +108,9 @@ lint: $(STAMP) ## ruff check + format check
 bench: $(STAMP) ## measure in-process vs served throughput and latency; writes BENCHMARKS.md
 	$(PY) bench/bench.py --artifacts $(ARTIFACTS) --out BENCHMARKS.md
 
+gpu-check: $(STAMP) ## on a CUDA machine: train on the GPU, compare the GPU handler with the CPU one
+	$(PY) bench/gpu_check.py --device $(or $(DEVICE),cuda) --out gpu_out
+
 KSERVE_LAYOUT ?= deploy/kserve/layout/v$(VERSION)
 
 kserve-layout: $(STAMP) ## stage deploy/kserve/layout/vVERSION (config/ + model-store/) for KServe
@@ -115,4 +118,4 @@ kserve-layout: $(STAMP) ## stage deploy/kserve/layout/vVERSION (config/ + model-
 	$(PY) deploy/kserve/stage.py --mar $(MAR) --out $(KSERVE_LAYOUT)
 
 clean: stop ## remove build outputs, archives, run state (keeps .venv and the data cache)
-	rm -rf build $(MODEL_STORE) $(RUN_DIR) artifacts deploy/kserve/layout
+	rm -rf build $(MODEL_STORE) $(RUN_DIR) artifacts deploy/kserve/layout gpu_out
