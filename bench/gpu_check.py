@@ -73,7 +73,7 @@ def compare(cpu: list, dev: list) -> dict:
     for i, ((s1, a1), (s2, a2)) in enumerate(zip(cpu, dev, strict=True)):
         if s1 != s2 or a1.get("error") != a2.get("error"):
             problems.append(f"request {i}: {s1} {a1.get('error')!r} on cpu, {s2} {a2.get('error')!r} on device")
-        pairs = [(a1, a2)] + list(zip(a1.get("predictions", []), a2.get("predictions", []), strict=True))
+        pairs = [(a1, a2)] + list(zip(a1.get("predictions", []), a2.get("predictions", []), strict=False))
         for p1, p2 in pairs:
             if "rating" in p1:
                 worst = max(worst, abs(p1["rating"] - p2["rating"]))

@@ -32,7 +32,10 @@ def test_gpu_check_runs_the_serve_path_and_finds_cpu_parity(synth_data, tmp_path
 def test_compare_reports_every_kind_of_mismatch():
     cpu = [(200, {"rating": 3.0}), (200, {"recommendations": [{"movie_id": 1, "score": 4.0}]}), (404, {"error": "x"})]
     dev = [(200, {"rating": 3.1}), (200, {"recommendations": [{"movie_id": 2, "score": 4.0}]}), (200, {"rating": 1.0})]
+    cpu.append((200, {"predictions": [{"rating": 2.0}, {"rating": 2.5}]}))
+    dev.append((400, {"error": "too many"}))
     problems = gpu_check.compare(cpu, dev)["problems"]
     assert any("top-K [1] on cpu, [2]" in p for p in problems)
     assert any("request 2: 404 'x' on cpu, 200 None" in p for p in problems)
     assert any("largest rating difference 1.00e-01" in p for p in problems)
+    assert any("request 3: 200 None on cpu, 400 'too many'" in p for p in problems)
