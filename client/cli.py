@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="use the batch registration as is: no register/scale",
     )
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (or, off a terminal, progress lines)")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("predict", parents=[server], help="predict one user's rating of one movie")

@@ -36,6 +36,7 @@ DEFAULT_MAX_BATCH_DELAY_MS = 1
 DEFAULT_IDLE_WORKERS = 0
 MAX_INSTANCES = 20_000
 SYNC_INTERVAL_S = 1.0
+LOG_INTERVAL_S = 30.0
 
 # (user_id, movie_id, problem): IDs exactly as in the file; problem is "" or why it is not sent.
 # Plain tuples, because a million dataclass instances cost more than the HTTP round trips.
@@ -238,15 +239,20 @@ def score_file(
     for _ in itertools.islice(rows, skipped):
         pass
     scored = errors = 0
+    total = count_data_lines(input_path) if progress else None
+    # A redrawn bar suits a terminal; in a log file it is one endless line of carriage returns,
+    # so there the job writes a plain progress line every LOG_INTERVAL_S instead.
+    interactive = progress and sys.stderr.isatty()
     bar = tqdm(
-        total=count_data_lines(input_path) if progress else None,
+        total=total,
         initial=skipped,
         unit="rows",
         unit_scale=True,
         smoothing=0.1,
-        disable=not progress,
+        disable=not interactive,
         file=sys.stderr,
     )
+    last_log = time.monotonic()
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="score")
     # Queue a second round of chunks so workers never wait for the writer; still bounded.
     pending: deque[Future[list[Record]]] = deque()
@@ -254,7 +260,7 @@ def score_file(
     try:
 
         def drain_one() -> None:
-            nonlocal scored, errors, last_sync
+            nonlocal scored, errors, last_sync, last_log
             records = pending.popleft().result()
             # Flushed data survives a killed process; fsync (costly per chunk) bounds what an OS crash loses.
             sync = time.monotonic() - last_sync >= SYNC_INTERVAL_S
@@ -264,6 +270,16 @@ def score_file(
             scored += len(records)
             errors += sum(1 for r in records if r[3])
             bar.update(len(records))
+            if progress and not interactive and time.monotonic() - last_log >= LOG_INTERVAL_S:
+                last_log = time.monotonic()
+                done = skipped + scored
+                rate = scored / max(time.perf_counter() - start, 1e-9)
+                share = f" ({done / total:.1%})" if total else ""
+                print(
+                    f"progress: {done:,}/{total:,} rows{share}, {errors:,} with errors, {rate:,.0f} rows/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
         first_row = skipped + 1
         for chunk in chunked(rows, chunk_size):

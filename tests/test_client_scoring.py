@@ -83,6 +83,19 @@ def test_output_keeps_input_order_under_concurrency(tmp_path):
     assert summary.rows_skipped == 0 and summary.rows_per_s > 0
 
 
+def test_progress_in_a_log_file_is_plain_lines_not_a_redrawn_bar(tmp_path, capsys, monkeypatch):
+    import client.scoring as scoring
+
+    monkeypatch.setattr(scoring, "LOG_INTERVAL_S", 0.0)
+    write_input(tmp_path / "in.csv", 300)
+    score_file(tmp_path / "in.csv", tmp_path / "out.csv", scorer(), chunk_size=100, concurrency=1)
+    err = capsys.readouterr().err  # not a terminal, as in a log file
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if line.startswith("progress: ")]
+    assert lines[-1].startswith("progress: 300/300 rows (100.0%), ") and lines[-1].endswith(" rows/s")
+    assert len(lines) == 3
+
+
 def test_ids_are_echoed_as_written_and_extra_columns_ignored(tmp_path):
     (tmp_path / "in.csv").write_text("movie_id,title,user_id\n0242,Kolya,196\n\n50, Star Wars ,7\n")
     calls: list = []
