@@ -205,6 +205,31 @@ def test_health_probe_passes_on_a_serving_instance_and_fails_without_one(server,
 
 
 @pytest.mark.integration
+def test_health_probe_fails_while_a_model_has_no_ready_worker(server, store, tmp_path):
+    """A registered version whose worker cannot load makes the instance unhealthy until removed."""
+    handler = tmp_path / "broken_handler.py"
+    handler.write_text("def handle(data, context):\n    raise RuntimeError('cannot load')\n")
+    subprocess.run(
+        [sys.executable, "-m", "model_archiver.model_packaging", "--model-name", "broken", "--version", "1.0"]
+        + ["--handler", str(handler), "--export-path", str(store)],
+        check=True,
+        capture_output=True,
+    )
+    params = {"url": "broken.mar", "initial_workers": 1, "synchronous": "false"}
+    url = f"{server.management_url}/models"
+    assert requests.post(url, params=params, headers=server.auth("management")).status_code == 202
+    try:
+        assert serve.health(server.run_dir) == "waiting for a READY worker for broken version 1.0"
+    finally:
+        requests.delete(f"{url}/broken/1.0", headers=server.auth("management"))
+        (store / "broken.mar").unlink()
+    deadline = time.monotonic() + 60
+    while serve.health(server.run_dir) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert serve.health(server.run_dir) == ""
+
+
+@pytest.mark.integration
 def test_registration_urls_outside_the_store_are_refused(server, tmp_path):
     """Remote URLs, '..' paths and files outside the store cannot be registered."""
     outside = tmp_path / "outside.mar"
