@@ -80,6 +80,12 @@ class MovierecHandler:
         """Answer every request of the batch, setting each one's own HTTP status."""
         try:
             replies = self.service.handle_batch(self.preprocess(data))
+        except (MemoryError, torch.cuda.OutOfMemoryError):
+            # Transient, unlike a bug: 507 (TorchServe's own status for it) tells clients the batch
+            # was too big for the memory left, and the worker stays up for smaller ones.
+            log.exception("movierec: out of memory answering a batch of %d", len(data))
+            message = "out of memory for this batch; retry, or send fewer instances per request"
+            replies = [error_reply(507, message, self.model_version)] * len(data)
         except Exception:
             # A bug must not take down the worker or leak a traceback; each request gets a JSON 500.
             log.exception("movierec: unexpected failure answering a batch of %d", len(data))

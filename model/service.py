@@ -25,7 +25,14 @@ PAIR_FIELDS = frozenset(("user_id", "movie_id"))
 RECOMMEND_FIELDS = frozenset(("user_id", "top_k", "exclude_rated"))
 BATCH_FIELDS = frozenset(("instances",))
 
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 413: "Payload Too Large", 500: "Internal Server Error"}
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    413: "Payload Too Large",
+    500: "Internal Server Error",
+    507: "Insufficient Storage",
+}
 
 
 class RequestError(Exception):

@@ -145,6 +145,22 @@ def test_unexpected_failure_is_a_json_500_for_the_batch_not_a_crash(model_dir):
     assert all("internal error" in a["error"] for _, a in answers)
 
 
+@pytest.mark.parametrize("error", [MemoryError, "cuda"])
+def test_out_of_memory_is_a_json_507_for_the_batch(model_dir, error):
+    import torch
+
+    h = MovierecHandler()
+    h.initialize(FakeContext(model_dir))
+
+    def oom(bodies):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory") if error == "cuda" else MemoryError()
+
+    h.service.handle_batch = oom
+    answers = run(h, [{"user_id": 1, "movie_id": 1}, {"instances": []}])
+    assert [s for s, _ in answers] == [507, 507]
+    assert all("out of memory" in a["error"] for _, a in answers)
+
+
 def test_mismatched_artifact_fails_to_load_with_a_clear_error(model_dir, tmp_path):
     bad = tmp_path / "mar"
     shutil.copytree(model_dir, bad)
