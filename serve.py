@@ -24,6 +24,8 @@ from pathlib import Path
 
 import psutil
 
+from client.api import is_token_rejection
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_CONFIG = HERE / "config.properties"
 HOST = "127.0.0.1"
@@ -105,7 +107,7 @@ class Server:
             return _get_json(url, self.auth(kind))
         except urllib.error.HTTPError as error:
             # Startup on a slow machine can outlast a short token_expiration_min.
-            if error.code != 400 or not _is_token_rejection(error):
+            if not is_token_rejection(error.code, error.read()):
                 raise
         self.renew(kind)
         return _get_json(url, self.auth(kind))
@@ -523,17 +525,6 @@ def _check_ports_free(ports: Ports) -> None:
 def _read_pid(tmp_dir: Path) -> int:
     """The Java frontend pid the launcher wrote to TMPDIR/.model_server.pid."""
     return int((tmp_dir / ".model_server.pid").read_text().split()[0])
-
-
-def _is_token_rejection(error: urllib.error.HTTPError) -> bool:
-    """Whether a 400 from TorchServe refuses the token rather than the request."""
-    try:
-        body = json.loads(error.read() or b"{}")
-    except ValueError:
-        return False
-    message = str(body.get("message", "")) if isinstance(body, dict) else ""
-    kind = body.get("type", "") if isinstance(body, dict) else ""
-    return kind == "InvalidKeyException" or message.startswith(("Token Authori", "Token Authenti"))
 
 
 def _get_json(url: str, headers: dict[str, str]) -> object:
