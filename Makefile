@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+SERVE := $(VENV)/bin/movierec-serve
+CLIENT := $(VENV)/bin/movierec
 
 VERSION ?= 1.0
 ARTIFACTS ?= artifacts/v$(VERSION)
@@ -39,12 +41,13 @@ help: ## list the targets
 	@echo "             MODELS=$(MODELS) FRESH=1 (make serve: load MODELS instead of the last snapshot)"
 	@echo "             INFERENCE_PORT=$(INFERENCE_PORT) MANAGEMENT_PORT=$(MANAGEMENT_PORT) METRICS_PORT=$(METRICS_PORT)"
 
-install: $(STAMP) ## create .venv with the pinned dependencies (requirements.txt)
+install: $(STAMP) ## create .venv with the pinned dependencies (requirements.txt) and the project (editable)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 data: $(STAMP) ## download MovieLens 100K (from the recbole 1.2.1 wheel) into the user cache
@@ -69,22 +72,22 @@ mar: $(STAMP) $(ARTIFACTS)/metadata.json ## build model_store/movierec-VERSION.m
 	@echo "wrote $(MAR)"
 
 serve: $(STAMP) ## start TorchServe in the background and wait until ready (restores the last snapshot; FRESH=1 loads MODELS)
-	$(PY) serve.py start --run-dir $(RUN_DIR) --model-store $(MODEL_STORE) --models $(MODELS) $(if $(FRESH),--fresh) $(SERVE_PORTS)
+	$(SERVE) start --run-dir $(RUN_DIR) --model-store $(MODEL_STORE) --models $(MODELS) $(if $(FRESH),--fresh) $(SERVE_PORTS)
 
 stop: ## stop TorchServe (no process left behind)
-	@if [ -x $(PY) ]; then $(PY) serve.py stop --run-dir $(RUN_DIR); fi
+	@if [ -x $(SERVE) ]; then $(SERVE) stop --run-dir $(RUN_DIR); fi
 
 status: ## show whether TorchServe runs and which models it serves
-	$(PY) serve.py status --run-dir $(RUN_DIR)
+	$(SERVE) status --run-dir $(RUN_DIR)
 
 health: ## exit 0 if TorchServe answers /ping and every model has a READY worker (probe command)
-	$(PY) serve.py health --run-dir $(RUN_DIR)
+	$(SERVE) health --run-dir $(RUN_DIR)
 
 predict: ## sample rating request: make predict [USER_ID=196 MOVIE_ID=242]
-	$(PY) -m client predict $(SERVER_FLAGS) --user $(USER_ID) --movie $(MOVIE_ID)
+	$(CLIENT) predict $(SERVER_FLAGS) --user $(USER_ID) --movie $(MOVIE_ID)
 
 recommend: ## sample top-K request: make recommend [USER_ID=196 TOP_K=10]
-	$(PY) -m client recommend $(SERVER_FLAGS) --user $(USER_ID) --top-k $(TOP_K)
+	$(CLIENT) recommend $(SERVER_FLAGS) --user $(USER_ID) --top-k $(TOP_K)
 
 demo: $(STAMP) ## the main job: train (or reuse ARTIFACTS), build the .mar, serve, answer requests
 	$(MAKE) --no-print-directory mar
@@ -106,10 +109,10 @@ lint: $(STAMP) ## ruff check + format check
 	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP) ## measure in-process vs served throughput and latency; writes BENCHMARKS.md
-	$(PY) bench/bench.py --artifacts $(ARTIFACTS) --out BENCHMARKS.md
+	$(VENV)/bin/movierec-bench --artifacts $(ARTIFACTS) --out BENCHMARKS.md
 
 gpu-check: $(STAMP) ## on a CUDA machine: train on the GPU, compare the GPU handler with the CPU one
-	$(PY) bench/gpu_check.py --device $(or $(DEVICE),cuda) --out gpu_out
+	$(PY) -m movierec.bench.gpu_check --device $(or $(DEVICE),cuda) --out gpu_out
 
 KSERVE_LAYOUT ?= deploy/kserve/layout/v$(VERSION)
 

@@ -299,7 +299,7 @@ def train(args: argparse.Namespace) -> dict:
         },
     )
     plot_history(history, out / "loss.png")
-    # The held-out rows, for `python -m client ab-eval`: comparing two versions on rows
+    # The held-out rows, for `movierec ab-eval`: comparing two versions on rows
     # neither saw in training (same --seed and --val-frac give the same rows).
     frame.iloc[va_idx][["user_id", "movie_id", "rating"]].to_csv(out / "validation.csv", index=False)
     load_artifact(out)  # what we wrote must pass the same validation the server runs

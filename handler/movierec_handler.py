@@ -1,7 +1,7 @@
 """TorchServe handler for movierec: a thin adapter from TorchServe's batch to model.service.
 
 The archive carries the `model/` package and the artifact directory (`artifact/`) next to this
-file; TorchServe puts that directory on sys.path. TorchServe requires exactly one class here.
+file; TorchServe makes that directory importable. TorchServe requires exactly one class here.
 """
 
 from __future__ import annotations

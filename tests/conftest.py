@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import serve
 import train
+from movierec import torchserve
 from tests.synth import write_ratings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(autouse=True, scope="session")
 def _private_client_state(tmp_path_factory):
     """Scoring-job leases go to a per-session directory, never the user's ~/.cache."""
-    from client.jobs import ENV_STATE_DIR
+    from movierec.client.jobs import ENV_STATE_DIR
 
     mp = pytest.MonkeyPatch()
     mp.setenv(ENV_STATE_DIR, str(tmp_path_factory.mktemp("client-state")))
@@ -108,12 +108,12 @@ def model_store(tmp_path_factory, tiny_artifact, tiny_artifact_b) -> Path:
 def server(tmp_path_factory, model_store):
     """A real TorchServe on free loopback ports serving movierec 1.0 (default) and 2.0."""
     run_dir = tmp_path_factory.mktemp("run")
-    srv = serve.start(
+    srv = torchserve.start(
         run_dir,
         model_store,
         ["movierec=movierec-1.0.mar", "movierec=movierec-2.0.mar"],
-        ports=serve.Ports.free(),
+        ports=torchserve.Ports.free(),
         timeout=240,
     )
     yield srv
-    serve.stop(run_dir)
+    torchserve.stop(run_dir)

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from client.ab import ABRouter, ArmStats, bucket, decide, read_heldout
-from client.api import MovieRecClient
-from client.scoring import InputError
+from movierec.client.ab import ABRouter, ArmStats, bucket, decide, read_heldout
+from movierec.client.api import MovieRecClient
+from movierec.client.scoring import InputError
 
 
 @pytest.fixture
@@ -133,7 +133,7 @@ def test_read_heldout_reports_bad_rows_by_line(tmp_path):
 
 
 def test_plot_report_writes_png(tmp_path):
-    from client.ab import plot_report
+    from movierec.client.ab import plot_report
 
     a, b = arm("1.0", errors(50, 1.0, 1)), arm("2.0", [])
     a.latencies_ms = [5.0, 7.0, 30.0]

@@ -8,8 +8,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from client import versions
-from client.api import (
+from movierec.client import versions
+from movierec.client.api import (
     ConfigError,
     Endpoints,
     KeyFile,

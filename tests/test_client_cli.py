@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from client import scoring
-from client.cli import build_parser, main
+from movierec.client import scoring
+from movierec.client.cli import build_parser, main
 
 SUBCOMMANDS = [
     ["score"],
@@ -29,11 +29,11 @@ def test_every_subcommand_has_help(words, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([*words, "--help"])
     assert exit_.value.code == 0
-    assert capsys.readouterr().out.startswith("usage: python -m client " + " ".join(words))
+    assert capsys.readouterr().out.startswith("usage: movierec " + " ".join(words))
 
 
 def test_module_entry_point_prints_help():
-    done = subprocess.run([sys.executable, "-m", "client", "--help"], capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-m", "movierec", "--help"], capture_output=True, text=True, check=True)
     for name in ("score", "versions", "promote", "rollback", "ab", "ab-eval"):
         assert name in done.stdout
 

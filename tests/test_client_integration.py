@@ -8,7 +8,8 @@ import random
 import orjson
 import pytest
 
-from client import (
+from model.artifact import load_artifact
+from movierec.client import (
     ABRouter,
     AuthError,
     ConfigError,
@@ -22,8 +23,7 @@ from client import (
     rollback,
     score_csv,
 )
-from client.scoring import BatchSettings
-from model.artifact import load_artifact
+from movierec.client.scoring import BatchSettings
 
 pytestmark = pytest.mark.integration
 
@@ -235,7 +235,7 @@ def test_ab_eval_scores_each_arm(client, ids, synth_data, tmp_path):
 
 
 def test_cli_reaches_the_server_through_flags(server, ids, capsys):
-    from client.cli import main
+    from movierec.client.cli import main
 
     users, movies = ids
     flags = ["--inference-url", server.inference_url, "--management-url", server.management_url]
@@ -254,16 +254,18 @@ def test_expired_keys_are_rotated_with_the_api_key(model_store, tmp_path, ids):
     import time
     from pathlib import Path
 
-    import serve
+    from movierec import torchserve
 
     users, movies = ids
-    props = serve.read_properties(serve.DEFAULT_CONFIG)
+    props = torchserve.read_properties(torchserve.DEFAULT_CONFIG)
     props["token_expiration_min"] = "0.05"  # 3 s
     config = tmp_path / "config.properties"
-    serve.write_properties(config, props, "short-lived keys for this test")
-    (tmp_path / "log4j2.xml").write_bytes((Path(serve.DEFAULT_CONFIG).parent / "log4j2.xml").read_bytes())
+    torchserve.write_properties(config, props, "short-lived keys for this test")
+    (tmp_path / "log4j2.xml").write_bytes((Path(torchserve.DEFAULT_CONFIG).parent / "log4j2.xml").read_bytes())
     run_dir = tmp_path / "run"
-    srv = serve.start(run_dir, model_store, ["movierec=movierec-1.0.mar"], ports=serve.Ports.free(), config=config)
+    srv = torchserve.start(
+        run_dir, model_store, ["movierec=movierec-1.0.mar"], ports=torchserve.Ports.free(), config=config
+    )
     try:
         with MovieRecClient(srv.inference_url, srv.management_url, srv.key_file, retries=1) as c:
             first = c.predict(users[0], movies[0])
@@ -273,4 +275,4 @@ def test_expired_keys_are_rotated_with_the_api_key(model_store, tmp_path, ids):
             assert srv.token("inference") != old_key
             assert c.versions() == ["1.0"]  # the management key expired too
     finally:
-        serve.stop(run_dir)
+        torchserve.stop(run_dir)

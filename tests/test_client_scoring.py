@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from client.api import MovieRecClient, ServerError
-from client.jobs import JobLeases
-from client.scoring import (
+from movierec.client.api import MovieRecClient, ServerError
+from movierec.client.jobs import JobLeases
+from movierec.client.scoring import (
     BatchSettings,
     InputError,
     completed_rows,
@@ -84,7 +84,7 @@ def test_output_keeps_input_order_under_concurrency(tmp_path):
 
 
 def test_progress_in_a_log_file_is_plain_lines_not_a_redrawn_bar(tmp_path, capsys, monkeypatch):
-    import client.scoring as scoring
+    import movierec.client.scoring as scoring
 
     monkeypatch.setattr(scoring, "LOG_INTERVAL_S", 0.0)
     write_input(tmp_path / "in.csv", 300)
@@ -307,7 +307,7 @@ def test_leases_of_dead_jobs_do_not_pin_workers(tmp_path):
 
 
 def test_unwritable_lease_directory_is_a_clear_config_error(tmp_path):
-    from client.api import ConfigError
+    from movierec.client.api import ConfigError
 
     (tmp_path / "file").write_text("not a directory")
     jobs = JobLeases(tmp_path / "file" / "jobs")

@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
-
-import gpu_check  # noqa: E402
-
-from tests.conftest import TINY_TRAIN_ARGS  # noqa: E402
+from movierec.bench import gpu_check
+from tests.conftest import TINY_TRAIN_ARGS
 
 
 def test_gpu_check_runs_the_serve_path_and_finds_cpu_parity(synth_data, tmp_path, capsys):

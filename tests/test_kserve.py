@@ -20,9 +20,9 @@ import pytest
 import requests
 import yaml
 
-import serve
 from model.artifact import load_artifact
 from model.core import Recommender
+from movierec import torchserve
 
 REPO = Path(__file__).resolve().parent.parent
 KSERVE = REPO / "deploy" / "kserve"
@@ -60,7 +60,7 @@ def snapshot(props: dict[str, str]) -> dict:
 
 def test_config_keeps_the_kserve_contract():
     """Loopback 8085 for the wrapper, no tokens, no env overrides, movierec 1.0 with our batching."""
-    props = serve.read_properties(CONFIG)
+    props = torchserve.read_properties(CONFIG)
     assert props["inference_address"] == props["management_address"] == "http://127.0.0.1:8085"
     assert props["metrics_address"] == "http://0.0.0.0:8082"
     assert props["grpc_inference_address"] == props["grpc_management_address"] == "127.0.0.1"
@@ -85,7 +85,7 @@ def test_kserve_wrapper_reads_the_config_as_torchserve_does():
     text = CONFIG.read_text(encoding="utf-8")
     assert "\\" not in text, "the wrapper does not undo properties escapes or join continued lines"
     wrapper = wrapper_parse(text)
-    assert wrapper == serve.read_properties(CONFIG)
+    assert wrapper == torchserve.read_properties(CONFIG)
     # What the wrapper derives: predictor host for /v1/models/movierec:predict and the served names.
     assert wrapper["inference_address"].split("//")[1] == "127.0.0.1:8085"
     assert list(snapshot(wrapper)["models"]) == ["movierec"]
@@ -126,12 +126,12 @@ def test_stage_writes_one_complete_layout_per_version(layouts):
     """1.0 reproduces the tracked config exactly; 2.0 differs only in its model_snapshot."""
     template = CONFIG.read_text(encoding="utf-8")
     assert (layouts["1.0"] / "config" / "config.properties").read_text() == template
-    staged = serve.read_properties(layouts["2.0"] / "config" / "config.properties")
+    staged = torchserve.read_properties(layouts["2.0"] / "config" / "config.properties")
     models = snapshot(staged)["models"]["movierec"]
     assert list(models) == ["2.0"] and models["2.0"]["marName"] == "movierec-2.0.mar"
     assert {k: models["2.0"][k] for k in BATCH_SETTINGS} == BATCH_SETTINGS
     assert {k: v for k, v in staged.items() if k != "model_snapshot"} == {
-        k: v for k, v in serve.read_properties(CONFIG).items() if k != "model_snapshot"
+        k: v for k, v in torchserve.read_properties(CONFIG).items() if k != "model_snapshot"
     }
     for version, layout in layouts.items():
         assert [p.name for p in (layout / "model-store").iterdir()] == [f"movierec-{version}.mar"]
@@ -214,14 +214,14 @@ def kserve_ts(request, layouts, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"kserve-ts-{version}")
     mnt = root / "mnt" / "models"
     shutil.copytree(layouts[version], mnt)
-    inference, metrics, grpc_inference, grpc_management = serve.free_ports(4)
-    address = f"http://{serve.HOST}:{inference}"
+    inference, metrics, grpc_inference, grpc_management = torchserve.free_ports(4)
+    address = f"http://{torchserve.HOST}:{inference}"
     _override(
         mnt / "config" / "config.properties",
         {
             "inference_address": address,
             "management_address": address,
-            "metrics_address": f"http://{serve.HOST}:{metrics}",
+            "metrics_address": f"http://{torchserve.HOST}:{metrics}",
             "grpc_inference_port": str(grpc_inference),
             "grpc_management_port": str(grpc_management),
         },
@@ -229,7 +229,7 @@ def kserve_ts(request, layouts, tmp_path_factory):
     tmp_dir, logs = root / "tmp", root / "logs"
     tmp_dir.mkdir()
     logs.mkdir()
-    assert len(str(tmp_dir)) <= serve.MAX_TMPDIR_LEN
+    assert len(str(tmp_dir)) <= torchserve.MAX_TMPDIR_LEN
     env = {k: v for k, v in os.environ.items() if not k.startswith("TS_")}
     env.update(
         TMPDIR=str(tmp_dir),
@@ -258,7 +258,7 @@ def kserve_ts(request, layouts, tmp_path_factory):
             _wait_ready(address, pid, version)
         except AssertionError as error:
             raise AssertionError(f"{error}\n{_log_tail(root)}") from None
-        yield KServeTorchServe(version, address, f"http://{serve.HOST}:{metrics}", root)
+        yield KServeTorchServe(version, address, f"http://{torchserve.HOST}:{metrics}", root)
     finally:
         _stop(launcher, root, env, pid)
 

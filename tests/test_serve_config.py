@@ -18,10 +18,8 @@ import psutil
 import pytest
 import requests
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import serve  # noqa: E402
+from movierec import torchserve
+from movierec.paths import REPO as ROOT
 
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs Java")
 
@@ -69,18 +67,18 @@ def store(tmp_path_factory) -> Path:
 def server(tmp_path_factory, store):
     """One TorchServe instance with echo 1.0, shared by the module's read-only tests."""
     run_dir = tmp_path_factory.mktemp("run")
-    srv = serve.start(run_dir, store, ["echo=echo-1.0.mar"], serve.Ports.free(), timeout=90)
+    srv = torchserve.start(run_dir, store, ["echo=echo-1.0.mar"], torchserve.Ports.free(), timeout=90)
     yield srv
-    serve.stop(run_dir)
+    torchserve.stop(run_dir)
 
 
-def register(srv: serve.Server, url: str) -> requests.Response:
+def register(srv: torchserve.Server, url: str) -> requests.Response:
     """Ask the management API to register a model archive URL."""
     params = {"url": url, "initial_workers": 1, "synchronous": "true"}
     return requests.post(f"{srv.management_url}/models", params=params, headers=srv.auth("management"))
 
 
-def instance_pids(srv: serve.Server) -> set[int]:
+def instance_pids(srv: torchserve.Server) -> set[int]:
     """The frontend pid and its worker pids."""
     frontend = psutil.Process(srv.pid)
     return {srv.pid} | {p.pid for p in frontend.children(recursive=True)}
@@ -101,8 +99,8 @@ def test_properties_round_trip_backslashes(tmp_path):
     """Values with regex backslashes and JSON survive write -> Java-style read."""
     values = {"allowed_urls": r"file:///a\-b/[a-z]+\.mar", "snap": '{"m": {"1.0": "x y"}}'}
     path = tmp_path / "c.properties"
-    serve.write_properties(path, values, "test")
-    assert serve.read_properties(path) == values
+    torchserve.write_properties(path, values, "test")
+    assert torchserve.read_properties(path) == values
     assert r"\\.mar" in path.read_text()
 
 
@@ -110,14 +108,14 @@ def test_read_properties_java_syntax(tmp_path):
     """Comments, ':' separators, continuations and escapes parse as Java does."""
     path = tmp_path / "c.properties"
     path.write_text("# c\n! c\na = 1\nb:2\nc long \\\n   value\nd=x\\\\.y\ne\\=k=v\n")
-    props = serve.read_properties(path)
+    props = torchserve.read_properties(path)
     assert props == {"a": "1", "b": "2", "c": "long value", "d": "x\\.y", "e=k": "v"}
 
 
 def test_store_url_pattern_only_matches_files_in_store(tmp_path):
     """The allowed_urls regex admits store/*.mar and nothing beside or below it."""
     store = tmp_path / "my-store"
-    pattern = re.compile(serve.store_url_pattern(store))
+    pattern = re.compile(torchserve.store_url_pattern(store))
     assert pattern.fullmatch(f"file://{store}/movierec-1.0.mar")
     for url in (
         f"file://{store}/sub/x.mar",
@@ -134,8 +132,10 @@ def test_render_config_snapshot_replaces_load_models(tmp_path):
     store = tmp_path / "store"
     store.mkdir()
     snapshot = '{"name": "s", "modelCount": 1, "models": {"echo": {"2.0": {}}}}'
-    path = serve.render_config(serve.DEFAULT_CONFIG, tmp_path, store, serve.Ports(1, 2, 3, 4, 5), None, snapshot)
-    props = serve.read_properties(path)
+    path = torchserve.render_config(
+        torchserve.DEFAULT_CONFIG, tmp_path, store, torchserve.Ports(1, 2, 3, 4, 5), None, snapshot
+    )
+    props = torchserve.read_properties(path)
     assert props["model_snapshot"] == snapshot
     assert "load_models" not in props
     assert props["model_store"] == str(store.resolve())
@@ -162,7 +162,7 @@ def test_cli_help():
 @pytest.mark.integration
 def test_everything_listens_on_loopback_only(server):
     """Rendered config and the live sockets: HTTP, metrics and both gRPC ports on 127.0.0.1."""
-    props = serve.read_properties(server.run_dir / "config.properties")
+    props = torchserve.read_properties(server.run_dir / "config.properties")
     assert props["disable_token_authorization"] == "false"
     assert props["grpc_inference_address"] == props["grpc_management_address"] == "127.0.0.1"
     for key in ("inference_address", "management_address", "metrics_address"):
@@ -197,10 +197,10 @@ def test_token_authorization_is_on(server):
 @needs_java
 @pytest.mark.integration
 def test_health_probe_passes_on_a_serving_instance_and_fails_without_one(server, tmp_path, capsys):
-    assert serve.health(server.run_dir) == ""
-    assert serve.main(["health", "--run-dir", str(server.run_dir)]) == 0
+    assert torchserve.health(server.run_dir) == ""
+    assert torchserve.main(["health", "--run-dir", str(server.run_dir)]) == 0
     assert capsys.readouterr().out.strip() == "healthy"
-    assert serve.main(["health", "--run-dir", str(tmp_path)]) == 1
+    assert torchserve.main(["health", "--run-dir", str(tmp_path)]) == 1
     assert "unhealthy: TorchServe is not running" in capsys.readouterr().out
 
 
@@ -219,14 +219,14 @@ def test_health_probe_fails_while_a_model_has_no_ready_worker(server, store, tmp
     url = f"{server.management_url}/models"
     assert requests.post(url, params=params, headers=server.auth("management")).status_code == 202
     try:
-        assert serve.health(server.run_dir) == "waiting for a READY worker for broken version 1.0"
+        assert torchserve.health(server.run_dir) == "waiting for a READY worker for broken version 1.0"
     finally:
         requests.delete(f"{url}/broken/1.0", headers=server.auth("management"))
         (store / "broken.mar").unlink()
     deadline = time.monotonic() + 60
-    while serve.health(server.run_dir) and time.monotonic() < deadline:
+    while torchserve.health(server.run_dir) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert serve.health(server.run_dir) == ""
+    assert torchserve.health(server.run_dir) == ""
 
 
 @pytest.mark.integration
@@ -275,13 +275,13 @@ def test_store_file_url_passes_allowed_urls_but_is_not_copied_onto_itself(server
 @pytest.mark.integration
 def test_start_and_status_outlive_expired_keys(store, tmp_path):
     """TorchServe never renews a key; a slow start or a later status check renews its own."""
-    props = serve.read_properties(serve.DEFAULT_CONFIG)
+    props = torchserve.read_properties(torchserve.DEFAULT_CONFIG)
     props["token_expiration_min"] = "0.02"  # 1 s (TorchServe truncates to whole seconds)
     config = tmp_path / "config.properties"
-    serve.write_properties(config, props, "keys that expire during startup")
-    shutil.copy(Path(serve.DEFAULT_CONFIG).parent / "log4j2.xml", tmp_path / "log4j2.xml")
+    torchserve.write_properties(config, props, "keys that expire during startup")
+    shutil.copy(Path(torchserve.DEFAULT_CONFIG).parent / "log4j2.xml", tmp_path / "log4j2.xml")
     run_dir = tmp_path / "run"
-    srv = serve.start(run_dir, store, ["echo=echo-1.0.mar"], serve.Ports.free(), config=config, timeout=90)
+    srv = torchserve.start(run_dir, store, ["echo=echo-1.0.mar"], torchserve.Ports.free(), config=config, timeout=90)
     try:
         stale = srv.token("management")
         time.sleep(1.5)
@@ -289,7 +289,7 @@ def test_start_and_status_outlive_expired_keys(store, tmp_path):
         assert srv.models() == ["echo"]
         assert srv.token("management") != stale
     finally:
-        assert serve.stop(run_dir) is True
+        assert torchserve.stop(run_dir) is True
 
 
 @pytest.mark.integration
@@ -302,10 +302,10 @@ def test_restart_keeps_versions_and_default_and_stop_leaves_nothing(server, stor
     assert register(server, "echo-2.0.mar").status_code == 200
     url = f"{server.management_url}/models/echo/2.0/set-default"
     assert requests.put(url, headers=server.auth("management")).status_code == 200
-    assert serve.stop(run_dir) is True
-    assert serve.latest_snapshot(run_dir).name.endswith("-shutdown.cfg")
+    assert torchserve.stop(run_dir) is True
+    assert torchserve.latest_snapshot(run_dir).name.endswith("-shutdown.cfg")
 
-    srv = serve.start(run_dir, store, None, serve.Ports.free(), timeout=90)
+    srv = torchserve.start(run_dir, store, None, torchserve.Ports.free(), timeout=90)
     try:
         described = {d["modelVersion"]: d for d in srv.describe("echo")}
         assert sorted(described) == ["1.0", "2.0"]
@@ -317,8 +317,8 @@ def test_restart_keeps_versions_and_default_and_stop_leaves_nothing(server, stor
         pids = instance_pids(srv)
         assert len(pids) == 3  # the frontend and one worker per version
     finally:
-        assert serve.stop(run_dir) is True
+        assert torchserve.stop(run_dir) is True
     assert not [pid for pid in pids if alive(pid)]
-    assert serve.running(run_dir) is None
+    assert torchserve.running(run_dir) is None
     assert not (run_dir / "key_file.json").exists()
-    assert serve.stop(run_dir) is False
+    assert torchserve.stop(run_dir) is False

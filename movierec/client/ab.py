@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from client.api import DEFAULT_MODEL, MovieRecClient, MovieRecError, check_version
-from client.scoring import InputError, find_columns
+from movierec.client.api import DEFAULT_MODEL, MovieRecClient, MovieRecError, check_version
+from movierec.client.scoring import InputError, find_columns
 
 BUCKETS = 10_000
 DEFAULT_SALT = "movierec-ab"

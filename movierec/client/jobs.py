@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from client.api import ConfigError
+from movierec.client.api import ConfigError
 
 ENV_STATE_DIR = "MOVIEREC_STATE_DIR"
 

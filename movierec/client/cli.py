@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import orjson
 
-from client import ab, scoring, versions
-from client.api import (
+from movierec.client import ab, scoring, versions
+from movierec.client.api import (
     DEFAULT_KEY_FILE,
     DEFAULT_MODEL,
     ENV_INFERENCE_URL,
@@ -79,7 +79,7 @@ def _raw_id(text: str) -> int | str:
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of every subcommand."""
     server = _server_options()
-    parser = argparse.ArgumentParser(prog="python -m client", description=__doc__)
+    parser = argparse.ArgumentParser(prog="movierec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
@@ -464,7 +464,7 @@ def cmd_ab_eval(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m client`; returns the exit status."""
+    """Entry point of `movierec`; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

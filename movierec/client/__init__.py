@@ -1,7 +1,7 @@
 """Client for the movierec TorchServe deployment: inference, batch scoring, versions and A/B tests."""
 
-from client.ab import ABRouter, ArmStats, Decision, decide, evaluate
-from client.api import (
+from movierec.client.ab import ABRouter, ArmStats, Decision, decide, evaluate
+from movierec.client.api import (
     AuthError,
     ConfigError,
     Endpoints,
@@ -11,14 +11,14 @@ from client.api import (
     ServerError,
     ServerUnreachable,
 )
-from client.scoring import (
+from movierec.client.scoring import (
     BatchSettings,
     InputError,
     ScoreSummary,
     score_csv,
     score_file,
 )
-from client.versions import list_versions, promote, rollback
+from movierec.client.versions import list_versions, promote, rollback
 
 __all__ = [
     "ABRouter",

@@ -24,13 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import train  # noqa: E402
-from handler.movierec_handler import MovierecHandler  # noqa: E402
-from model.artifact import load_artifact  # noqa: E402
-from model.core import Recommender  # noqa: E402
+import train
+from handler.movierec_handler import MovierecHandler
+from model.artifact import load_artifact
+from model.core import Recommender
+from movierec.paths import REPO
 
 RATING_TOL = 1e-4
 

@@ -17,14 +17,14 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from client.api import (
+from movierec.client.api import (
     DEFAULT_MODEL,
     MovieRecClient,
     MovieRecError,
     NotFound,
     ServerError,
 )
-from client.jobs import JobLeases
+from movierec.client.jobs import JobLeases
 
 BATCH_MODEL = "movierec-batch"
 OUTPUT_HEADER = ("user_id", "movie_id", "rating", "error")

@@ -31,14 +31,11 @@ import requests
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-# Run as `python bench/bench.py`, so the repository root (model/, serve.py, client/) is not on sys.path.
-sys.path.insert(0, str(REPO))
-
-import serve  # noqa: E402
-from model.artifact import load_artifact  # noqa: E402
-from model.core import Recommender  # noqa: E402
-from model.service import RatingService  # noqa: E402
+from model.artifact import load_artifact
+from model.core import Recommender
+from model.service import RatingService
+from movierec import torchserve
+from movierec.paths import REPO
 
 LUA = Path(__file__).resolve().parent / "post.lua"
 MODEL = "movierec"
@@ -47,7 +44,7 @@ SECTIONS = ("inprocess", "served", "csv")
 TOP_K = 10
 # Version of the archive bench.py builds; its own name keeps `make mar` out of build/mar-1.0.
 BENCH_VERSION = "bench"
-# The bulk-scoring registration `python -m client score` makes through the management API:
+# The bulk-scoring registration `movierec score` makes through the management API:
 # the same archive with 2 workers and no batching (10k-pair requests need no companions).
 BULK_MODEL = "movierec-batch"
 BULK_REGISTRATION = {"batch_size": 1, "max_batch_delay": 1, "initial_workers": 2}
@@ -351,7 +348,7 @@ def write_body_files(bodies: dict[str, list[bytes]], directory: Path) -> dict[st
     return files
 
 
-def run_wrk(server: serve.Server, body_file: Path, connections: int, seconds: int, model: str = MODEL) -> dict:
+def run_wrk(server: torchserve.Server, body_file: Path, connections: int, seconds: int, model: str = MODEL) -> dict:
     """One closed-loop wrk run against /predictions/MODEL; the numbers post.lua printed."""
     url = f"{server.inference_url}/predictions/{model}"
     cmd = [
@@ -375,7 +372,7 @@ def run_wrk(server: serve.Server, body_file: Path, connections: int, seconds: in
     return {k: float(v) for k, v in (item.split("=") for item in found.group(1).split())}
 
 
-def register_bulk(server: serve.Server, mar: str) -> None:
+def register_bulk(server: torchserve.Server, mar: str) -> None:
     """Register the archive a second time as the bulk-scoring model, as the scoring client does."""
     params = {"url": mar, "model_name": BULK_MODEL, "synchronous": "true", **BULK_REGISTRATION}
     r = requests.post(f"{server.management_url}/models", params=params, headers=server.auth("management"), timeout=300)
@@ -404,7 +401,7 @@ def approx_equal(a: object, b: object, tol: float = 1e-3) -> bool:
     return a == b
 
 
-def check_answers(server: serve.Server, service: RatingService, bodies: dict[str, list[bytes]]) -> None:
+def check_answers(server: torchserve.Server, service: RatingService, bodies: dict[str, list[bytes]]) -> None:
     """Each kind of body must get 200 and the same answer as the in-process service (same model)."""
     url = f"{server.inference_url}/predictions/{MODEL}"
     headers = {**server.auth("inference"), "Content-Type": "application/json"}
@@ -426,7 +423,7 @@ def check_answers(server: serve.Server, service: RatingService, bodies: dict[str
 
 
 def bench_served(
-    server: serve.Server,
+    server: torchserve.Server,
     archive: Path,
     service: RatingService,
     bodies: dict[str, list[bytes]],
@@ -511,11 +508,11 @@ def write_pairs_csv(path: Path, service: RatingService, rows: int) -> Path:
     return path
 
 
-def bench_csv(server: serve.Server, service: RatingService, work_dir: Path, rows: int) -> dict:
-    """Score a CSV through the client library exactly as `python -m client score` would."""
+def bench_csv(server: torchserve.Server, service: RatingService, work_dir: Path, rows: int) -> dict:
+    """Score a CSV through the client library exactly as `movierec score` would."""
     try:
-        from client.api import MovieRecClient
-        from client.scoring import BatchSettings, score_csv
+        from movierec.client.api import MovieRecClient
+        from movierec.client.scoring import BatchSettings, score_csv
     except ImportError as exc:
         return {"skipped": f"client library not importable ({exc}); batch CSV scoring not measured"}
     source = write_pairs_csv(work_dir / f"pairs-{rows}.csv", service, rows)
@@ -646,7 +643,7 @@ def report(results: dict) -> str:
         "- In-process: `torch.set_num_threads(1)` and `gc.freeze()` after loading, as the handler does; "
         "`time.perf_counter` around each call, rotating over pre-generated index batches or request bodies; "
         "the configurations are interleaved within each round.",
-        "- Served: `serve.start()` on free loopback ports with the repository's `config.properties`, "
+        "- Served: `torchserve.start()` on free loopback ports with the repository's `config.properties`, "
         "`log4j2.xml` and the archive's `handler/model-config.yaml`; "
         "`wrk -t1 -cN` with keep-alive, closed loop, `bench/post.lua` rotating pre-built bodies "
         "(1,000 single pairs, 16 bodies of 1k pairs, 8 of 10k pairs, 200 top-K users) and printing exact "
@@ -899,7 +896,7 @@ def main(argv: list[str] | None = None) -> int:
         results["served"] = {"skipped": message}
     if wrk is not None or "csv" in sections:
         run_dir = work_dir / "ts"
-        serve.stop(run_dir)  # a previous interrupted run may have left its instance behind
+        torchserve.stop(run_dir)  # a previous interrupted run may have left its instance behind
         shutil.rmtree(run_dir, ignore_errors=True)
         print(f"starting TorchServe from {run_dir}", flush=True)
         if args.mar_store is None:
@@ -909,7 +906,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             store, mar = args.mar_store, args.mar
         results["archive"] = str(store / mar)
-        server = serve.start(run_dir, store, [f"{MODEL}={mar}"], ports=serve.Ports.free(), timeout=180)
+        server = torchserve.start(run_dir, store, [f"{MODEL}={mar}"], ports=torchserve.Ports.free(), timeout=180)
         try:
             if wrk is not None:
                 files = write_body_files(bodies, work_dir / "bodies")
@@ -918,7 +915,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"batch scoring a {s.csv_rows:,}-row CSV through the client", flush=True)
                 results["csv"] = bench_csv(server, service, work_dir, s.csv_rows)
         finally:
-            serve.stop(run_dir)
+            torchserve.stop(run_dir)
     results["load_end"] = load_average()
     (work_dir / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     args.out.write_text(report(results), encoding="utf-8")

@@ -1,0 +1,1 @@
+"""Operator tooling for movierec: the TorchServe instance, the client CLI and the benchmarks."""

@@ -1,0 +1,41 @@
+"""Running and talking to TorchServe: config, lifecycle, health and the management API."""
+
+from movierec.torchserve.server import (
+    DEFAULT_CONFIG,
+    HOST,
+    MAX_TMPDIR_LEN,
+    Ports,
+    ServeError,
+    Server,
+    free_ports,
+    health,
+    latest_snapshot,
+    main,
+    read_properties,
+    render_config,
+    running,
+    start,
+    stop,
+    store_url_pattern,
+    write_properties,
+)
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "HOST",
+    "MAX_TMPDIR_LEN",
+    "Ports",
+    "ServeError",
+    "Server",
+    "free_ports",
+    "health",
+    "latest_snapshot",
+    "main",
+    "read_properties",
+    "render_config",
+    "running",
+    "start",
+    "stop",
+    "store_url_pattern",
+    "write_properties",
+]
