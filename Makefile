@@ -31,7 +31,6 @@ SERVE_PORTS := --inference-port $(INFERENCE_PORT) --management-port $(MANAGEMENT
 	--grpc-management-port $(GRPC_MANAGEMENT_PORT)
 SERVER_FLAGS := --inference-url http://127.0.0.1:$(INFERENCE_PORT) \
 	--management-url http://127.0.0.1:$(MANAGEMENT_PORT) --key-file $(RUN_DIR)/key_file.json
-ARTIFACT_FILES := model.pt users.json movies.json titles.json rated.npz metadata.json
 
 .PHONY: help install data train mar serve stop status health predict recommend demo test test-fast lint bench gpu-check kserve-layout clean
 
@@ -60,16 +59,7 @@ $(ARTIFACTS)/metadata.json:
 	$(MAKE) train ARTIFACTS=$(ARTIFACTS) TRAIN_ARGS='$(TRAIN_ARGS)'
 
 mar: $(STAMP) $(ARTIFACTS)/metadata.json ## build model_store/movierec-VERSION.mar from ARTIFACTS (trained first if missing, with TRAIN_ARGS)
-	$(PY) -c "from model.artifact import load_artifact; load_artifact('$(ARTIFACTS)')"
-	rm -rf build/mar-$(VERSION)
-	mkdir -p build/mar-$(VERSION)/extra/model build/mar-$(VERSION)/extra/artifact $(MODEL_STORE)
-	cp model/*.py build/mar-$(VERSION)/extra/model/
-	cp $(addprefix $(ARTIFACTS)/,$(ARTIFACT_FILES)) build/mar-$(VERSION)/extra/artifact/
-	$(VENV)/bin/torch-model-archiver --model-name movierec --version $(VERSION) \
-		--handler handler/movierec_handler.py --extra-files build/mar-$(VERSION)/extra \
-		--config-file handler/model-config.yaml --export-path build/mar-$(VERSION) --force
-	mv build/mar-$(VERSION)/movierec.mar $(MAR)
-	@echo "wrote $(MAR)"
+	$(PY) -m movierec.torchserve.archive --artifacts $(ARTIFACTS) --version $(VERSION) --model-store $(MODEL_STORE)
 
 serve: $(STAMP) ## start TorchServe in the background and wait until ready (restores the last snapshot; FRESH=1 loads MODELS)
 	$(SERVE) start --run-dir $(RUN_DIR) --model-store $(MODEL_STORE) --models $(MODELS) $(if $(FRESH),--fresh) $(SERVE_PORTS)

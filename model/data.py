@@ -117,13 +117,24 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def canonical_column(name: str) -> str | None:
+    """Our name for a header field ("userId", "item_id:token", "\ufeffuser_id", ...), or None.
+
+    The one alias table for every reader of user/movie files: training, batch scoring, A/B replay.
+    """
+    # A UTF-8 byte-order mark (Excel writes one) reads as "\ufeff", or as "ï»¿" in Latin-1.
+    key = str(name).removeprefix("\ufeff").removeprefix("\xef\xbb\xbf").split(":")[0]
+    key = key.strip().replace(" ", "").lower()
+    return next((ours for ours, aliases in COLUMN_ALIASES.items() if key in aliases), None)
+
+
 def _column_map(path: Path, names: list[str]) -> dict[str, str]:
     """Map our column names to the file's header names, or name the missing one."""
     found = {}
-    for ours, aliases in COLUMN_ALIASES.items():
-        hit = next((n for n in names if n.replace(" ", "") in aliases), None)
-        if hit is not None:
-            found[ours] = hit
+    for name in names:
+        ours = canonical_column(name)
+        if ours is not None and ours not in found:
+            found[ours] = name
     missing = [c for c in REQUIRED if c not in found]
     if missing:
         raise DataError(

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import train
 from movierec import torchserve
+from movierec.torchserve.archive import build_mar
 from tests.synth import write_ratings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,23 +63,6 @@ def tiny_artifact(tmp_path_factory, synth_data) -> Path:
     ratings, movies = synth_data
     assert train.main(["--ratings", str(ratings), "--movies", str(movies), "--out", str(out), *TINY_TRAIN_ARGS]) == 0
     return out
-
-
-def build_mar(artifact: Path, version: str, store: Path) -> Path:
-    """Build movierec-VERSION.mar with the Makefile, exactly as users do."""
-    cmd = [
-        "make",
-        "--no-print-directory",
-        "mar",
-        f"ARTIFACTS={artifact}",
-        f"VERSION={version}",
-        f"MODEL_STORE={store}",
-        f"PY={sys.executable}",
-        f"VENV={Path(sys.executable).parent.parent}",
-    ]
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return store / f"movierec-{version}.mar"
 
 
 @pytest.fixture(scope="session")

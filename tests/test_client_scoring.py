@@ -114,7 +114,7 @@ def test_short_rows_get_a_local_error_naming_the_line(tmp_path):
 
 
 def test_bad_header_and_settings_are_refused(tmp_path):
-    (tmp_path / "in.csv").write_text("user,movie_id\n1,2\n")
+    (tmp_path / "in.csv").write_text("customer,movie_id\n1,2\n")
     with pytest.raises(InputError, match="lacks column user_id"):
         score_file(tmp_path / "in.csv", tmp_path / "out.csv", scorer(), progress=False)
     with pytest.raises(InputError, match="chunk size"):
@@ -335,3 +335,12 @@ def test_score_csv_scales_down_even_when_the_job_fails(tmp_path):
     with pytest.raises(ServerError):
         score_csv(client, tmp_path / "in.csv", tmp_path / "out.csv", version="1.0", progress=False)
     assert client.calls[-1] == ("scale", "1.0", 0, "movierec-batch")
+
+
+@pytest.mark.parametrize("header", ["user,item", "userId,movieId", "\ufeffuser_id,movie_id", "User ID,Movie_ID:token"])
+def test_scoring_accepts_every_header_training_accepts(header, tmp_path):
+    from model.data import load_ratings
+
+    (tmp_path / "in.csv").write_text(f"{header},rating\n1,2,3\n", encoding="utf-8")
+    assert load_ratings(tmp_path / "in.csv").frame[["user_id", "movie_id"]].values.tolist() == [["1", "2"]]
+    assert [(r[0], r[1]) for r in read_rows(tmp_path / "in.csv")] == [("1", "2")]

@@ -18,7 +18,6 @@ import statistics
 import subprocess
 import sys
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -29,13 +28,13 @@ import orjson
 import psutil
 import requests
 import torch
-import yaml
 
 from model.artifact import load_artifact
 from model.core import Recommender
 from model.service import RatingService
 from movierec import torchserve
 from movierec.paths import REPO
+from movierec.torchserve.archive import build_mar, load_model_config
 
 LUA = Path(__file__).resolve().parent / "post.lua"
 MODEL = "movierec"
@@ -168,21 +167,11 @@ class CpuMeter:
 # -- in-process -------------------------------------------------------------------------------------
 
 
-def model_config(archive: Path | None = None) -> dict:
-    """The TorchServe and handler settings: handler/model-config.yaml, or the copy inside an archive."""
-    if archive is None:
-        return yaml.safe_load((REPO / "handler" / "model-config.yaml").read_text()) or {}
-    with zipfile.ZipFile(archive) as mar:
-        manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
-        name = manifest["model"].get("configFile")
-        return (yaml.safe_load(mar.read(name)) or {}) if name else {}
-
-
 def load_service(artifacts: Path) -> RatingService:
     """Load the artifact the way the handler does: 1 torch thread, then freeze the GC heap."""
     torch.set_num_threads(1)
     artifact = load_artifact(artifacts)
-    options = model_config().get("handler", {}) or {}
+    options = load_model_config().get("handler", {}) or {}
     rec = Recommender(artifact, min_movie_ratings=int(options.get("min_movie_ratings", 0)))
     service = RatingService(rec, model_version="bench", max_instances=int(options.get("max_instances", 20_000)))
     gc.collect()
@@ -318,24 +307,6 @@ def ensure_wrk() -> str | None:
         subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
         subprocess.run(install, env=env, capture_output=True)
     return shutil.which("wrk")
-
-
-def build_mar(artifacts: Path, store: Path) -> str:
-    """Archive the working tree's handler and model/ with `make mar`, so the served code is the measured code."""
-    make = [
-        "make",
-        "--no-print-directory",
-        "mar",
-        f"ARTIFACTS={artifacts}",
-        f"VERSION={BENCH_VERSION}",
-        f"MODEL_STORE={store}",
-        f"PY={sys.executable}",
-        f"VENV={Path(sys.executable).parent.parent}",
-    ]
-    done = subprocess.run(make, cwd=REPO, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"make mar failed:\n{done.stdout}\n{done.stderr}")
-    return f"movierec-{BENCH_VERSION}.mar"
 
 
 def write_body_files(bodies: dict[str, list[bytes]], directory: Path) -> dict[str, Path]:
@@ -484,7 +455,7 @@ def bench_served(
         "warmup": warm,
         "log_bytes_per_request": (log_bytes(server.run_dir) - logs_start) / max(requests_sent, 1),
         "requests_measured": requests_sent,
-        "model_config": {k: v for k, v in model_config(archive).items() if k != "handler"},
+        "model_config": {k: v for k, v in load_model_config(archive).items() if k != "handler"},
     }
 
 
@@ -902,7 +873,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.mar_store is None:
             store = work_dir / "model_store"
             print(f"building the archive from the working tree into {store}", flush=True)
-            mar = build_mar(args.artifacts, store)
+            mar = build_mar(args.artifacts, BENCH_VERSION, store).name
         else:
             store, mar = args.mar_store, args.mar
         results["archive"] = str(store / mar)

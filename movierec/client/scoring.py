@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from model.data import canonical_column
 from movierec.client.api import (
     DEFAULT_MODEL,
     MovieRecClient,
@@ -92,16 +93,10 @@ def read_rows(path: str | os.PathLike[str]) -> Iterator[Row]:
             yield (fields[u], fields[m], "")
 
 
-# MovieLens CSV exports (ml-latest, ml-25m) spell the ID columns this way.
-COLUMN_ALIASES = {"user_id": ("user_id", "userId"), "movie_id": ("movie_id", "movieId"), "rating": ("rating",)}
-
-
 def find_columns(header: list[str], columns: tuple[str, ...], path: str | os.PathLike[str]) -> list[int]:
-    """Index of each wanted column in a header row, accepting MovieLens spellings."""
-    names = [name.strip() for name in header]
-    found = {
-        col: next((names.index(a) for a in COLUMN_ALIASES.get(col, (col,)) if a in names), None) for col in columns
-    }
+    """Index of each wanted column in a header row, with the same aliases as training data."""
+    names = [canonical_column(name) for name in header]
+    found = {col: names.index(col) if col in names else None for col in columns}
     missing = [col for col, idx in found.items() if idx is None]
     if missing:
         raise InputError(f"{path}: line 1: header {header} lacks column {', '.join(missing)}")

@@ -1,0 +1,84 @@
+"""Build a movierec .mar and read the model config an archive carries.
+
+`make mar`, the test fixtures and the benchmark all build archives here, so what is tested and
+measured is what users deploy. `python -m movierec.torchserve.archive --help` for the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import yaml
+
+from model.artifact import FILES, load_artifact
+from movierec.paths import HANDLER, MODEL_CONFIG, REPO
+
+MODEL_NAME = "movierec"
+
+
+class ArchiveError(RuntimeError):
+    """The archive could not be built."""
+
+
+def archive_file(version: str) -> str:
+    """File name of a version's archive in a model store."""
+    return f"{MODEL_NAME}-{version}.mar"
+
+
+def build_mar(artifacts: str | Path, version: str, model_store: str | Path, model_config: Path = MODEL_CONFIG) -> Path:
+    """Validate ARTIFACTS and write MODEL_STORE/movierec-VERSION.mar; return its path."""
+    artifacts, model_store = Path(artifacts), Path(model_store)
+    load_artifact(artifacts)  # refuse a broken artifact before TorchServe ever sees it
+    model_store.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mar-") as work:
+        extra = Path(work) / "extra"
+        # The handler imports `model` and reads `artifact/` beside itself in the unpacked archive.
+        shutil.copytree(REPO / "model", extra / "model", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        (extra / "artifact").mkdir()
+        for name in (*FILES, "metadata.json"):
+            shutil.copy2(artifacts / name, extra / "artifact" / name)
+        cmd = [sys.executable, "-m", "model_archiver.model_packaging", "--model-name", MODEL_NAME]
+        cmd += ["--version", version, "--handler", str(HANDLER), "--extra-files", str(extra)]
+        cmd += ["--config-file", str(model_config), "--export-path", work, "--force"]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ArchiveError(f"torch-model-archiver failed:\n{done.stdout}{done.stderr}")
+        out = model_store / archive_file(version)
+        shutil.move(Path(work) / f"{MODEL_NAME}.mar", out)
+    return out
+
+
+def load_model_config(archive: str | Path | None = None) -> dict:
+    """The TorchServe and handler settings: handler/model-config.yaml, or the copy inside an archive."""
+    if archive is None:
+        return yaml.safe_load(MODEL_CONFIG.read_text()) or {}
+    with zipfile.ZipFile(archive) as mar:
+        manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
+        name = manifest["model"].get("configFile")
+        return (yaml.safe_load(mar.read(name)) or {}) if name else {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build one archive from the command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifacts", type=Path, required=True, help="artifact directory written by train.py")
+    parser.add_argument("--version", required=True, help="model version (also the archive's file name)")
+    parser.add_argument("--model-store", type=Path, default=Path("model_store"), help="where the .mar goes")
+    args = parser.parse_args(argv)
+    try:
+        print(f"wrote {build_mar(args.artifacts, args.version, args.model_store)}")
+    except (ArchiveError, OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
