@@ -1,4 +1,4 @@
-"""The TorchServe handler with a small fake context: batches of mixed good and bad requests."""
+"""The TorchServe handler with a local stand-in for its context: batches of mixed good and bad requests."""
 
 from __future__ import annotations
 
@@ -11,23 +11,7 @@ import pytest
 from handler.movierec_handler import MovierecHandler
 from model.artifact import load_artifact
 from model.core import Recommender
-
-
-class FakeContext:
-    """The parts of ts.context.Context the handler uses, recording per-request statuses."""
-
-    def __init__(self, model_dir, version="1.0", yaml_config=None):
-        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": 32}
-        self.manifest = {"model": {"modelName": "movierec", "modelVersion": version}}
-        self.model_yaml_config = yaml_config or {}
-        self.statuses: dict[int, tuple[int, str]] = {}
-        self.content_types: dict[int, str] = {}
-
-    def set_response_status(self, code=200, phrase="", idx=0):
-        self.statuses[idx] = (code, phrase)
-
-    def set_response_content_type(self, idx, value):
-        self.content_types[idx] = value
+from movierec.testing import LocalContext
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +25,7 @@ def model_dir(tiny_artifact, tmp_path_factory):
 @pytest.fixture(scope="module")
 def handler(model_dir):
     h = MovierecHandler()
-    h.initialize(FakeContext(model_dir, yaml_config={"handler": {"max_instances": 50, "max_top_k": 20}}))
+    h.initialize(LocalContext(model_dir, model_yaml_config={"handler": {"max_instances": 50, "max_top_k": 20}}))
     return h
 
 
@@ -52,13 +36,13 @@ def reference(tiny_artifact):
 
 def run(handler, bodies, as_dict=False):
     """Send a batch the way TorchServe does (raw bytes under "body") and decode the answers."""
-    ctx = FakeContext(".")
+    ctx = LocalContext(".")
     data = [{"body": b if as_dict else (json.dumps(b).encode() if not isinstance(b, bytes) else b)} for b in bodies]
     out = handler.handle(data, ctx)
     assert len(out) == len(bodies)
     assert all(isinstance(o, bytes) for o in out)
     assert all(ctx.content_types[i] == "application/json" for i in range(len(bodies)))
-    return [(ctx.statuses.get(i, (200, "OK"))[0], json.loads(o)) for i, o in enumerate(out)]
+    return [(ctx.status(i), json.loads(o)) for i, o in enumerate(out)]
 
 
 def test_mixed_batch_isolates_bad_requests(handler, reference, tiny_artifact):
@@ -122,7 +106,7 @@ def test_worker_metric_lines_are_off_unless_asked_for(model_dir, caplog):
     caplog.set_level(logging.INFO)
 
     def emitted(options):
-        MovierecHandler().initialize(FakeContext(model_dir, yaml_config={"handler": options}))
+        MovierecHandler().initialize(LocalContext(model_dir, model_yaml_config={"handler": options}))
         caplog.clear()
         metrics.request_ids = {0: "req-1"}
         metrics.add_time("PredictionTime", 1.5)  # as ts/service.py does after each batch
@@ -134,7 +118,7 @@ def test_worker_metric_lines_are_off_unless_asked_for(model_dir, caplog):
 
 def test_unexpected_failure_is_a_json_500_for_the_batch_not_a_crash(model_dir):
     h = MovierecHandler()
-    h.initialize(FakeContext(model_dir))
+    h.initialize(LocalContext(model_dir))
 
     def boom(bodies):
         raise RuntimeError("bug")
@@ -150,7 +134,7 @@ def test_out_of_memory_is_a_json_507_for_the_batch(model_dir, error):
     import torch
 
     h = MovierecHandler()
-    h.initialize(FakeContext(model_dir))
+    h.initialize(LocalContext(model_dir))
 
     def oom(bodies):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory") if error == "cuda" else MemoryError()
@@ -166,4 +150,4 @@ def test_mismatched_artifact_fails_to_load_with_a_clear_error(model_dir, tmp_pat
     shutil.copytree(model_dir, bad)
     (bad / "artifact" / "rated.npz").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="rated.npz"):
-        MovierecHandler().initialize(FakeContext(bad))
+        MovierecHandler().initialize(LocalContext(bad))

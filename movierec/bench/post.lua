@@ -1,6 +1,6 @@
 -- wrk script: POST pre-built JSON bodies (one per line of a file) in rotation, then print the
--- exact latency percentiles and error counts as one machine-readable line for bench.py.
--- Usage: wrk -t1 -cN -dTs -s bench/post.lua URL -- BODIES_FILE TOKEN
+-- exact latency percentiles and error counts as one machine-readable line for movierec/bench/load.py.
+-- Usage: wrk -t1 -cN -dTs -s movierec/bench/post.lua URL -- BODIES_FILE TOKEN
 
 local prepared = {}
 local position = 0

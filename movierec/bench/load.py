@@ -1,0 +1,264 @@
+"""Served measurements: wrk runs against a real TorchServe, and batch CSV scoring through the client."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+import requests
+
+from model.service import RatingService
+from movierec import torchserve
+from movierec.bench.meter import CpuMeter
+from movierec.bench.settings import BULK_MODEL, MODEL, SEED, Settings
+from movierec.client.api import MovieRecClient
+from movierec.client.scoring import BatchSettings, score_csv
+from movierec.torchserve.archive import load_model_config
+
+LUA = Path(__file__).resolve().parent / "post.lua"
+SOCKET_ERRORS = ("connect_errors", "read_errors", "write_errors", "timeouts")
+
+
+@dataclass(frozen=True)
+class Served:
+    """One served configuration: a stable id, which bodies, how many wrk connections, pairs per request."""
+
+    id: str
+    bodies: str
+    connections: int
+    pairs: int
+    model: str = MODEL
+
+
+SERVED = (
+    Served("single_c1", "single", 1, 1),
+    Served("single_c32", "single", 32, 1),
+    Served("bulk1k_c1", "bulk1k", 1, 1_000),
+    Served("bulk10k_c1", "bulk10k", 1, 10_000),
+    Served("bulk10k_c4", "bulk10k", 4, 10_000),
+    Served("topk_c1", "topk", 1, 0),
+    Served("bulk10k_c4_batchreg", "bulk10k", 4, 10_000, BULK_MODEL),
+    # The same archive without dynamic batching: what a latency-only registration would give top-K.
+    Served("topk_c1_batchreg", "topk", 1, 0, BULK_MODEL),
+)
+# (bodies, connections) cycled during the JVM warm-up so every code path gets compiled.
+WARMUP_MIX = (("single", 32), ("bulk1k", 2), ("bulk10k", 2), ("topk", 2), ("single", 1))
+
+
+def ensure_wrk() -> str | None:
+    """Path to wrk; installs Debian's package only when missing and running as root, else None."""
+    path = shutil.which("wrk")
+    if path or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return path
+    print("wrk not found; installing the Debian package with apt-get (running as root)", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "wrk"]
+    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
+        # A fresh image has no package lists yet.
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
+        subprocess.run(install, env=env, capture_output=True)
+    return shutil.which("wrk")
+
+
+def write_body_files(bodies: dict[str, list[bytes]], directory: Path) -> dict[str, Path]:
+    """One file per body kind, one compact JSON body per line, for post.lua."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for kind, items in bodies.items():
+        files[kind] = directory / f"{kind}.jsonl"
+        files[kind].write_bytes(b"\n".join(items) + b"\n")
+    return files
+
+
+def run_wrk(server: torchserve.Server, body_file: Path, connections: int, seconds: int, model: str = MODEL) -> dict:
+    """One closed-loop wrk run against /predictions/MODEL; the numbers post.lua printed."""
+    url = f"{server.inference_url}/predictions/{model}"
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), url]
+    cmd += ["--", str(body_file), server.token("inference")]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    found = re.search(r"^WRK_RESULT (.*)$", done.stdout, re.M)
+    if done.returncode != 0 or not found:
+        raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return {k: float(v) for k, v in (item.split("=") for item in found.group(1).split())}
+
+
+def register_bulk(server: torchserve.Server, archive: str) -> None:
+    """Register the served archive a second time as the bulk-scoring model, with the scoring client's settings."""
+    batch = BatchSettings()
+    with MovieRecClient(server.inference_url, server.management_url, key_file=server.key_file) as client:
+        version = client.default_version(MODEL)
+        client.register(
+            version,
+            model=BULK_MODEL,
+            archive=archive,
+            batch_size=batch.batch_size,
+            max_batch_delay=batch.max_batch_delay,
+            initial_workers=batch.workers,
+        )
+
+
+def log_bytes(run_dir: Path) -> int:
+    """Total size of everything TorchServe wrote under RUN_DIR/logs."""
+    return sum(p.stat().st_size for p in (run_dir / "logs").rglob("*") if p.is_file())
+
+
+def approx_equal(a: object, b: object, tol: float = 1e-3) -> bool:
+    """Structural equality with a tolerance on floats (batch composition may move the last digit)."""
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, int | float) and isinstance(b, int | float) and abs(a - b) <= tol
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(approx_equal(a[k], b[k], tol) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(approx_equal(x, y, tol) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def check_answers(server: torchserve.Server, service: RatingService, bodies: dict[str, list[bytes]]) -> None:
+    """Each kind of body must get 200 and the same answer as the in-process service (same model)."""
+    url = f"{server.inference_url}/predictions/{MODEL}"
+    headers = {**server.auth("inference"), "Content-Type": "application/json"}
+    for kind, items in bodies.items():
+        for body in items[:3]:
+            resp = requests.post(url, data=body, headers=headers, timeout=30)
+            if resp.status_code != 200:
+                raise RuntimeError(f"served {kind} body answered {resp.status_code}: {resp.text[:300]}")
+            served = orjson.loads(resp.content)
+            local = orjson.loads(service.handle_batch([body])[0].body)
+            served.pop("model_version", None)
+            local.pop("model_version", None)
+            if not approx_equal(served, local):
+                raise RuntimeError(
+                    f"served {kind} answer differs from the in-process service: is the archive built from "
+                    f"--artifacts and the current model/ and handler/?\n"
+                    f"served: {str(served)[:300]}\nlocal:  {str(local)[:300]}"
+                )
+
+
+def warm_jvm(server: torchserve.Server, files: dict[str, Path], seconds: int) -> list[dict]:
+    """Mixed traffic so the JVM has compiled every path before any served number is taken."""
+    step = max(1, round(seconds / len(WARMUP_MIX)))
+    print(f"JVM warm-up: {step * len(WARMUP_MIX)} s of mixed traffic", flush=True)
+    warm = []
+    for kind, connections in WARMUP_MIX:
+        res = run_wrk(server, files[kind], connections, step)
+        warm.append({"bodies": kind, "connections": connections, **res})
+        if res["status_errors"]:
+            print(f"WARNING: {res['status_errors']:.0f} non-2xx answers to {kind} bodies during warm-up", flush=True)
+    return warm
+
+
+def measure(server: torchserve.Server, cfg: Served, body_file: Path, s: Settings) -> tuple[dict, float]:
+    """One warm-up and one measured wrk run of a configuration: its numbers, and the requests both sent."""
+    pre = run_wrk(server, body_file, cfg.connections, s.warmup, cfg.model)
+    logs_before = log_bytes(server.run_dir)
+    with CpuMeter(server.pid) as cpu:
+        res = run_wrk(server, body_file, cfg.connections, s.duration, cfg.model)
+    n = max(res["requests"], 1)
+    req_s = res["requests"] / (res["duration_us"] / 1e6)
+    run = {
+        "req_s": req_s,
+        "pairs_s": req_s * cfg.pairs,
+        "p50_ms": res["p50_us"] / 1e3,
+        "p90_ms": res["p90_us"] / 1e3,
+        "p99_ms": res["p99_us"] / 1e3,
+        "max_ms": res["max_us"] / 1e3,
+        "non2xx": res["status_errors"] + pre["status_errors"],
+        "socket_errors": sum(res[k] + pre[k] for k in SOCKET_ERRORS),
+        "server_cpu_ms_req": cpu.server_cpu_s * 1e3 / n,
+        "frontend_cpu_ms_req": cpu.frontend_cpu_s * 1e3 / n,
+        "client_cores": cpu.client_cpu_s / cpu.wall_s,
+        "log_bytes_req": (log_bytes(server.run_dir) - logs_before) / n,
+        "busy_cores": cpu.busy_cores,
+        "noise_cores": cpu.noise_cores,
+    }
+    return run, pre["requests"] + res["requests"]
+
+
+def bench_served(
+    server: torchserve.Server,
+    archive: Path,
+    service: RatingService,
+    bodies: dict[str, list[bytes]],
+    files: dict[str, Path],
+    s: Settings,
+) -> dict:
+    """Warm the JVM, then measure every served configuration once per round."""
+    check_answers(server, service, bodies)
+    register_bulk(server, archive.name)
+    warm = warm_jvm(server, files, s.jvm_warmup)
+    logs_start = log_bytes(server.run_dir)
+    requests_sent = 0.0
+    results: dict[str, list[dict]] = {cfg.id: [] for cfg in SERVED}
+    for r in range(s.rounds):
+        for cfg in SERVED:
+            run, sent = measure(server, cfg, files[cfg.bodies], s)
+            results[cfg.id].append(run)
+            requests_sent += sent
+            print(
+                f"round {r + 1}/{s.rounds} {cfg.id:<20} {run['req_s']:9,.0f} req/s  p50 {run['p50_ms']:6.2f} ms  "
+                f"p99 {run['p99_ms']:6.2f} ms  non-2xx {run['non2xx']:.0f}  noise {run['noise_cores']:.2f}",
+                flush=True,
+            )
+    return {
+        "configs": results,
+        "warmup": warm,
+        "log_bytes_per_request": (log_bytes(server.run_dir) - logs_start) / max(requests_sent, 1),
+        "requests_measured": requests_sent,
+        "model_config": {k: v for k, v in load_model_config(archive).items() if k != "handler"},
+    }
+
+
+def write_pairs_csv(path: Path, service: RatingService, rows: int) -> Path:
+    """A user_id,movie_id CSV of random known pairs (written once per row count)."""
+    if path.exists():
+        return path
+    rng = np.random.default_rng(SEED)
+    users = np.array(service.users.ids)[rng.integers(0, len(service.users), rows)]
+    movies = np.array(service.movies.ids)[rng.integers(0, len(service.movies), rows)]
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("user_id,movie_id\n")
+        for start in range(0, rows, 100_000):
+            block = zip(users[start : start + 100_000], movies[start : start + 100_000], strict=True)
+            f.write("".join(f"{u},{m}\n" for u, m in block))
+    tmp.replace(path)
+    return path
+
+
+def count_lines(path: Path) -> int:
+    """Newlines in a file, read in blocks."""
+    with open(path, "rb") as f:
+        return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+
+
+def bench_csv(server: torchserve.Server, service: RatingService, work_dir: Path, rows: int) -> dict:
+    """Score a CSV through the client library exactly as `movierec score` would."""
+    source = write_pairs_csv(work_dir / f"pairs-{rows}.csv", service, rows)
+    scored = work_dir / "scored.csv"
+    settings = BatchSettings()
+    with MovieRecClient(server.inference_url, server.management_url, key_file=server.key_file) as client:
+        with CpuMeter(server.pid) as cpu:
+            started = time.perf_counter()
+            summary = score_csv(client, source, scored, settings=settings)
+            wall = time.perf_counter() - started
+    return {
+        "rows": rows,
+        "rows_scored": summary.rows_scored,
+        "rows_with_errors": summary.rows_with_errors,
+        "output_rows": count_lines(scored) - 1,
+        "scoring_s": summary.elapsed_s,
+        "wall_s": wall,
+        "rows_s": summary.rows_per_s,
+        "settings": asdict(settings),
+        "server_cpu_s": cpu.server_cpu_s,
+        "client_cpu_s": cpu.client_cpu_s,
+        "noise_cores": cpu.noise_cores,
+        "busy_cores": cpu.busy_cores,
+    }

@@ -1,0 +1,295 @@
+"""BENCHMARKS.md from a results dict: the only place that knows the display names of configurations."""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections.abc import Callable
+
+from movierec.bench.settings import BULK_MODEL, TOP_K, Settings
+from movierec.paths import REPO
+
+# Targets on this 2-core machine, checked in the report.
+TARGET_BULK_PAIRS_S = 1_000_000
+TARGET_SINGLE_C32_REQ_S = 5_000
+TARGET_SINGLE_C32_P99_MS = 20.0
+TARGET_TOPK_P50_MS = 2.0
+
+# In-process configuration id -> (path, batch) columns.
+INPROCESS_NAMES = {
+    "exact_1": ("TorchScript forward (`predict_exact`)", "1"),
+    "predict_1": ("factorised `predict`", "1"),
+    "exact_1k": ("TorchScript forward (`predict_exact`)", "1,000"),
+    "predict_1k": ("factorised `predict`", "1,000"),
+    "exact_10k": ("TorchScript forward (`predict_exact`)", "10,000"),
+    "predict_10k": ("factorised `predict`", "10,000"),
+    "handle_bulk10k": ("`handle_batch`, one 10k-pair JSON body", "10,000"),
+    "handle_single_x32": ("`handle_batch`, 32 single-pair bodies (one dynamic batch)", "32 x 1"),
+    "recommend": (f"`recommend(k={TOP_K})`", "1 user"),
+    "handle_topk": (f"`handle_batch`, one top-{TOP_K} body", "1 user"),
+}
+# Served configuration id -> "request, concurrency" column.
+SERVED_NAMES = {
+    "single_c1": "single pair, c1",
+    "single_c32": "single pair, c32",
+    "bulk1k_c1": "bulk 1k pairs, c1",
+    "bulk10k_c1": "bulk 10k pairs, c1",
+    "bulk10k_c4": "bulk 10k pairs, c4",
+    "topk_c1": f"top-{TOP_K}, c1",
+    "bulk10k_c4_batchreg": "bulk 10k pairs, c4, bulk registration",
+    "topk_c1_batchreg": f"top-{TOP_K}, c1, bulk registration",
+}
+# The served 10k-pair configurations the bulk target is checked on, with their short labels.
+BULK_TARGET_CONFIGS = {"bulk10k_c1": "c1", "bulk10k_c4": "c4", "bulk10k_c4_batchreg": "c4, bulk registration"}
+
+METHOD = [
+    "## Method",
+    "",
+    "- In-process: `torch.set_num_threads(1)` and `gc.freeze()` after loading, as the handler does; "
+    "`time.perf_counter` around each call, rotating over pre-generated index batches or request bodies; "
+    "the configurations are interleaved within each round.",
+    "- Served: `torchserve.start()` on free loopback ports with the repository's `config.properties`, "
+    "`log4j2.xml` and the archive's `handler/model-config.yaml`; "
+    "`wrk -t1 -cN` with keep-alive, closed loop, `movierec/bench/post.lua` rotating pre-built bodies "
+    "(1,000 single pairs, 16 bodies of 1k pairs, 8 of 10k pairs, 200 top-K users) and printing exact "
+    "percentiles. Before measuring, a few bodies of each kind are checked to get 200 and the same "
+    "answer as the in-process service.",
+    "- Server CPU per request: psutil over the TorchServe JVM and its workers. Log bytes per request: "
+    "growth of `RUN_DIR/logs` during the measurement. Noise cores: busy CPU from `/proc/stat` minus "
+    "the CPU of the server, this process and wrk.",
+    "- wrk is a closed-loop generator: at saturation its p99 understates open-loop tail latency.",
+    "",
+]
+
+
+def median(runs: list[dict], key: str) -> float:
+    """Median of one field over rounds."""
+    return statistics.median(run[key] for run in runs)
+
+
+def spread(runs: list[dict], key: str, fmt: Callable[[float], str]) -> str:
+    """The median, and the min-max over rounds when there was more than one."""
+    values = [run[key] for run in runs]
+    text = fmt(statistics.median(values))
+    return text if len(values) == 1 else f"{text} ({fmt(min(values))}–{fmt(max(values))})"
+
+
+def rate(x: float) -> str:
+    """A throughput with a readable unit."""
+    if x >= 1e6:
+        return f"{x / 1e6:.2f} M"
+    if x >= 1e4:
+        return f"{x / 1e3:.0f} k"
+    return f"{x:,.0f}"
+
+
+def ms(x: float) -> str:
+    """Milliseconds with precision where it matters."""
+    return f"{x:.3f}" if x < 1 else f"{x:.2f}" if x < 10 else f"{x:.1f}"
+
+
+def verdict(ok: bool) -> str:
+    """Met / missed, for the targets column."""
+    return "met" if ok else "**missed**"
+
+
+def measured(configs: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """The configurations that have at least one run."""
+    return {key: runs for key, runs in configs.items() if runs}
+
+
+def report(results: dict) -> str:
+    """BENCHMARKS.md as Markdown."""
+    lines = header(results)
+    if "archive" in results:
+        lines += [f"**Served archive:** `{os.path.relpath(results['archive'], REPO)}`.", ""]
+    lines += targets_section(results)
+    lines += inprocess_section(results.get("inprocess"))
+    lines += served_section(results.get("served"))
+    lines += csv_section(results.get("csv"))
+    lines += METHOD
+    return "\n".join(lines)
+
+
+def header(results: dict) -> list[str]:
+    """Title, how the numbers were taken, the machine and the noise."""
+    m, s = results["machine"], Settings(**results["settings"])
+    return [
+        "# movierec benchmarks",
+        "",
+        f"Generated by `movierec-bench` on {results['date']}. Mode: **{results['mode']}** ({s.rounds} round(s); "
+        f"served: {s.jvm_warmup} s JVM warm-up, then {s.warmup} s warm-up + {s.duration} s measurement per "
+        f"configuration and round; in-process: {s.inprocess_seconds} s per configuration and round). "
+        "Values are medians over rounds, with the min–max over rounds in parentheses.",
+        "",
+        "```",
+        results["command"],
+        "```",
+        "",
+        "**Machine:** "
+        f"{m['cpu']}, {m['cores']} cores, {m['ram_gib']:.1f} GiB RAM; Python {m['python']}, torch {m['torch']}, "
+        f"TorchServe {m['torchserve']}, numpy {m['numpy']}, orjson {m['orjson']}, {m['java']}, {m['wrk']}. "
+        f"MOVIEREC_TORCH_THREADS: {m['torch_threads_env']}.",
+        "",
+        "**Noise:** " + noise_note(results),
+        "",
+    ]
+
+
+def noise_note(results: dict) -> str:
+    """Load averages and the CPU used by other processes while measuring."""
+    parts = [f"load average {results['load_start']} at the start and {results['load_end']} at the end."]
+    inprocess, served = results.get("inprocess"), results.get("served")
+    samples = {
+        "in-process": inprocess["noise_cores"] if inprocess else [],
+        "served": [run["noise_cores"] for runs in served["configs"].values() for run in runs]
+        if served and "configs" in served
+        else [],
+    }
+    for label, values in samples.items():
+        if values:
+            parts.append(
+                f"Other processes used a median of {statistics.median(values):.2f} cores "
+                f"(max {max(values):.2f}) during the {label} measurements."
+            )
+    if results.get("csv", {}).get("noise_cores") is not None:
+        parts.append(f"During CSV scoring: {results['csv']['noise_cores']:.2f} cores.")
+    parts.append(
+        f"With {results['machine']['cores']} cores, 1 busy core of noise halves what the server "
+        "can get; compare runs only at similar noise, and prefer server CPU ms per request."
+    )
+    return " ".join(parts)
+
+
+def targets_section(results: dict) -> list[str]:
+    """The targets next to the measured numbers."""
+    served = measured((results.get("served") or {}).get("configs", {}))
+    rows = []
+    bulk = {key: median(served[key], "pairs_s") for key in BULK_TARGET_CONFIGS if key in served}
+    if bulk:
+        text = ", ".join(f"{rate(v)} pairs/s ({BULK_TARGET_CONFIGS[key]})" for key, v in bulk.items())
+        ok = max(bulk.values()) >= TARGET_BULK_PAIRS_S
+        rows.append(f"| served 10k-pair bulk ≥ {rate(TARGET_BULK_PAIRS_S)} pairs/s | {text} | {verdict(ok)} |")
+    if "single_c32" in served:
+        req_s, p99 = median(served["single_c32"], "req_s"), median(served["single_c32"], "p99_ms")
+        ok = req_s >= TARGET_SINGLE_C32_REQ_S and p99 <= TARGET_SINGLE_C32_P99_MS
+        rows.append(
+            f"| single pairs at c32 ≥ {TARGET_SINGLE_C32_REQ_S:,} req/s with p99 ≤ "
+            f"{TARGET_SINGLE_C32_P99_MS:.0f} ms | {rate(req_s)} req/s, p99 {ms(p99)} ms | {verdict(ok)} |"
+        )
+    if "topk_c1" in served:
+        p50 = median(served["topk_c1"], "p50_ms")
+        unbatched = served.get("topk_c1_batchreg")
+        extra = f"; {ms(median(unbatched, 'p50_ms'))} ms without dynamic batching" if unbatched else ""
+        rows.append(
+            f"| top-K p50 ≤ {TARGET_TOPK_P50_MS:.0f} ms (served, c1) | {ms(p50)} ms{extra} | "
+            f"{verdict(p50 <= TARGET_TOPK_P50_MS)} |"
+        )
+    if not rows:
+        return []
+    return ["## Targets", "", "| target (this 2-core machine) | measured (median) | |", "|---|---|---|", *rows, ""]
+
+
+def inprocess_section(data: dict | None) -> list[str]:
+    """Section 1: the model and the request pipeline without a server."""
+    if not data:
+        return ["## 1. In-process", "", "Not measured in this run.", ""]
+    lines = [
+        "## 1. In-process (1 torch thread, `gc.freeze()`)",
+        "",
+        "| path | batch | pairs/s | calls/s | p50 ms per call | p99 ms per call | target |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, runs in measured(data["configs"]).items():
+        name, batch = INPROCESS_NAMES.get(key, (key, ""))
+        pairs = spread(runs, "pairs_s", rate) if runs[0]["pairs_s"] else "–"
+        target = ""
+        if key == "recommend":
+            target = f"p50 ≤ {TARGET_TOPK_P50_MS:.0f} ms: {verdict(median(runs, 'p50_ms') <= TARGET_TOPK_P50_MS)}"
+        lines.append(
+            f"| {name} | {batch} | {pairs} | {spread(runs, 'calls_s', rate)} | "
+            f"{spread(runs, 'p50_ms', ms)} | {spread(runs, 'p99_ms', ms)} | {target} |"
+        )
+    st = data["stages_10k_ms"]
+    total = sum(st.values())
+    lines += [
+        "",
+        "Where the time of one 10k-pair JSON body goes (`parse` → `infer` → `render`, p50): "
+        + ", ".join(f"{k} {ms(v)} ms ({v / total:.0%})" for k, v in st.items())
+        + f"; total {ms(total)} ms.",
+        "",
+    ]
+    return lines
+
+
+def served_section(data: dict | None) -> list[str]:
+    """Section 2: through a real TorchServe with wrk."""
+    title = "## 2. Served through TorchServe"
+    if not data:
+        return [title, "", "Not measured in this run.", ""]
+    if "skipped" in data:
+        return [title, "", f"**Skipped:** {data['skipped']}", ""]
+    config = data["model_config"]
+    delay = config.get("maxBatchDelay", 100)
+    batching = f"{config.get('minWorkers', 1)} worker, batchSize {config.get('batchSize', 1)}, maxBatchDelay {delay} ms"
+    lines = [
+        f"{title} ({batching})",
+        "",
+        "| request, concurrency | req/s | pairs/s | p50 ms | p99 ms | non-2xx | server CPU ms/req (JVM + worker) | "
+        "log B/req | noise cores |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, runs in measured(data["configs"]).items():
+        pairs = spread(runs, "pairs_s", rate) if runs[0]["pairs_s"] else "–"
+        errors = sum(run["non2xx"] + run["socket_errors"] for run in runs)
+        lines.append(
+            f"| {SERVED_NAMES.get(key, key)} | {spread(runs, 'req_s', rate)} | {pairs} | {spread(runs, 'p50_ms', ms)} | "
+            f"{spread(runs, 'p99_ms', ms)} | {errors:.0f} | {cpu_split(runs)} | "
+            f"{median(runs, 'log_bytes_req'):.1f} | {median(runs, 'noise_cores'):.2f} |"
+        )
+    warm_errors = sum(w["status_errors"] for w in data["warmup"])
+    warm_requests = sum(w["requests"] for w in data["warmup"])
+    lines += [
+        "",
+        f"- JVM warm-up: {warm_requests:,.0f} requests, {warm_errors:.0f} non-2xx answers"
+        + ("." if not warm_errors else " (**the server refused requests during warm-up**)."),
+        "- non-2xx counts HTTP errors (status ≥ 400) and socket errors over the warm-up and measurement of each "
+        "configuration, all rounds.",
+        f"- Server log growth over all measured traffic: {data['log_bytes_per_request']:.2f} bytes per request "
+        f"({data['requests_measured']:,.0f} requests).",
+        f"- At c1 every request (single pair or top-K) waits the full maxBatchDelay ({delay} ms) for companions "
+        "that never arrive, so its p50 is that delay plus the request cost (compare `recommend` in section 1).",
+        "",
+    ]
+    return lines
+
+
+def cpu_split(runs: list[dict]) -> str:
+    """Server CPU per request, and how it splits between the Java frontend and the Python worker."""
+    total, frontend = median(runs, "server_cpu_ms_req"), median(runs, "frontend_cpu_ms_req")
+    return f"{ms(total)} ({ms(frontend)} + {ms(total - frontend)})"
+
+
+def csv_section(data: dict | None) -> list[str]:
+    """Section 3: the batch-scoring client over a large CSV."""
+    title = "## 3. Batch scoring of a CSV through the client (`movierec.client.scoring.score_csv`)"
+    if not data:
+        return [title, "", "Not measured in this run.", ""]
+    if "skipped" in data:
+        return [title, "", f"**Skipped:** {data['skipped']}", ""]
+    st = data["settings"]
+    return [
+        title,
+        "",
+        f"| rows | rows/s | scoring s | wall s (incl. registering and scaling `{BULK_MODEL}`) | rows with errors | "
+        "server CPU s | client CPU s | noise cores |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {data['rows']:,} | {rate(data['rows_s'])} | {data['scoring_s']:.1f} | {data['wall_s']:.1f} | "
+        f"{data['rows_with_errors']:,} | {data['server_cpu_s']:.1f} | {data['client_cpu_s']:.1f} | "
+        f"{data['noise_cores']:.2f} |",
+        "",
+        f"Client defaults: {st['workers']} batch workers, batch_size {st['batch_size']}, max_batch_delay "
+        f"{st['max_batch_delay']} ms; the output had {data['output_rows']:,} rows. One run (not repeated per round). "
+        "Server and client CPU cover the whole call, including starting the batch workers.",
+        "",
+    ]
