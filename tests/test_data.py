@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from model.data import DataError, load_ratings, load_titles, split_indices
+import model.data
+from model.data import DataError, _load_checked, _sniff, load_ratings, load_ratings_fast, load_titles, split_indices
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = "userId,movieId,rating,timestamp\n"
@@ -151,6 +152,101 @@ def test_fingerprint_changes_with_the_data(tmp_path):
     a = load_ratings(write(tmp_path / "a.csv", HEADER + GOOD))
     b = load_ratings(write(tmp_path / "b.csv", HEADER + GOOD.replace("3.5", "4.5")))
     assert a.fingerprint() != b.fingerprint()
+
+
+# Pinned from the loader before the fast path (git 237b62a): the artifact's data fingerprint must not move.
+PINNED_FINGERPRINTS = {
+    "ratings.csv": (
+        HEADER + "1,10,4,100\n1,11,3.5,101\n2,10,5,102\n 7 ,x9,0.5,50\n7,x9,2.5,60\n",
+        "sha256:cbb75dbf87c81ebd4fc28c3b8bff140800c0e5db49bd9ddd9e999db750ab9700",
+    ),
+    "u.data": (
+        "196\t242\t3\t881250949\n186\t302\t3\t891717742\n196\t242\t5\t881250949\n",
+        "sha256:b73a75cd021acdfe610baa33694db8167bf5d087c978eb5d22404484dbe97441",
+    ),
+}
+
+
+@pytest.mark.parametrize("slice_rows", [1 << 20, 1, 2])
+@pytest.mark.parametrize("name", sorted(PINNED_FINGERPRINTS))
+def test_fingerprint_is_unchanged_from_the_previous_loader(tmp_path, monkeypatch, name, slice_rows):
+    monkeypatch.setattr(model.data, "FINGERPRINT_SLICE", slice_rows)  # IDs are hashed in slices of this size
+    text, pinned = PINNED_FINGERPRINTS[name]
+    (tmp_path / "ml").mkdir()
+    ratings = load_ratings(write(tmp_path / "ml" / name, text))
+    assert ratings.duplicates_dropped == 1
+    assert ratings.fingerprint() == pinned
+
+
+# Clean files the fast (pyarrow) path must read exactly as the line-by-line checker does.
+FAST_GOOD = {
+    "spaces_and_ties": HEADER + " 1 , 10 ,4,100\n1,10 ,3, 100\n2,5,1,1\n1,10,2,99\n2,5,5,1\n",
+    "no_timestamp": "user_id,movie_id,rating\n1,10,4\n1,10,3\n2,11,2.5\n",
+    "latin1_ids": HEADER + "caf\xe9,10,4,100\n2,x,3,1\n",
+    "utf8_ids": HEADER + "café,10,4,100\n2,x,3,1\n",
+    "bom_header": "\ufeff" + HEADER + "1,10,4,100\n",
+    "crlf": HEADER.replace("\n", "\r\n") + "1,10,4,100\r\n2,3,1,1\r\n",
+    "leading_zeros_are_other_ids": HEADER + "01,010,4,100\n1,10,3,200\n",
+    "reordered_columns": "movieId,rating,userId\n1,4,7\n2,3,7\n",
+    "recbole_inter": "user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t2\t3\t4\n",
+    "headerless_three_fields": "1,10,4\n2,10,3\n",
+    "headerless_five_fields": "1,10,4,100,x\n2,10,3,101,y\n",
+    "quoted": '"userId","movieId","rating","timestamp"\n"1","10","4","100"\n',
+}
+# Files the fast path must hand to the checker (which then reads them as before).
+FAST_DOUBTS = {
+    "float_timestamp": HEADER + "1,10,4,1e3\n",
+    "row_of_empty_fields": HEADER + "1,10,4,100\n,,,\n2,3,1,1\n",
+    "short_row_in_unused_column": "userId,movieId,rating,timestamp,x\n1,10,4,100,a\n2,10,4,100\n",
+    "space_before_quote": HEADER + '2, "10",3,1\n',
+    "u.data_bom_before_first_id": "\ufeff1\t10\t4\t100\n",
+}
+
+
+def checked(path: Path):
+    """What the line-by-line checker alone makes of path."""
+    return _load_checked(path, *_sniff(path), (0.5, 5.0))
+
+
+@pytest.mark.parametrize("name", sorted(FAST_GOOD) + sorted(FAST_DOUBTS))
+def test_fast_path_reads_as_the_checker_does(tmp_path, name):
+    text = FAST_GOOD.get(name) or FAST_DOUBTS[name]
+    path = tmp_path / ("u.data" if name.startswith("u.data") else "ratings.csv")
+    path.write_bytes(text.encode("latin-1" if name == "latin1_ids" else "utf-8"))
+    fast = load_ratings_fast(path, *_sniff(path), (0.5, 5.0))
+    assert (fast is not None) == (name in FAST_GOOD)
+    ratings, expected = load_ratings(path), checked(path)
+    pd.testing.assert_frame_equal(ratings.frame, expected.frame)
+    assert ratings.duplicates_dropped == expected.duplicates_dropped
+    assert ratings.fingerprint() == expected.fingerprint()
+
+
+def test_fast_path_over_many_blocks_with_duplicates(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    n = 30_000
+    users, movies = rng.integers(1, 400, n), rng.integers(1, 300, n)
+    stars, stamps = rng.integers(1, 11, n) / 2, rng.integers(0, 50, n)  # few stamps: many timestamp ties
+    text = HEADER + "".join(f"{u},m{m},{r},{t}\n" for u, m, r, t in zip(users, movies, stars, stamps, strict=True))
+    path = write(tmp_path / "ratings.csv", text)
+    real = model.data.pa_csv.ReadOptions
+    # Small blocks: each block gets its own ID dictionary, which the loader must merge.
+    monkeypatch.setattr(model.data.pa_csv, "ReadOptions", lambda **kw: real(**{**kw, "block_size": 1 << 14}))
+    fast = load_ratings_fast(path, *_sniff(path), (0.5, 5.0))
+    expected = checked(path)
+    assert fast is not None and expected.duplicates_dropped > 1000
+    pd.testing.assert_frame_equal(fast.frame, expected.frame)
+    assert fast.duplicates_dropped == expected.duplicates_dropped
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_codes_rebuild_the_id_columns(tmp_path, fast):
+    path = write(tmp_path / "ratings.csv", HEADER + "1,10,4,100\n 2,11,3,101\n1,11,5,102\n3,10,1,103\n")
+    ratings = load_ratings(path) if fast else checked(path)
+    assert (ratings.id_codes is not None) == fast
+    for column in ("user_id", "movie_id"):
+        ids, codes = ratings.codes(column)
+        assert codes.dtype == np.int32 and len(set(ids)) == len(ids)
+        assert ids[codes].tolist() == ratings.frame[column].tolist()
 
 
 def test_blank_lines_are_skipped_not_rows(tmp_path):
