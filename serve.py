@@ -2,7 +2,7 @@
 
 import sys
 
-from movierec.torchserve.server import main
+from movierec.torchserve.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

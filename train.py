@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from model.artifact import load_artifact, rated_csr, save_artifact
+from model.core import PARITY_TOL
 from model.data import (
     DEFAULT_NAME,
     DEFAULT_SCALE,
@@ -33,8 +34,6 @@ from model.data import (
 )
 from model.index import IdIndex
 from model.net import EmbeddingNet, NetConfig
-
-PARITY_TOL = 1e-4
 
 
 @dataclass
@@ -205,13 +204,8 @@ def build_titles(
     return [titles.get(raw) for raw in movies.ids]
 
 
-def train(args: argparse.Namespace) -> dict:
-    """Load, fit, evaluate, export and validate; returns the metrics."""
-    cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig()) if hasattr(args, k)})
-    torch.manual_seed(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
+def load_data(args: argparse.Namespace) -> tuple[Ratings, str, IdIndex, IdIndex, list[str | None]]:
+    """The ratings (from --ratings or MovieLens 100K), their source name, the ID indexes and titles."""
     default_titles = None
     if args.ratings:
         ratings_path = Path(args.ratings)
@@ -228,6 +222,63 @@ def train(args: argparse.Namespace) -> dict:
         print(f"note: {data.duplicates_dropped} duplicate (user, movie) rows dropped, kept the latest by timestamp")
     users, movies = IdIndex.from_ids(frame["user_id"]), IdIndex.from_ids(frame["movie_id"])
     titles = build_titles(movies, ratings_path if args.ratings else None, args.movies, default_titles)
+    return data, source, users, movies, titles
+
+
+def evaluate_and_export(model: torch.nn.Module, train_t: tuple, val_t: tuple) -> tuple[dict, torch.jit.ScriptModule]:
+    """RMSE metrics and the TorchScript export, refused unless it matches the eager model within PARITY_TOL."""
+    model.eval()
+    val_pred = predict_all(model, val_t[0], val_t[1])
+    global_mean = float(train_t[2].mean())
+    metrics = {
+        "val_rmse": rmse(val_pred, val_t[2]),
+        "val_rmse_global_mean": rmse(torch.full_like(val_t[2], global_mean), val_t[2]),
+        "train_rmse": rmse(predict_all(model, train_t[0], train_t[1]), train_t[2]),
+        "global_mean": global_mean,
+    }
+    scripted, diff = export(model, val_t[0], val_t[1])
+    if diff > PARITY_TOL:
+        raise RuntimeError(f"TorchScript export differs from the eager model by {diff:.2e} (> {PARITY_TOL})")
+    metrics["export_max_abs_diff"] = diff
+    return metrics, scripted
+
+
+def artifact_metadata(
+    cfg: TrainConfig, net: NetConfig, data: Ratings, source: str, split: tuple[int, int], metrics: dict
+) -> dict:
+    """metadata.json's content beyond the format fields: what was trained on what, and how well."""
+    n_train, n_val = split
+    return {
+        "rating_range": [net.y_min, net.y_max],
+        "counts": {
+            "users": net.n_users,
+            "movies": net.n_movies,
+            "ratings": len(data.frame),
+            "train": n_train,
+            "val": n_val,
+        },
+        "net": net.to_dict(),
+        "train": asdict(cfg),
+        "metrics": metrics,
+        "data": {
+            "source": source,
+            "fingerprint": data.fingerprint(),
+            "duplicates_dropped": data.duplicates_dropped,
+            "split": "random",
+            "val_frac": cfg.val_frac,
+        },
+    }
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Load, fit, evaluate, export and validate; returns the metrics."""
+    cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig()) if hasattr(args, k)})
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    data, source, users, movies, titles = load_data(args)
+    frame = data.frame
     urows, mrows = users.rows(frame["user_id"]), movies.rows(frame["movie_id"])
     ratings = frame["rating"].to_numpy(np.float32)
     y_min, y_max = float(ratings.min()), float(ratings.max())
@@ -252,21 +303,10 @@ def train(args: argparse.Namespace) -> dict:
     history = fit(model, train_t, val_t, cfg, device, quiet=args.quiet)
     train_seconds = time.perf_counter() - t0
 
-    model.eval()
-    val_pred = predict_all(model, val_t[0], val_t[1])
-    global_mean = float(train_t[2].mean())
-    metrics = {
-        "val_rmse": rmse(val_pred, val_t[2]),
-        "val_rmse_global_mean": rmse(torch.full_like(val_t[2], global_mean), val_t[2]),
-        "train_rmse": rmse(predict_all(model, train_t[0], train_t[1]), train_t[2]),
-        "global_mean": global_mean,
-        "train_seconds": round(train_seconds, 2),
-        "device": str(device),
-        "history": history,
-    }
-    scripted, diff = export(model, val_t[0], val_t[1])
-    if diff > PARITY_TOL:
-        raise RuntimeError(f"TorchScript export differs from the eager model by {diff:.2e} (> {PARITY_TOL})")
+    metrics, scripted = evaluate_and_export(model, train_t, val_t)
+    diff = metrics.pop("export_max_abs_diff")
+    # Same key order in metadata.json as before: timings and history, then the export parity.
+    metrics.update(train_seconds=round(train_seconds, 2), device=str(device), history=history)
     metrics["export_max_abs_diff"] = diff
 
     out = Path(args.out)
@@ -277,26 +317,7 @@ def train(args: argparse.Namespace) -> dict:
         movies,
         titles,
         rated_csr(urows, mrows, len(users)),
-        {
-            "rating_range": [y_min, y_max],
-            "counts": {
-                "users": len(users),
-                "movies": len(movies),
-                "ratings": len(frame),
-                "train": len(tr_idx),
-                "val": len(va_idx),
-            },
-            "net": net_cfg.to_dict(),
-            "train": asdict(cfg),
-            "metrics": metrics,
-            "data": {
-                "source": source,
-                "fingerprint": data.fingerprint(),
-                "duplicates_dropped": data.duplicates_dropped,
-                "split": "random",
-                "val_frac": cfg.val_frac,
-            },
-        },
+        artifact_metadata(cfg, net_cfg, data, source, (len(tr_idx), len(va_idx)), metrics),
     )
     plot_history(history, out / "loss.png")
     # The held-out rows, for `movierec ab-eval`: comparing two versions on rows

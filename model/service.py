@@ -10,15 +10,18 @@ with a 4xx status. One bad request never affects the others in its batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
 
-from model.core import Recommender
+if TYPE_CHECKING:  # the client imports the caps below without loading torch
+    from model.core import Recommender
 
 MAX_INSTANCES = 20_000
 MAX_TOP_K = 100
+MIN_MOVIE_RATINGS = 20
 DEFAULT_TOP_K = 10
 
 PAIR_FIELDS = frozenset(("user_id", "movie_id"))
@@ -33,6 +36,39 @@ REASONS = {
     500: "Internal Server Error",
     507: "Insufficient Storage",
 }
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    """The serving settings of an archive's model-config.yaml `handler:` section, with their defaults."""
+
+    max_instances: int = MAX_INSTANCES  # pairs per {"instances": [...]} request; more gets 413
+    max_top_k: int = MAX_TOP_K  # largest top_k for recommendations; more gets 400
+    min_movie_ratings: int = MIN_MOVIE_RATINGS  # recommend only movies rated at least this often
+    worker_metrics: bool = False  # the worker's per-batch PredictionTime gauge (costs throughput)
+
+    @classmethod
+    def from_config(cls, handler_section: dict | None) -> ServiceOptions:
+        """Validate a `handler:` section (None or {} means all defaults); a bad key or value raises ValueError."""
+        section = handler_section or {}
+        if not isinstance(section, dict):
+            raise ValueError(f"model-config.yaml 'handler' must be a mapping, got {type(section).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise ValueError(
+                f"model-config.yaml handler: unknown setting '{unknown[0]}' (known: {', '.join(sorted(known))})"
+            )
+        lowest = {"max_instances": 1, "max_top_k": 1, "min_movie_ratings": 0}
+        for name, value in section.items():
+            if name == "worker_metrics":
+                if type(value) is not bool:
+                    raise ValueError(f"model-config.yaml handler: {name} must be true or false, got {value!r}")
+            elif type(value) is not int or value < lowest[name]:
+                raise ValueError(
+                    f"model-config.yaml handler: {name} must be an integer >= {lowest[name]}, got {value!r}"
+                )
+        return cls(**section)
 
 
 class RequestError(Exception):

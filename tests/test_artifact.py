@@ -9,13 +9,16 @@ import math
 import shutil
 import zipfile
 from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import train
 from model.artifact import FILES, FORMAT, FORMAT_VERSION, ArtifactError, load_artifact, load_metadata
 from model.data import load_ratings
+from tests.conftest import TINY_TRAIN_ARGS
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +98,7 @@ def test_titles_match_movies_csv(artifact, synth_data):
     assert len(artifact.titles) == len(artifact.movies)
     for row, raw in enumerate(artifact.movies.ids):
         assert artifact.titles[row] == titles[raw]
-    assert any("," in t for t in artifact.titles)  # the quoted comma survived
+    assert artifact.titles[artifact.movies.get(101)] == "Movie 101, The (1950)"  # the quoted comma survived
 
 
 def test_metadata(artifact, synth_data):
@@ -110,7 +113,10 @@ def test_metadata(artifact, synth_data):
     net = meta["net"]
     assert (net["n_users"], net["n_movies"]) == (len(artifact.users), len(artifact.movies))
     assert artifact.net.n_factors == artifact.module.state_dict()["u.weight"].shape[1]
-    assert meta["train"]["seed"] == 1 and meta["train"]["epochs"] == 6
+    # Every training setting the fixture passed is recoverable from the artifact.
+    args = train.parse_args(["--out", "unused", *TINY_TRAIN_ARGS])
+    assert meta["train"] == {k: getattr(args, k) for k in asdict(train.TrainConfig())}
+    assert (meta["train"]["n_factors"], meta["train"]["nh"]) == (artifact.net.n_factors, artifact.net.nh)
     assert math.isfinite(meta["metrics"]["val_rmse"]) and meta["metrics"]["val_rmse"] > 0
     assert meta["data"]["fingerprint"] == data.fingerprint()
     assert set(meta["files"]) == set(FILES)

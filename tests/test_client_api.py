@@ -173,3 +173,13 @@ def test_version_table_flags_the_default():
     assert [i.is_default for i in infos] == [False, True] and infos[0].workers == 1
     table = versions.format_versions("movierec", infos)
     assert "* 2.0" in table and "  1.0" in table
+
+
+def test_register_with_more_workers_than_the_archive_allows_scales_after(tmp_path):
+    """TorchServe caps initial_workers at the archive's maxWorkers, so register must scale explicitly."""
+    client = StubClient(tmp_path, [], "1.0")
+    client.register("2.0", model="movierec-batch", initial_workers=3)
+    assert client.sent == [("POST", "/models"), ("PUT", "/models/movierec-batch/2.0")]
+    client.sent.clear()
+    client.register("2.0", initial_workers=1)
+    assert client.sent == [("POST", "/models")]

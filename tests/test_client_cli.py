@@ -42,11 +42,17 @@ def test_score_defaults_and_server_flags():
     args = build_parser().parse_args(
         ["score", "in.csv", "out.csv", "--key-file", "k.json", "--management-url", "http://127.0.0.1:9081"]
     )
-    assert (args.model, args.version, args.chunk, args.concurrency, args.workers) == ("movierec", None, 5000, 8, 2)
+    assert (args.model, args.version, args.chunk, args.concurrency, args.workers) == (
+        "movierec",
+        None,
+        scoring.DEFAULT_CHUNK,
+        scoring.DEFAULT_CONCURRENCY,
+        scoring.DEFAULT_WORKERS,
+    )
     assert (args.batch_size, args.max_batch_delay, args.idle_workers, args.resume) == (
         scoring.DEFAULT_BATCH_SIZE,
         scoring.DEFAULT_MAX_BATCH_DELAY_MS,
-        0,
+        scoring.DEFAULT_IDLE_WORKERS,
         False,
     )
     assert args.key_file == "k.json" and args.inference_url is None

@@ -23,6 +23,7 @@ from movierec.client import (
     rollback,
     score_csv,
 )
+from movierec.client.ab import bucket
 from movierec.client.scoring import BatchSettings
 
 pytestmark = pytest.mark.integration
@@ -83,13 +84,17 @@ def test_versions_and_client_side_unregister_refusal(client):
         client.unregister("1.0")
 
 
-def test_register_under_another_name_keeps_archive_batching_and_starts_all_workers(client, ids):
+def test_register_under_another_name_keeps_archive_batching_and_starts_all_workers(client, ids, model_store):
     """initial_workers alone is capped by the archive's maxWorkers: 1; register must still give 2."""
+    from movierec.torchserve.archive import archive_file, load_model_config
+
     users, movies = ids
+    config = load_model_config(model_store / archive_file("1.0"))
+    assert config["maxWorkers"] < 2  # else this test no longer shows the cap being lifted
     try:
         client.register("1.0", model="movierec-extra", initial_workers=2)
         [info] = list_versions(client, model="movierec-extra")
-        assert (info.workers, info.batch_size, info.url) == (2, 32, "movierec-1.0.mar")
+        assert (info.workers, info.batch_size, info.url) == (2, config["batchSize"], archive_file("1.0"))
         answer = client.predict(users[0], movies[0], model="movierec-extra")
         assert answer["rating"] == client.predict(users[0], movies[0])["rating"]
     finally:
@@ -234,7 +239,7 @@ def test_ab_eval_scores_each_arm(client, ids, synth_data, tmp_path):
     assert decide(a, b, min_rows=10**9).winner is None
 
 
-def test_cli_reaches_the_server_through_flags(server, ids, capsys):
+def test_cli_reaches_the_server_through_flags(server, client, ids, capsys):
     from movierec.client.cli import main
 
     users, movies = ids
@@ -244,21 +249,41 @@ def test_cli_reaches_the_server_through_flags(server, ids, capsys):
     assert "* 1.0" in capsys.readouterr().out
     assert main(["ab", "--a", "1.0", "--b", "2.0", "--user", str(users[0]), "--movie", str(movies[0]), *flags]) == 0
     answer = orjson.loads(capsys.readouterr().out)
-    assert answer["served_by"] in ("1.0", "2.0") and "rating" in answer
+    assert answer["served_by"] == answer["model_version"] == ("2.0" if bucket(users[0]) < 5_000 else "1.0")
+    assert answer["rating"] == client.predict(users[0], movies[0], version=answer["served_by"])["rating"]
     assert main(["versions", "unregister", "1.0", *flags]) == 2
     assert "default version" in capsys.readouterr().err
 
 
+def wait_until(condition, timeout: float, what: str) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what} after {timeout}s"
+        time.sleep(0.2)
+
+
+def key_refused(url: str, headers: dict[str, str]) -> bool:
+    """Whether TorchServe refuses this key now (it answers an expired key like a wrong one: 400)."""
+    import requests
+
+    r = requests.get(url, headers=headers, timeout=10)
+    return r.status_code == 400 and r.json().get("type") == "InvalidKeyException"
+
+
 def test_expired_keys_are_rotated_with_the_api_key(model_store, tmp_path, ids):
     """TorchServe does not renew expired keys; a long job must rotate them and go on."""
-    import time
     from pathlib import Path
 
     from movierec import torchserve
 
     users, movies = ids
     props = torchserve.read_properties(torchserve.DEFAULT_CONFIG)
-    props["token_expiration_min"] = "0.05"  # 3 s
+    # 30 s: long enough for start-up on a busy host (torchserve.start's readiness poll does not renew
+    # keys), short enough to wait out below.
+    props["token_expiration_min"] = "0.5"
     config = tmp_path / "config.properties"
     torchserve.write_properties(config, props, "short-lived keys for this test")
     (tmp_path / "log4j2.xml").write_bytes((Path(torchserve.DEFAULT_CONFIG).parent / "log4j2.xml").read_bytes())
@@ -270,7 +295,13 @@ def test_expired_keys_are_rotated_with_the_api_key(model_store, tmp_path, ids):
         with MovieRecClient(srv.inference_url, srv.management_url, srv.key_file, retries=1) as c:
             first = c.predict(users[0], movies[0])
             old_key = srv.token("inference")
-            time.sleep(4)
+            old_headers = {kind: srv.auth(kind) for kind in ("inference", "management")}
+            wait_until(
+                lambda: key_refused(srv.inference_url + "/ping", old_headers["inference"])
+                and key_refused(srv.management_url + "/models", old_headers["management"]),
+                timeout=120,
+                what="TorchServe to expire the 30 s keys",
+            )
             assert c.predict(users[0], movies[0])["rating"] == first["rating"]
             assert srv.token("inference") != old_key
             assert c.versions() == ["1.0"]  # the management key expired too

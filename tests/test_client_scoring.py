@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from model.service import ServiceOptions
 from movierec.client.api import MovieRecClient, ServerError
 from movierec.client.jobs import JobLeases
 from movierec.client.scoring import (
@@ -117,8 +118,9 @@ def test_bad_header_and_settings_are_refused(tmp_path):
     (tmp_path / "in.csv").write_text("customer,movie_id\n1,2\n")
     with pytest.raises(InputError, match="lacks column user_id"):
         score_file(tmp_path / "in.csv", tmp_path / "out.csv", scorer(), progress=False)
-    with pytest.raises(InputError, match="chunk size"):
-        score_file(tmp_path / "in.csv", tmp_path / "out.csv", scorer(), chunk_size=20_001, progress=False)
+    cap = ServiceOptions().max_instances  # the server's default cap: a bigger chunk would only get 413s
+    with pytest.raises(InputError, match=f"chunk size must be 1..{cap}, got {cap + 1}"):
+        score_file(tmp_path / "in.csv", tmp_path / "out.csv", scorer(), chunk_size=cap + 1, progress=False)
     with pytest.raises(InputError, match="same file"):
         score_file(tmp_path / "in.csv", tmp_path / "in.csv", scorer(), progress=False)
 
@@ -206,11 +208,16 @@ def test_completed_rows_counts_records_with_quoted_newlines(tmp_path):
 
 
 def test_read_rows_is_lazy(tmp_path):
-    write_input(tmp_path / "in.csv", 100_000)
+    """The first row arrives before the reader reaches a trap far down the file (a reader that reads
+    the whole file first, or decodes it all, fails here)."""
+    pairs = write_input(tmp_path / "in.csv", 100_000)
+    with open(tmp_path / "in.csv", "ab") as f:
+        f.write(b"\xff\xfe,not utf-8\n")  # about 1.5 MB in: far beyond any read-ahead buffer
     rows = read_rows(tmp_path / "in.csv")
-    user_id, movie_id, problem = next(rows)
-    assert user_id.isdigit() and movie_id.isdigit() and problem == ""
-    rows.close()
+    assert next(rows) == (*pairs[0], "")
+    assert next(rows) == (*pairs[1], "")
+    with pytest.raises(UnicodeDecodeError):
+        list(rows)  # the trap is real: reading on does reach it
 
 
 class RecordingClient(MovieRecClient):

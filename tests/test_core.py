@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import orjson
 import pytest
+import torch
 
 from model.artifact import load_artifact
-from model.core import Recommender
-from model.service import RatingService
+from model.core import PARITY_TOL, Recommender
+from model.service import RatingService, ServiceOptions
 
 VERSION = "test-1.0"
 
@@ -59,8 +62,54 @@ def test_predict_matches_torchscript_on_all_pairs(rec):
     fast, exact = rec.predict(users, movies), rec.predict_exact(users, movies)
     assert fast.shape == exact.shape == (n_users * n_movies,)
     np.testing.assert_allclose(fast, exact, atol=1e-5, rtol=0)
-    assert rec.parity <= 1e-4
     assert exact.std() > 0.1  # a trained model, not a constant
+
+
+class ShiftedModule(torch.nn.Module):
+    """The TorchScript model with ratings of odd movie rows moved by `shift`; its weights are unchanged."""
+
+    def __init__(self, inner: torch.nn.Module, shift: float):
+        super().__init__()
+        self.inner, self.shift = inner, shift
+
+    def forward(self, users: torch.Tensor, movies: torch.Tensor) -> torch.Tensor:
+        """The inner model's ratings, shifted for odd movie rows."""
+        return self.inner(users, movies) + self.shift * (movies % 2)
+
+    def state_dict(self, *args, **kwargs):
+        """The inner model's weights, which the factorisation is built from."""
+        return self.inner.state_dict(*args, **kwargs)
+
+
+def corrupted_recommender(rec: Recommender, where: str, shift: float, monkeypatch) -> Recommender:
+    """A Recommender whose factorised path and TorchScript forward differ by `shift` on odd movie rows."""
+    if where == "torchscript":
+        return Recommender(dataclasses.replace(rec.artifact, module=ShiftedModule(rec.artifact.module, shift)))
+    factorised = Recommender._factorised
+
+    def shifted(self, user_rows, movie_rows):
+        return factorised(self, user_rows, movie_rows) + np.float32(shift) * (np.asarray(movie_rows) % 2)
+
+    monkeypatch.setattr(Recommender, "_factorised", shifted)
+    return Recommender(rec.artifact)
+
+
+@pytest.mark.parametrize("where", ["factorised", "torchscript"])
+def test_recommender_refuses_a_factorisation_that_differs_from_torchscript(rec, where, monkeypatch):
+    with pytest.raises(ValueError, match=r"factorised scoring differs from the TorchScript model by 1\.0\de-03"):
+        corrupted_recommender(rec, where, 1e-3, monkeypatch)
+
+
+@pytest.mark.parametrize("where", ["factorised", "torchscript"])
+def test_recorded_parity_is_the_max_diff_between_the_two_paths(rec, where, monkeypatch):
+    """A difference within PARITY_TOL is accepted and recorded as the largest one, not a mean."""
+    shift = PARITY_TOL / 2
+    shifted = corrupted_recommender(rec, where, shift, monkeypatch)
+    n_users, n_movies = len(rec.artifact.users), len(rec.artifact.movies)
+    users, movies = np.repeat(np.arange(n_users), n_movies), np.tile(np.arange(n_movies), n_users)
+    diff = np.abs(shifted.predict(users, movies) - shifted.predict_exact(users, movies)).max()
+    assert diff == pytest.approx(shift, abs=3e-6)  # float32 ratings near 5 round by ~5e-7
+    assert shifted.parity == pytest.approx(diff, abs=3e-6)
 
 
 def test_predict_empty(rec):
@@ -192,16 +241,17 @@ def test_instances_empty_list(service):
 
 
 def test_large_instances_request(rec):
+    """A request of exactly the default cap is answered in full."""
     service = RatingService(rec, VERSION)
-    n_users, n_movies = len(rec.artifact.users), len(rec.artifact.movies)
+    n_users, n_movies, n = len(rec.artifact.users), len(rec.artifact.movies), ServiceOptions().max_instances
     rng = np.random.default_rng(0)
-    users, movies = rng.integers(0, n_users, 20_000), rng.integers(0, n_movies, 20_000)
+    users, movies = rng.integers(0, n_users, n), rng.integers(0, n_movies, n)
     items = [
         {"user_id": int(service.users.id_of(u)), "movie_id": service.movies.id_of(m)}
         for u, m in zip(users, movies, strict=True)
     ]
     status, body = ask_one(service, {"instances": items})
-    assert status == 200 and len(body["predictions"]) == 20_000
+    assert status == 200 and len(body["predictions"]) == n
     got = np.array([p["rating"] for p in body["predictions"]])
     np.testing.assert_allclose(got, rec.predict_exact(users, movies), atol=1e-4, rtol=0)
 
@@ -235,7 +285,7 @@ def test_recommendations_exclude_rated_by_default(service, rec):
     assert explicit["user_id"] == "8" and len(explicit["recommendations"]) == 10
 
 
-@pytest.mark.parametrize("top_k", [0, -1, 101, True, 2.0, "5", None])
+@pytest.mark.parametrize("top_k", [0, -1, ServiceOptions().max_top_k + 1, True, 2.0, "5", None])
 def test_top_k_bounds(service, top_k):
     status, body = ask_one(service, {"user_id": 1, "top_k": top_k})
     assert status == 400 and "top_k" in body["error"]
@@ -298,6 +348,46 @@ def test_max_instances_boundary(rec):
     service = RatingService(rec, VERSION, max_instances=5)
     status, body = ask_one(service, {"instances": [{"user_id": 1, "movie_id": 101}] * 5})
     assert status == 200 and len(body["predictions"]) == 5
+
+
+# -- ServiceOptions: the model-config.yaml `handler:` section ----------------------------------------------
+
+
+def test_shipped_handler_settings_are_the_code_defaults_and_fit_the_client():
+    """handler/model-config.yaml restates the defaults; the client's chunk cap must stay within the server's."""
+    from movierec.client.scoring import MAX_INSTANCES as CLIENT_CHUNK_CAP
+    from movierec.torchserve.archive import load_model_config
+
+    shipped = ServiceOptions.from_config(load_model_config()["handler"])
+    assert shipped == ServiceOptions(), "change ServiceOptions' defaults and the YAML together"
+    assert CLIENT_CHUNK_CAP <= shipped.max_instances  # else every full client chunk gets 413
+
+
+def test_handler_settings_override_defaults_one_by_one():
+    assert ServiceOptions.from_config(None) == ServiceOptions.from_config({}) == ServiceOptions()
+    options = ServiceOptions.from_config({"max_top_k": 7, "worker_metrics": True})
+    assert (options.max_top_k, options.worker_metrics) == (7, True)
+    defaults = ServiceOptions()
+    assert (options.max_instances, options.min_movie_ratings) == (defaults.max_instances, defaults.min_movie_ratings)
+
+
+@pytest.mark.parametrize(
+    ("section", "named"),
+    [
+        ({"max_instance": 5}, "unknown setting 'max_instance'"),
+        ({"max_instances": 0}, "max_instances must be an integer >= 1, got 0"),
+        ({"max_instances": "20000"}, "max_instances must be an integer >= 1, got '20000'"),
+        ({"max_top_k": 2.5}, "max_top_k must be an integer >= 1, got 2.5"),
+        ({"min_movie_ratings": -1}, "min_movie_ratings must be an integer >= 0, got -1"),
+        ({"min_movie_ratings": True}, "min_movie_ratings must be an integer >= 0, got True"),
+        ({"worker_metrics": "yes"}, "worker_metrics must be true or false, got 'yes'"),
+        (["max_top_k"], "'handler' must be a mapping, got list"),
+    ],
+)
+def test_bad_handler_settings_are_refused_by_name(section, named):
+    with pytest.raises(ValueError) as info:
+        ServiceOptions.from_config(section)
+    assert named in str(info.value)
 
 
 def test_reply_reason_phrases(service):

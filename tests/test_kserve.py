@@ -6,9 +6,6 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
-import sys
-import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,13 +20,13 @@ import yaml
 from model.artifact import load_artifact
 from model.core import Recommender
 from movierec import torchserve
+from movierec.torchserve.archive import BATCH_KEYS, batch_settings, load_model_config
 
 REPO = Path(__file__).resolve().parent.parent
 KSERVE = REPO / "deploy" / "kserve"
 CONFIG = KSERVE / "config" / "config.properties"
 MANIFEST = KSERVE / "inferenceservice.yaml"
 CANARY = KSERVE / "inferenceservice-canary.yaml"
-BATCH_SETTINGS = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 32, "maxBatchDelay": 5}
 
 
 def load_stage():
@@ -59,25 +56,42 @@ def snapshot(props: dict[str, str]) -> dict:
 
 
 def test_config_keeps_the_kserve_contract():
-    """Loopback 8085 for the wrapper, no tokens, no env overrides, movierec 1.0 with our batching."""
+    """What the runtime and its wrapper rely on: loopback 8085, the mounted store, movierec 1.0 by snapshot.
+
+    Tokens off, envelope ignored, registration locked and Prometheus metrics are checked on a
+    running instance below.
+    """
     props = torchserve.read_properties(CONFIG)
     assert props["inference_address"] == props["management_address"] == "http://127.0.0.1:8085"
+    # The runtime annotates the pod with prometheus.kserve.io/port=8082.
     assert props["metrics_address"] == "http://0.0.0.0:8082"
     assert props["grpc_inference_address"] == props["grpc_management_address"] == "127.0.0.1"
-    assert props["disable_token_authorization"] == "true"
-    # Off, so the runtime's TS_SERVICE_ENVELOPE=kserve cannot wrap the handler (see the config).
-    assert props["enable_envvars_config"] == "false"
-    assert props["enable_model_api"] == "false"
-    assert props["install_py_dep_per_model"] == "false"
-    assert props["decode_input_request"] == "false"
-    assert props["metrics_mode"] == "prometheus"
     assert props["model_store"] == "/mnt/models/model-store"
+    assert props["install_py_dep_per_model"] == "false"
     assert "service_envelope" not in props and "load_models" not in props
     models = snapshot(props)["models"]
     assert list(models) == ["movierec"] and list(models["movierec"]) == ["1.0"]
     v1 = models["movierec"]["1.0"]
     assert v1["defaultVersion"] is True and v1["marName"] == "movierec-1.0.mar"
-    assert {k: v1[k] for k in BATCH_SETTINGS} == BATCH_SETTINGS
+
+
+def test_config_batching_is_the_model_configs():
+    """The tracked snapshot serves with exactly the workers and batching of handler/model-config.yaml."""
+    (v1,) = snapshot(torchserve.read_properties(CONFIG))["models"]["movierec"].values()
+    assert {k: v1[k] for k in BATCH_KEYS if k in v1} == batch_settings()
+    assert set(batch_settings()) == set(BATCH_KEYS)
+
+
+def test_stage_takes_the_batching_from_the_archive():
+    """render_config writes the given batching into the snapshot and keeps the rest of the template."""
+    template = CONFIG.read_text(encoding="utf-8")
+    batching = {"minWorkers": 2, "maxWorkers": 3, "batchSize": 7, "maxBatchDelay": 9, "responseTimeout": 11}
+    staged = wrapper_parse(load_stage().render_config(template, "movierec-3.0.mar", "3.0", batching))
+    (settings,) = snapshot(staged)["models"]["movierec"].values()
+    assert {k: settings[k] for k in batching} == batching
+    assert {k: v for k, v in staged.items() if k != "model_snapshot"} == {
+        k: v for k, v in wrapper_parse(template).items() if k != "model_snapshot"
+    }
 
 
 def test_kserve_wrapper_reads_the_config_as_torchserve_does():
@@ -129,7 +143,8 @@ def test_stage_writes_one_complete_layout_per_version(layouts):
     staged = torchserve.read_properties(layouts["2.0"] / "config" / "config.properties")
     models = snapshot(staged)["models"]["movierec"]
     assert list(models) == ["2.0"] and models["2.0"]["marName"] == "movierec-2.0.mar"
-    assert {k: models["2.0"][k] for k in BATCH_SETTINGS} == BATCH_SETTINGS
+    archived = batch_settings(load_model_config(layouts["2.0"] / "model-store" / "movierec-2.0.mar"))
+    assert {k: models["2.0"][k] for k in archived} == archived
     assert {k: v for k, v in staged.items() if k != "model_snapshot"} == {
         k: v for k, v in torchserve.read_properties(CONFIG).items() if k != "model_snapshot"
     }
@@ -175,46 +190,23 @@ def _override(config: Path, values: dict[str, str]) -> None:
     config.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _wait_ready(url: str, pid: int, version: str, timeout: float = 180) -> None:
-    """Poll what the KServe wrapper polls: GET <management>/models/movierec until a worker is READY."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if not psutil.pid_exists(pid):
-            raise AssertionError("TorchServe exited during startup")
-        try:
-            r = requests.get(f"{url}/models/movierec", timeout=5)
-            last = f"{r.status_code} {r.text[:200]}"
-            if r.ok and any(w.get("status") == "READY" for w in r.json()[0].get("workers", [])):
-                return
-        except requests.RequestException as error:
-            last = str(error)
-        time.sleep(0.5)
-    raise AssertionError(f"movierec {version} not READY after {timeout:.0f} s: {last}")
-
-
-def _log_tail(root: Path) -> str:
-    """The end of TorchServe's logs, for failure messages."""
-    parts = []
-    for path in (root / "logs" / "torchserve.out", root / "logs" / "ts_log.log", root / "logs" / "model_log.log"):
-        if path.is_file():
-            parts.append(f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-30:]))
-    return "\n".join(parts)
-
-
 @pytest.fixture(scope="module", params=["1.0", "2.0"])
 def kserve_ts(request, layouts, tmp_path_factory):
     """TorchServe run exactly as the kserve-torchserve runtime runs it, from a copy of one staged layout.
 
-    Only addresses and ports change (free loopback ones). enable_envvars_config=false means TS_*
-    variables cannot do it, so the copy is edited; the pod's TS_SERVICE_ENVELOPE=kserve is set to
-    show it is ignored. TMPDIR, cwd and logs live under the test's own directory.
+    Deliberately not torchserve.start(): that renders its own config and passes other flags. Here
+    the launcher gets the runtime's own command line (`--start --model-store=... --ts-config=...`)
+    and the staged config; only addresses and ports change (free loopback ones).
+    enable_envvars_config=false means TS_* variables cannot do it, so the copy is edited; the pod's
+    TS_SERVICE_ENVELOPE=kserve is set, and every other TS_* variable dropped, to show it is ignored.
+    TMPDIR, cwd and logs live under the test's own directory, so torchserve.stop() can end it.
     """
     version = request.param
     root = tmp_path_factory.mktemp(f"kserve-ts-{version}")
     mnt = root / "mnt" / "models"
     shutil.copytree(layouts[version], mnt)
     inference, metrics, grpc_inference, grpc_management = torchserve.free_ports(4)
+    ports = torchserve.Ports(inference, inference, metrics, grpc_inference, grpc_management)
     address = f"http://{torchserve.HOST}:{inference}"
     _override(
         mnt / "config" / "config.properties",
@@ -228,69 +220,29 @@ def kserve_ts(request, layouts, tmp_path_factory):
     )
     tmp_dir, logs = root / "tmp", root / "logs"
     tmp_dir.mkdir()
-    logs.mkdir()
     assert len(str(tmp_dir)) <= torchserve.MAX_TMPDIR_LEN
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TS_")}
-    env.update(
-        TMPDIR=str(tmp_dir),
-        TEMP=str(tmp_dir),
-        LOG_LOCATION=str(logs),
-        METRICS_LOCATION=str(logs),
-        TS_SERVICE_ENVELOPE="kserve",
-    )
-    launcher = [sys.executable, "-m", "ts.model_server"]
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TS_")}
+    env = torchserve.torchserve_env(tmp_dir, logs, base, TS_SERVICE_ENVELOPE="kserve")
     args = ["--start", f"--model-store={mnt}/model-store", f"--ts-config={mnt}/config/config.properties"]
-    with open(logs / "torchserve.out", "ab") as out:
-        done = subprocess.run(
-            launcher + args,
-            cwd=root,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            timeout=60,
-        )
-    assert done.returncode == 0, _log_tail(root)
-    pid = int((tmp_dir / ".model_server.pid").read_text().split()[0])
+    server = torchserve.launch(root, args, env, ports, mnt / "model-store")
+    pids: set[int] = set()
     try:
-        try:
-            _wait_ready(address, pid, version)
-        except AssertionError as error:
-            raise AssertionError(f"{error}\n{_log_tail(root)}") from None
-        yield KServeTorchServe(version, address, f"http://{torchserve.HOST}:{metrics}", root)
+        # No key file: token auth is off, so the readiness poll sends no token at all.
+        torchserve.wait_ready(server, {"movierec": [version]}, timeout=180)
+        pids = {server.pid} | {p.pid for p in psutil.Process(server.pid).children(recursive=True)}
+        yield KServeTorchServe(version, address, server.metrics_url, root)
     finally:
-        _stop(launcher, root, env, pid)
-
-
-def _stop(launcher: list[str], root: Path, env: dict[str, str], pid: int) -> None:
-    """`torchserve --stop` with the same TMPDIR and cwd, then kill leftovers by pid; assert none remain."""
-    try:
-        frontend = psutil.Process(pid)
-        procs = [frontend, *frontend.children(recursive=True)]
-        pgid = os.getpgid(pid)
-    except psutil.Error:
-        return
-    subprocess.run([*launcher, "--stop"], cwd=root, env=env, capture_output=True, timeout=60)
-    _, alive = psutil.wait_procs(procs, timeout=30)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=10)
-    # Anything the workers forked stays in the launcher's new session and process group.
-    stragglers = []
-    for proc in psutil.process_iter():
-        try:
-            if os.getpgid(proc.pid) == pgid:
-                stragglers.append(proc)
-                proc.kill()
-        except (psutil.Error, ProcessLookupError):
-            pass
-    psutil.wait_procs(stragglers, timeout=10)
-    assert not [p.pid for p in procs + stragglers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert torchserve.stop(root) is True
+    assert len(pids) == 2 and not [pid for pid in pids if _alive(pid)]
     assert not (root / "key_file.json").exists()
+
+
+def _alive(pid: int) -> bool:
+    """Whether pid runs (a zombie awaiting its reaper does not count)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 @pytest.fixture(scope="module")
@@ -353,7 +305,8 @@ def test_readiness_probe_and_locked_management(kserve_ts):
     """The wrapper's readiness check and /ping need no token; the snapshot's batching is in effect; no registration."""
     described = requests.get(f"{kserve_ts.url}/models/movierec", timeout=10).json()[0]
     assert described["modelVersion"] == kserve_ts.version
-    assert {k: described[k] for k in BATCH_SETTINGS} == BATCH_SETTINGS
+    expected = batch_settings()
+    assert {k: described[k] for k in expected} == expected
     assert requests.get(f"{kserve_ts.url}/ping", timeout=10).status_code == 200
     r = requests.post(f"{kserve_ts.url}/models", params={"url": f"movierec-{kserve_ts.version}.mar"}, timeout=10)
     assert r.status_code == 405

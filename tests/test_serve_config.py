@@ -1,4 +1,4 @@
-"""Tests for serve.py and the production config.properties/log4j2.xml it renders.
+"""Tests for movierec.torchserve (movierec-serve) and the production config.properties/log4j2.xml it renders.
 
 Integration tests run a real TorchServe (Java) on free loopback ports with a throwaway echo
 model, so they need neither the movierec handler nor trained artifacts.
@@ -84,6 +84,14 @@ def instance_pids(srv: torchserve.Server) -> set[int]:
     return {srv.pid} | {p.pid for p in frontend.children(recursive=True)}
 
 
+def wait_for(condition, timeout: float, what: str) -> None:
+    """Poll condition() until it holds; fail naming `what` after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting for {what} after {timeout:.0f} s"
+        time.sleep(0.2)
+
+
 def alive(pid: int) -> bool:
     """Whether pid runs (a zombie awaiting its reaper does not count)."""
     try:
@@ -146,7 +154,7 @@ def test_render_config_snapshot_replaces_load_models(tmp_path):
 
 def test_cli_help():
     """Every subcommand answers --help."""
-    for command in ([], ["start"], ["stop"], ["status"]):
+    for command in ([], ["start"], ["stop"], ["status"], ["health"]):
         result = subprocess.run(
             [sys.executable, str(ROOT / "serve.py"), *command, "--help"],
             capture_output=True,
@@ -161,12 +169,7 @@ def test_cli_help():
 @needs_java
 @pytest.mark.integration
 def test_everything_listens_on_loopback_only(server):
-    """Rendered config and the live sockets: HTTP, metrics and both gRPC ports on 127.0.0.1."""
-    props = torchserve.read_properties(server.run_dir / "config.properties")
-    assert props["disable_token_authorization"] == "false"
-    assert props["grpc_inference_address"] == props["grpc_management_address"] == "127.0.0.1"
-    for key in ("inference_address", "management_address", "metrics_address"):
-        assert props[key].startswith("http://127.0.0.1:")
+    """The live sockets: HTTP, metrics and both gRPC ports listen on 127.0.0.1 and nowhere else."""
     listening = {
         (c.laddr.ip, c.laddr.port)
         for c in psutil.Process(server.pid).net_connections(kind="inet")
@@ -204,6 +207,17 @@ def test_health_probe_passes_on_a_serving_instance_and_fails_without_one(server,
     assert "unhealthy: TorchServe is not running" in capsys.readouterr().out
 
 
+@needs_java
+@pytest.mark.integration
+def test_status_lists_versions_workers_and_the_default(server, tmp_path, capsys):
+    """`movierec-serve status` exits 0 and names each version's workers and the default; 3 when nothing runs."""
+    assert torchserve.main(["status", "--run-dir", str(server.run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"running  pid {server.pid}" in out and "model echo 1.0 (default): READY" in out
+    assert torchserve.main(["status", "--run-dir", str(tmp_path)]) == 3
+    assert capsys.readouterr().out.startswith("not running")
+
+
 @pytest.mark.integration
 def test_health_probe_fails_while_a_model_has_no_ready_worker(server, store, tmp_path):
     """A registered version whose worker cannot load makes the instance unhealthy until removed."""
@@ -223,10 +237,7 @@ def test_health_probe_fails_while_a_model_has_no_ready_worker(server, store, tmp
     finally:
         requests.delete(f"{url}/broken/1.0", headers=server.auth("management"))
         (store / "broken.mar").unlink()
-    deadline = time.monotonic() + 60
-    while torchserve.health(server.run_dir) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert torchserve.health(server.run_dir) == ""
+    wait_for(lambda: torchserve.health(server.run_dir) == "", 60, "health after unregistering broken")
 
 
 @pytest.mark.integration
@@ -281,13 +292,23 @@ def test_start_and_status_outlive_expired_keys(store, tmp_path):
     torchserve.write_properties(config, props, "keys that expire during startup")
     shutil.copy(Path(torchserve.DEFAULT_CONFIG).parent / "log4j2.xml", tmp_path / "log4j2.xml")
     run_dir = tmp_path / "run"
+    # Startup outlasts a 1 s key, so start() itself must renew keys before it sees READY.
     srv = torchserve.start(run_dir, store, ["echo=echo-1.0.mar"], torchserve.Ports.free(), config=config, timeout=90)
     try:
-        stale = srv.token("management")
-        time.sleep(1.5)
-        assert requests.get(f"{srv.management_url}/models", headers=srv.auth("management")).status_code == 400
+        stale = {kind: srv.token(kind) for kind in ("management", "inference")}
+
+        def expired() -> bool:
+            models = requests.get(
+                f"{srv.management_url}/models", headers={"Authorization": f"Bearer {stale['management']}"}
+            )
+            ping = requests.get(f"{srv.inference_url}/ping", headers={"Authorization": f"Bearer {stale['inference']}"})
+            return models.status_code == ping.status_code == 400
+
+        wait_for(expired, 30, "both keys to expire")
         assert srv.models() == ["echo"]
-        assert srv.token("management") != stale
+        assert torchserve.health(run_dir) == ""
+        assert torchserve.main(["status", "--run-dir", str(run_dir)]) == 0
+        assert all(srv.token(kind) != key for kind, key in stale.items())
     finally:
         assert torchserve.stop(run_dir) is True
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import subprocess
@@ -15,6 +16,7 @@ import torch
 import train
 from model.artifact import load_artifact
 from model.data import load_ratings, split_indices
+from model.net import EmbeddingNet
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--epochs", "2", "--batch-size", "256", "--n-factors", "4", "--nh", "8", "--quiet", "--threads", "1"]
@@ -60,9 +62,44 @@ def test_training_learns(tiny_artifact, synth_data):
     assert history[-1]["val_rmse"] < history[0]["val_rmse"]
 
 
-def test_torchscript_parity_recorded(tiny_artifact):
-    meta = json.loads((tiny_artifact / "metadata.json").read_text())
-    assert 0 <= meta["metrics"]["export_max_abs_diff"] < 1e-4
+def nudge_export(monkeypatch, shift: float) -> dict:
+    """Make train's TorchScript export differ from the eager model: its output bias moves by `shift`."""
+    script, captured = torch.jit.script, {}
+
+    def nudged(model, *args, **kwargs):
+        if not isinstance(model, EmbeddingNet):  # torch.jit.script calls itself for what the net uses
+            return script(model, *args, **kwargs)
+        captured["eager"] = model
+        scripted = copy.deepcopy(script(model))  # a copy, so the eager weights stay as they are
+        with torch.no_grad():
+            scripted.lin2.bias += shift
+        return scripted
+
+    monkeypatch.setattr(torch.jit, "script", nudged)
+    return captured
+
+
+def test_export_that_differs_from_the_eager_model_is_refused(tmp_path, synth_data, monkeypatch):
+    nudge_export(monkeypatch, 0.05)
+    with pytest.raises(RuntimeError, match="TorchScript export differs from the eager model"):
+        train.main(["--ratings", str(synth_data[0]), "--out", str(tmp_path / "out"), *QUICK])
+    assert not (tmp_path / "out" / "metadata.json").exists()
+
+
+def test_recorded_export_parity_is_the_max_diff_on_validation_pairs(tmp_path, synth_data, monkeypatch):
+    """A small nudge (within PARITY_TOL) is accepted, and metadata records exactly its effect."""
+    captured = nudge_export(monkeypatch, 4e-5)
+    folder = quick_run(synth_data[0], tmp_path / "out")
+    meta = json.loads((folder / "metadata.json").read_text())
+    frame = load_ratings(synth_data[0]).frame
+    _, va = split_indices(len(frame), meta["train"]["val_frac"], meta["train"]["seed"])
+    art = load_artifact(folder)
+    users = torch.from_numpy(art.users.rows(frame["user_id"].iloc[va]))
+    movies = torch.from_numpy(art.movies.rows(frame["movie_id"].iloc[va]))
+    with torch.no_grad():
+        diff = (art.module(users, movies) - captured["eager"](users, movies)).abs().max().item()
+    assert 0 < diff <= train.PARITY_TOL
+    assert meta["metrics"]["export_max_abs_diff"] == pytest.approx(diff, rel=1e-6)
 
 
 def test_loss_plot_is_a_png(tiny_artifact):

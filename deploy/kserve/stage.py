@@ -2,8 +2,9 @@
 
     python deploy/kserve/stage.py --mar model_store/movierec-2.0.mar --out deploy/kserve/layout/v2.0
 
-writes OUT/config/config.properties (the KServe config with model_snapshot naming this archive and
-its version) and OUT/model-store/movierec-2.0.mar. Upload OUT's contents to the storageUri prefix.
+writes OUT/config/config.properties (the KServe config with model_snapshot naming this archive, its
+version and the workers and batching of the archive's own model-config.yaml) and
+OUT/model-store/movierec-2.0.mar. Upload OUT's contents to the storageUri prefix.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import shutil
 import sys
 import zipfile
 from pathlib import Path
+
+from movierec.torchserve.archive import batch_settings, load_model_config
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE = HERE / "config" / "config.properties"
@@ -27,15 +30,15 @@ def mar_manifest(mar: Path) -> dict:
         return json.loads(archive.read("MAR-INF/MANIFEST.json"))["model"]
 
 
-def render_config(template: str, mar_name: str, version: str) -> str:
-    """The template with its single model_snapshot line pointing at mar_name as the default version."""
+def render_config(template: str, mar_name: str, version: str, batching: dict[str, int]) -> str:
+    """The template with its single model_snapshot line serving mar_name as the default version with `batching`."""
     lines = template.splitlines()
     found = [i for i, line in enumerate(lines) if line.startswith(SNAPSHOT_KEY)]
     if len(found) != 1:
         raise ValueError(f"expected exactly one {SNAPSHOT_KEY} line in the template, found {len(found)}")
     snapshot = json.loads(lines[found[0]][len(SNAPSHOT_KEY) :])
     (settings,) = snapshot["models"][MODEL_NAME].values()
-    settings = {**settings, "defaultVersion": True, "marName": mar_name}
+    settings = {**settings, **batching, "defaultVersion": True, "marName": mar_name}
     snapshot["models"] = {MODEL_NAME: {version: settings}}
     snapshot["modelCount"] = 1
     lines[found[0]] = SNAPSHOT_KEY + json.dumps(snapshot, separators=(",", ":"))
@@ -48,7 +51,9 @@ def stage(mar: Path, out: Path, template: Path = TEMPLATE) -> Path:
     if model.get("modelName") != MODEL_NAME:
         raise ValueError(f"{mar} holds model {model.get('modelName')!r}, expected {MODEL_NAME!r}")
     version = str(model["modelVersion"])
-    config = render_config(template.read_text(encoding="utf-8"), mar.name, version)
+    # The archive's model-config.yaml is what its workers were tuned for; the snapshot must agree.
+    batching = batch_settings(load_model_config(mar))
+    config = render_config(template.read_text(encoding="utf-8"), mar.name, version, batching)
     if out.exists():
         shutil.rmtree(out)
     (out / "config").mkdir(parents=True)

@@ -103,6 +103,30 @@ class ArmStats:
         if len(self.error_examples) < 3 and text not in self.error_examples:
             self.error_examples.append(text)
 
+    def add_answer(self, rows: list[EvalRow], ms: float, answer: dict[str, Any] | Exception) -> None:
+        """Count one request of `rows`: its latency and squared errors, or why rows got no rating."""
+        self.rows += len(rows)
+        if isinstance(answer, Exception):
+            self.request_errors += 1
+            for _ in rows:
+                self.add_error(str(answer))
+            return
+        self.latencies_ms.append(ms)
+        predictions = answer.get("predictions", [])
+        if len(predictions) != len(rows):
+            self.request_errors += 1
+            for _ in rows:
+                self.add_error(f"{len(predictions)} predictions for {len(rows)} instances")
+            return
+        for row, p in zip(rows, predictions, strict=False):
+            if p.get("rating") is None:
+                self.add_error(p.get("error", "no rating in the answer"))
+                continue
+            sq = (float(p["rating"]) - row.rating) ** 2
+            self.scored += 1
+            self.sum_sq += sq
+            self.sum_sq2 += sq * sq
+
     @property
     def rmse(self) -> float:
         """Root mean squared error over scored rows (nan if none)."""
@@ -242,28 +266,7 @@ def evaluate(
 
     def record(result: tuple[str, list[EvalRow], float, Any]) -> None:
         arm, rows, ms, answer = result
-        s = stats[arm]
-        s.rows += len(rows)
-        if isinstance(answer, Exception):
-            s.request_errors += 1
-            for _ in rows:
-                s.add_error(str(answer))
-            return
-        s.latencies_ms.append(ms)
-        predictions = answer.get("predictions", [])
-        if len(predictions) != len(rows):
-            s.request_errors += 1
-            for _ in rows:
-                s.add_error(f"{len(predictions)} predictions for {len(rows)} instances")
-            return
-        for row, p in zip(rows, predictions, strict=False):
-            if p.get("rating") is None:
-                s.add_error(p.get("error", "no rating in the answer"))
-                continue
-            sq = (float(p["rating"]) - row.rating) ** 2
-            s.scored += 1
-            s.sum_sq += sq
-            s.sum_sq2 += sq * sq
+        stats[arm].add_answer(rows, ms, answer)
 
     buffers: dict[str, list[EvalRow]] = {"a": [], "b": []}
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ab-eval") as pool:

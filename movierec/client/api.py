@@ -1,301 +1,72 @@
-"""Typed HTTP client for the movierec TorchServe inference and management APIs."""
+"""Typed HTTP client for the movierec TorchServe inference and management APIs.
+
+Management calls, key renewal, errors and retries come from movierec.torchserve.management;
+this module adds the movierec inference calls on top.
+"""
 
 from __future__ import annotations
 
-import os
-import re
-import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import orjson
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
+from movierec.torchserve.errors import (
+    AuthError,
+    ConfigError,
+    MovieRecError,
+    NotFound,
+    ServerError,
+    ServerUnreachable,
+    error_message,
+    is_token_rejection,
+    raise_for_response,
+)
+from movierec.torchserve.management import (
+    ARCHIVE_PREFIX,
+    DEFAULT_INFERENCE_URL,
+    DEFAULT_KEY_FILE,
+    DEFAULT_MANAGEMENT_URL,
+    DEFAULT_MODEL,
+    ENV_INFERENCE_URL,
+    ENV_KEY_FILE,
+    ENV_MANAGEMENT_URL,
+    Endpoints,
+    KeyFile,
+    ManagementClient,
+    archive_name,
+    check_version,
+)
 
-DEFAULT_INFERENCE_URL = "http://127.0.0.1:8080"
-DEFAULT_MANAGEMENT_URL = "http://127.0.0.1:8081"
-DEFAULT_KEY_FILE = "run/key_file.json"
-DEFAULT_MODEL = "movierec"
-ARCHIVE_PREFIX = "movierec"
-ENV_INFERENCE_URL = "MOVIEREC_INFERENCE_URL"
-ENV_MANAGEMENT_URL = "MOVIEREC_MANAGEMENT_URL"
-ENV_KEY_FILE = "MOVIEREC_KEY_FILE"
-
-# Versions end up in a file name and a URL path, so keep them to plain tokens.
-_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_JSON = {"Content-Type": "application/json"}
-
-
-class MovieRecError(Exception):
-    """Base class for every error the client raises."""
-
-
-class ConfigError(MovieRecError):
-    """The client cannot be set up (missing key file, bad version string, ...)."""
-
-
-class ServerUnreachable(MovieRecError):
-    """The server did not answer, even after retries."""
-
-
-class ServerError(MovieRecError):
-    """The server answered with an error status; carries its message."""
-
-    def __init__(self, status: int, message: str, body: Any = None, url: str = "") -> None:
-        self.status = status
-        self.message = message
-        self.body = body
-        self.url = url
-        super().__init__(f"HTTP {status}: {message}")
-
-
-class NotFound(ServerError):
-    """HTTP 404: unknown model or version."""
-
-
-class AuthError(ServerError):
-    """The token was refused even after re-reading the key file and rotating an expired key."""
-
-
-def error_message(status: int, content: bytes) -> tuple[str, Any]:
-    """Return the readable message and parsed body of an error response."""
-    try:
-        body = orjson.loads(content) if content else None
-    except orjson.JSONDecodeError:
-        body = None
-    if isinstance(body, dict):
-        # Our handler answers {"error": ...}; TorchServe's frontend {"message": ...}.
-        for key in ("error", "message", "Error"):
-            if isinstance(body.get(key), str) and body[key]:
-                return body[key], body
-    text = content.decode("utf-8", "replace").strip()
-    if len(text) > 500:
-        text = text[:500] + "..."
-    return text or f"HTTP {status} with an empty body", body
+__all__ = [
+    "ARCHIVE_PREFIX",
+    "DEFAULT_INFERENCE_URL",
+    "DEFAULT_KEY_FILE",
+    "DEFAULT_MANAGEMENT_URL",
+    "DEFAULT_MODEL",
+    "ENV_INFERENCE_URL",
+    "ENV_KEY_FILE",
+    "ENV_MANAGEMENT_URL",
+    "AuthError",
+    "ConfigError",
+    "Endpoints",
+    "KeyFile",
+    "MovieRecClient",
+    "MovieRecError",
+    "NotFound",
+    "ServerError",
+    "ServerUnreachable",
+    "archive_name",
+    "check_version",
+    "error_message",
+    "is_token_rejection",
+    "raise_for_response",
+]
 
 
-def raise_for_response(resp: requests.Response) -> None:
-    """Raise the matching ServerError when a response is not 2xx."""
-    if resp.status_code < 400:
-        return
-    message, body = error_message(resp.status_code, resp.content)
-    cls = NotFound if resp.status_code == 404 else ServerError
-    raise cls(resp.status_code, message, body, resp.url)
-
-
-def is_token_rejection(status: int, content: bytes) -> bool:
-    """Tell a refused token (TorchServe answers 400) from a bad request."""
-    if status != 400:
-        return False
-    message, body = error_message(status, content)
-    kind = body.get("type", "") if isinstance(body, dict) else ""
-    return kind == "InvalidKeyException" or message.startswith(("Token Authori", "Token Authenti"))
-
-
-def check_version(version: str) -> str:
-    """Validate a model version string and return it."""
-    if not _VERSION_RE.match(version) or ".." in version:
-        raise ConfigError(f"bad model version {version!r}: use letters, digits, '.', '_' or '-'")
-    return version
-
-
-def archive_name(version: str) -> str:
-    """File name of a version's archive in the server's model store."""
-    return f"{ARCHIVE_PREFIX}-{check_version(version)}.mar"
-
-
-@dataclass(frozen=True)
-class Endpoints:
-    """Where the server listens and where its key file is."""
-
-    inference_url: str
-    management_url: str
-    key_file: Path
-
-    @classmethod
-    def resolve(
-        cls,
-        inference_url: str | None = None,
-        management_url: str | None = None,
-        key_file: str | os.PathLike[str] | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> Endpoints:
-        """Pick each setting from the argument, then the environment, then the default."""
-        env = os.environ if env is None else env
-        return cls(
-            inference_url=(inference_url or env.get(ENV_INFERENCE_URL) or DEFAULT_INFERENCE_URL).rstrip("/"),
-            management_url=(management_url or env.get(ENV_MANAGEMENT_URL) or DEFAULT_MANAGEMENT_URL).rstrip("/"),
-            key_file=Path(key_file or env.get(ENV_KEY_FILE) or DEFAULT_KEY_FILE),
-        )
-
-
-class KeyFile:
-    """The tokens TorchServe writes to key_file.json; re-read on demand."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        self._keys: dict[str, str] | None = None
-
-    def reload(self) -> None:
-        """Forget the cached keys so the next lookup reads the file again."""
-        with self._lock:
-            self._keys = None
-
-    def key(self, kind: str) -> str | None:
-        """Return the 'inference', 'management' or 'API' key, or None without a key file."""
-        with self._lock:
-            if self._keys is None:
-                self._keys = self._read()
-            return self._keys.get(kind)
-
-    def _read(self) -> dict[str, str]:
-        # No file means the server may run with token auth off; a refusal then says so.
-        if not self.path.exists():
-            return {}
-        try:
-            data = orjson.loads(self.path.read_bytes())
-            return {kind: entry["key"] for kind, entry in data.items() if isinstance(entry, dict) and "key" in entry}
-        except (OSError, orjson.JSONDecodeError) as exc:
-            raise ConfigError(f"cannot read key file {self.path}: {exc}") from exc
-
-
-def _session(retries: int, backoff_factor: float, pool_size: int, idempotent: bool = True) -> requests.Session:
-    # Predictions, scaling and set-default are idempotent, so POST/PUT retry too.
-    # Otherwise only a connection that never opened is retried: the request was not sent.
-    retry = Retry(
-        total=retries,
-        connect=retries,
-        read=retries if idempotent else 0,
-        status=retries if idempotent else 0,
-        status_forcelist=(503,),
-        allowed_methods=frozenset({"GET", "POST", "PUT", "DELETE"}),
-        backoff_factor=backoff_factor,
-        backoff_max=10.0,
-        raise_on_status=False,
-        respect_retry_after_header=True,
-    )
-    adapter = HTTPAdapter(max_retries=retry, pool_connections=2, pool_maxsize=pool_size)
-    session = requests.Session()
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
-
-
-class MovieRecClient:
+class MovieRecClient(ManagementClient):
     """Calls the movierec inference and management APIs with token auth and retries."""
-
-    def __init__(
-        self,
-        inference_url: str | None = None,
-        management_url: str | None = None,
-        key_file: str | os.PathLike[str] | None = None,
-        *,
-        model: str = DEFAULT_MODEL,
-        timeout: float = 60.0,
-        retries: int = 5,
-        backoff_factor: float = 0.3,
-        pool_size: int = 16,
-    ) -> None:
-        self.endpoints = Endpoints.resolve(inference_url, management_url, key_file)
-        self.keys = KeyFile(self.endpoints.key_file)
-        self._rotation_lock = threading.Lock()
-        self.model = model
-        self.timeout = timeout
-        self.session = _session(retries, backoff_factor, pool_size)
-        # A repeated registration is a 409, so it never retries once sent.
-        self.register_session = _session(retries, backoff_factor, 2, idempotent=False)
-
-    def close(self) -> None:
-        """Close the connection pools."""
-        self.session.close()
-        self.register_session.close()
 
     def __enter__(self) -> MovieRecClient:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _request(
-        self,
-        method: str,
-        api: str,
-        path: str,
-        *,
-        params: Mapping[str, Any] | None = None,
-        body: Any = None,
-        timeout: float | None = None,
-        session: requests.Session | None = None,
-    ) -> Any:
-        base = self.endpoints.inference_url if api == "inference" else self.endpoints.management_url
-        url = base + path
-        data = orjson.dumps(body) if body is not None else None
-        session = session or self.session
-        for attempt in (1, 2, 3):
-            headers = dict(_JSON) if data is not None else {}
-            token = self.keys.key(api)
-            if token:
-                headers["Authorization"] = f"Bearer {token}"
-            try:
-                resp = session.request(
-                    method,
-                    url,
-                    params=params,
-                    data=data,
-                    headers=headers,
-                    timeout=timeout or self.timeout,
-                )
-            except requests.ConnectionError as exc:
-                raise ServerUnreachable(f"cannot reach {base}: {exc}") from exc
-            except requests.Timeout as exc:
-                raise ServerUnreachable(f"{method} {url} timed out after {timeout or self.timeout}s") from exc
-            if is_token_rejection(resp.status_code, resp.content):
-                # Another process may have rotated the keys (the file changed): re-read it first.
-                if attempt == 1:
-                    self.keys.reload()
-                    continue
-                # Keys expire (token_expiration_min) and TorchServe does not renew them by itself:
-                # a job longer than that rotates the key with the API key, once per expiry.
-                if attempt == 2 and api in ("inference", "management") and self._rotate(api, token):
-                    continue
-            break
-        if is_token_rejection(resp.status_code, resp.content):
-            message, parsed = error_message(resp.status_code, resp.content)
-            hint = f"{api} key from {self.keys.path}"
-            if not self.keys.path.exists():
-                hint = f"no key file at {self.keys.path}; pass --key-file or set {ENV_KEY_FILE}"
-            raise AuthError(resp.status_code, f"{message} ({hint})", parsed, url)
-        raise_for_response(resp)
-        if not resp.content:
-            return None
-        try:
-            return orjson.loads(resp.content)
-        except orjson.JSONDecodeError:
-            return resp.text
-
-    def _rotate(self, kind: str, stale: str | None) -> bool:
-        """Ask TorchServe for a new `kind` key unless another thread already did; True if renewed."""
-        with self._rotation_lock:
-            self.keys.reload()
-            if self.keys.key(kind) != stale:
-                return True
-            api_key = self.keys.key("API")
-            if not api_key:
-                return False
-            resp = self.session.get(
-                f"{self.endpoints.management_url}/token",
-                params={"type": kind},
-                headers={"Authorization": f"Bearer {api_key}"},
-                timeout=self.timeout,
-            )
-            self.keys.reload()
-            return resp.ok and self.keys.key(kind) != stale
-
-    # Inference API
 
     def infer(
         self,
@@ -343,118 +114,3 @@ class MovieRecClient:
         """Top-k movies for a user: {"user_id", "recommendations": [...], "model_version"}."""
         body = {"user_id": user_id, "top_k": top_k, "exclude_rated": exclude_rated}
         return self.infer(body, model=model, version=version)
-
-    def ping(self) -> dict[str, Any]:
-        """Health of the inference server."""
-        return self._request("GET", "inference", "/ping")
-
-    # Management API
-
-    def list_models(self) -> list[dict[str, Any]]:
-        """Registered models: [{"modelName", "modelUrl"}, ...]."""
-        models: list[dict[str, Any]] = []
-        token: str | None = None
-        while True:
-            params = {"limit": 100, **({"next_page_token": token} if token else {})}
-            page = self._request("GET", "management", "/models", params=params)
-            models.extend(page.get("models", []))
-            token = page.get("nextPageToken")
-            if not token:
-                return models
-
-    def describe(self, model: str | None = None, version: str | None = "all") -> list[dict[str, Any]]:
-        """Describe versions of a model; version=None describes the default version only."""
-        path = f"/models/{model or self.model}"
-        if version:
-            path += "/all" if version == "all" else f"/{check_version(version)}"
-        return self._request("GET", "management", path)
-
-    def versions(self, model: str | None = None) -> list[str]:
-        """Registered versions of a model, in the server's order."""
-        return [entry["modelVersion"] for entry in self.describe(model, "all")]
-
-    def default_version(self, model: str | None = None) -> str:
-        """The version that unversioned /predictions/{model} calls reach."""
-        return self.describe(model, None)[0]["modelVersion"]
-
-    def register(
-        self,
-        version: str,
-        *,
-        model: str | None = None,
-        batch_size: int | None = None,
-        max_batch_delay: int | None = None,
-        initial_workers: int = 1,
-        response_timeout: int | None = None,
-        archive: str | None = None,
-    ) -> dict[str, Any]:
-        """Register movierec-{version}.mar from the server's model store under `model`.
-
-        Batch settings left as None keep the archive's own model-config YAML, so both arms of
-        an A/B test serve with the same batching unless asked otherwise.
-        """
-        params: dict[str, Any] = {
-            "url": archive or archive_name(version),
-            "model_name": model or self.model,
-            "initial_workers": initial_workers,
-            "synchronous": "true",
-        }
-        optional = {"batch_size": batch_size, "max_batch_delay": max_batch_delay, "response_timeout": response_timeout}
-        params.update({k: v for k, v in optional.items() if v is not None})
-        # Loading workers synchronously can take a while; don't time out before the server does.
-        timeout = max(self.timeout, 300.0)
-        answer = self._request(
-            "POST",
-            "management",
-            "/models",
-            params=params,
-            timeout=timeout,
-            session=self.register_session,
-        )
-        if initial_workers > 1:
-            # TorchServe silently caps initial_workers at the archive YAML's maxWorkers (1 for
-            # our latency archive); an explicit scale is what actually starts more workers.
-            self.scale(version, initial_workers, model=model or self.model)
-        return answer
-
-    def scale(
-        self,
-        version: str,
-        min_worker: int,
-        max_worker: int | None = None,
-        *,
-        model: str | None = None,
-    ) -> dict[str, Any]:
-        """Set the worker count of one version and wait until it is reached."""
-        path = f"/models/{model or self.model}/{check_version(version)}"
-        params = {
-            "min_worker": min_worker,
-            "max_worker": max(min_worker, max_worker or min_worker),
-            "synchronous": "true",
-        }
-        return self._request("PUT", "management", path, params=params, timeout=max(self.timeout, 300.0))
-
-    def set_default(self, version: str, *, model: str | None = None) -> dict[str, Any]:
-        """Make `version` the default of `model`."""
-        path = f"/models/{model or self.model}/{check_version(version)}/set-default"
-        return self._request("PUT", "management", path)
-
-    def unregister(self, version: str, *, model: str | None = None, force: bool = False) -> dict[str, Any]:
-        """Unregister one version; refuses the default while other versions exist."""
-        model = model or self.model
-        check_version(version)
-        if not force:
-            others = [v for v in self.versions(model) if v != version]
-            default = self.default_version(model)
-            if version == default and others:
-                raise ConfigError(
-                    f"{version} is the default version of {model} and {', '.join(others)} "
-                    f"{'is' if len(others) == 1 else 'are'} still registered; "
-                    f"make another version the default first (promote or versions set-default)"
-                )
-        return self._request(
-            "DELETE",
-            "management",
-            f"/models/{model}/{version}",
-            timeout=max(self.timeout, 300.0),
-        )

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import orjson
 
+from model.service import MAX_TOP_K
 from movierec.client import ab, scoring, versions
 from movierec.client.api import (
     DEFAULT_KEY_FILE,
@@ -81,7 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
     server = _server_options()
     parser = argparse.ArgumentParser(prog="movierec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_score(sub, server)
+    _add_predict_and_recommend(sub, server)
+    _add_versions(sub, server)
+    _add_promote_and_rollback(sub, server)
+    _add_ab(sub, server)
+    _add_ab_eval(sub, server)
+    return parser
 
+
+def _add_score(sub: argparse._SubParsersAction, server: argparse.ArgumentParser) -> None:
+    """`movierec score`: bulk scoring of a CSV."""
     p = sub.add_parser(
         "score",
         parents=[server],
@@ -100,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk",
         type=_positive,
         default=scoring.DEFAULT_CHUNK,
-        help="rows per request (max 20000) (default %(default)s)",
+        help=f"rows per request (max {scoring.MAX_INSTANCES}) (default %(default)s)",
     )
     p.add_argument(
         "--concurrency",
@@ -108,6 +119,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=scoring.DEFAULT_CONCURRENCY,
         help="requests in flight (default %(default)s)",
     )
+    _add_batch_registration_options(p)
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted job from the output's last row",
+    )
+    p.add_argument(
+        "--no-manage",
+        action="store_true",
+        help="use the batch registration as is: no register/scale",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (or, off a terminal, progress lines)")
+    p.set_defaults(func=cmd_score)
+
+
+def _add_batch_registration_options(p: argparse.ArgumentParser) -> None:
+    """How `movierec score` sizes the batch registration it scores through."""
     p.add_argument(
         "--workers",
         type=_positive,
@@ -137,19 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=scoring.BATCH_MODEL,
         help="name of the bulk-scoring registration (default %(default)s)",
     )
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue an interrupted job from the output's last row",
-    )
-    p.add_argument(
-        "--no-manage",
-        action="store_true",
-        help="use the batch registration as is: no register/scale",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (or, off a terminal, progress lines)")
-    p.set_defaults(func=cmd_score)
 
+
+def _add_predict_and_recommend(sub: argparse._SubParsersAction, server: argparse.ArgumentParser) -> None:
+    """`movierec predict` and `movierec recommend`: one request each."""
     p = sub.add_parser("predict", parents=[server], help="predict one user's rating of one movie")
     _model_option(p)
     p.add_argument("--version", help="model version (default: the server's default version)")
@@ -161,10 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     _model_option(p)
     p.add_argument("--version", help="model version (default: the server's default version)")
     p.add_argument("--user", required=True, type=_raw_id, help="user ID")
-    p.add_argument("--top-k", type=_positive, default=10, help="how many movies (default %(default)s, at most 100)")
+    p.add_argument(
+        "--top-k", type=_positive, default=10, help=f"how many movies (default %(default)s, at most {MAX_TOP_K})"
+    )
     p.add_argument("--include-rated", action="store_true", help="let recommendations include rated movies")
     p.set_defaults(func=cmd_recommend)
 
+
+def _add_versions(sub: argparse._SubParsersAction, server: argparse.ArgumentParser) -> None:
+    """`movierec versions list|register|set-default|unregister`."""
     p = sub.add_parser("versions", help="list, register, set-default, unregister model versions")
     vsub = p.add_subparsers(dest="versions_command", required=True, metavar="ACTION")
     v = vsub.add_parser("list", parents=[server], help="list registered versions")
@@ -202,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("version")
     v.set_defaults(func=cmd_versions_unregister)
 
+
+def _add_promote_and_rollback(sub: argparse._SubParsersAction, server: argparse.ArgumentParser) -> None:
+    """`movierec promote` and `movierec rollback`: switch the default version and back."""
     p = sub.add_parser(
         "promote",
         parents=[server],
@@ -227,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_rollback)
 
+
+def _add_ab(sub: argparse._SubParsersAction, server: argparse.ArgumentParser) -> None:
+    """`movierec ab`: one request through the sticky A/B split."""
     p = sub.add_parser(
         "ab",
         parents=[server],
@@ -252,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_ab)
 
+
+def _add_ab_eval(sub: argparse._SubParsersAction, server: argparse.ArgumentParser) -> None:
+    """`movierec ab-eval`: compare two versions on held-out ratings."""
     p = sub.add_parser(
         "ab-eval",
         parents=[server],
@@ -305,7 +338,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="A/B state file (default: ab_state.json next to the key file)",
     )
     p.set_defaults(func=cmd_ab_eval)
-    return parser
 
 
 def make_client(args: argparse.Namespace, pool_size: int = 16) -> MovieRecClient:

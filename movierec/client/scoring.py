@@ -18,6 +18,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from model.data import canonical_column
+from model.service import MAX_INSTANCES  # the server's default cap: a bigger chunk would get 413
 from movierec.client.api import (
     DEFAULT_MODEL,
     MovieRecClient,
@@ -35,7 +36,6 @@ DEFAULT_WORKERS = 2
 DEFAULT_BATCH_SIZE = 1
 DEFAULT_MAX_BATCH_DELAY_MS = 1
 DEFAULT_IDLE_WORKERS = 0
-MAX_INSTANCES = 20_000
 SYNC_INTERVAL_S = 1.0
 LOG_INTERVAL_S = 30.0
 
@@ -211,6 +211,45 @@ def write_chunk(out: TextIO, records: list[Record], sync: bool = True) -> None:
         os.fsync(out.fileno())
 
 
+class _Progress:
+    """A scoring run's progress: a redrawn bar on a terminal, else a plain line every LOG_INTERVAL_S.
+
+    In a log file a redrawn bar is one endless line of carriage returns.
+    """
+
+    def __init__(self, enabled: bool, total: int | None, skipped: int, start: float) -> None:
+        self.enabled, self.total, self.skipped, self.start = enabled, total, skipped, start
+        self.interactive = enabled and sys.stderr.isatty()
+        self.bar = tqdm(
+            total=total,
+            initial=skipped,
+            unit="rows",
+            unit_scale=True,
+            smoothing=0.1,
+            disable=not self.interactive,
+            file=sys.stderr,
+        )
+        self.last_log = time.monotonic()
+
+    def update(self, new_rows: int, scored: int, errors: int) -> None:
+        """Count `new_rows` more rows; `scored` and `errors` are this run's totals so far."""
+        self.bar.update(new_rows)
+        if self.enabled and not self.interactive and time.monotonic() - self.last_log >= LOG_INTERVAL_S:
+            self.last_log = time.monotonic()
+            done, total = self.skipped + scored, self.total
+            rate = scored / max(time.perf_counter() - self.start, 1e-9)
+            share = f" ({done / total:.1%})" if total else ""
+            print(
+                f"progress: {done:,}/{total:,} rows{share}, {errors:,} with errors, {rate:,.0f} rows/s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        """Finish the bar."""
+        self.bar.close()
+
+
 def score_file(
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
@@ -234,20 +273,7 @@ def score_file(
     for _ in itertools.islice(rows, skipped):
         pass
     scored = errors = 0
-    total = count_data_lines(input_path) if progress else None
-    # A redrawn bar suits a terminal; in a log file it is one endless line of carriage returns,
-    # so there the job writes a plain progress line every LOG_INTERVAL_S instead.
-    interactive = progress and sys.stderr.isatty()
-    bar = tqdm(
-        total=total,
-        initial=skipped,
-        unit="rows",
-        unit_scale=True,
-        smoothing=0.1,
-        disable=not interactive,
-        file=sys.stderr,
-    )
-    last_log = time.monotonic()
+    shown = _Progress(progress, count_data_lines(input_path) if progress else None, skipped, start)
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="score")
     # Queue a second round of chunks so workers never wait for the writer; still bounded.
     pending: deque[Future[list[Record]]] = deque()
@@ -255,7 +281,7 @@ def score_file(
     try:
 
         def drain_one() -> None:
-            nonlocal scored, errors, last_sync, last_log
+            nonlocal scored, errors, last_sync
             records = pending.popleft().result()
             # Flushed data survives a killed process; fsync (costly per chunk) bounds what an OS crash loses.
             sync = time.monotonic() - last_sync >= SYNC_INTERVAL_S
@@ -264,17 +290,7 @@ def score_file(
                 last_sync = time.monotonic()
             scored += len(records)
             errors += sum(1 for r in records if r[3])
-            bar.update(len(records))
-            if progress and not interactive and time.monotonic() - last_log >= LOG_INTERVAL_S:
-                last_log = time.monotonic()
-                done = skipped + scored
-                rate = scored / max(time.perf_counter() - start, 1e-9)
-                share = f" ({done / total:.1%})" if total else ""
-                print(
-                    f"progress: {done:,}/{total:,} rows{share}, {errors:,} with errors, {rate:,.0f} rows/s",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            shown.update(len(records), scored, errors)
 
         first_row = skipped + 1
         for chunk in chunked(rows, chunk_size):
@@ -286,7 +302,7 @@ def score_file(
             drain_one()
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
-        bar.close()
+        shown.close()
         out.flush()
         os.fsync(out.fileno())
         out.close()

@@ -1,35 +1,39 @@
-"""Running and talking to TorchServe: config, lifecycle, health and the management API."""
+"""Running and talking to TorchServe: config, lifecycle, health and the management API.
 
-from movierec.torchserve.server import (
+properties (java.util.Properties files) -> config (ports, rendered config.properties, snapshots)
+-> processes (launch and end the OS processes) -> instance (Server, start/stop/running/health)
+-> cli (movierec-serve). management (the API client with key renewal) and errors stand apart;
+archive builds the .mar and reads its model config.
+"""
+
+from movierec.torchserve.cli import main
+from movierec.torchserve.config import (
     DEFAULT_CONFIG,
     HOST,
-    MAX_TMPDIR_LEN,
     Ports,
-    ServeError,
-    Server,
     free_ports,
-    health,
     latest_snapshot,
-    main,
-    read_properties,
     render_config,
-    running,
-    start,
-    stop,
     store_url_pattern,
-    write_properties,
 )
+from movierec.torchserve.errors import ServeError
+from movierec.torchserve.instance import Server, health, launch, running, start, stop, wait_ready
+from movierec.torchserve.management import ManagementClient
+from movierec.torchserve.processes import MAX_TMPDIR_LEN, torchserve_env
+from movierec.torchserve.properties import read_properties, write_properties
 
 __all__ = [
     "DEFAULT_CONFIG",
     "HOST",
     "MAX_TMPDIR_LEN",
+    "ManagementClient",
     "Ports",
     "ServeError",
     "Server",
     "free_ports",
     "health",
     "latest_snapshot",
+    "launch",
     "main",
     "read_properties",
     "render_config",
@@ -37,5 +41,7 @@ __all__ = [
     "start",
     "stop",
     "store_url_pattern",
+    "torchserve_env",
+    "wait_ready",
     "write_properties",
 ]

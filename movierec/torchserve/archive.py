@@ -21,6 +21,8 @@ from model.artifact import FILES, load_artifact
 from movierec.paths import HANDLER, MODEL_CONFIG, REPO
 
 MODEL_NAME = "movierec"
+# The model-config.yaml keys TorchServe applies per model version (workers and dynamic batching).
+BATCH_KEYS = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout")
 
 
 class ArchiveError(RuntimeError):
@@ -63,6 +65,12 @@ def load_model_config(archive: str | Path | None = None) -> dict:
         manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
         name = manifest["model"].get("configFile")
         return (yaml.safe_load(mar.read(name)) or {}) if name else {}
+
+
+def batch_settings(config: dict | None = None) -> dict[str, int]:
+    """The worker and batching settings of a model config (handler/model-config.yaml by default)."""
+    config = load_model_config() if config is None else config
+    return {key: int(config[key]) for key in BATCH_KEYS if key in config}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,78 @@
+"""Every error movierec raises about TorchServe, and how TorchServe's error answers are read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import requests
+
+
+class ServeError(RuntimeError):
+    """A TorchServe instance could not be started, reached or stopped."""
+
+
+class MovieRecError(Exception):
+    """Base class for every error the API clients raise."""
+
+
+class ConfigError(MovieRecError):
+    """The client cannot be set up (missing key file, bad version string, ...)."""
+
+
+class ServerUnreachable(MovieRecError):
+    """The server did not answer, even after retries."""
+
+
+class ServerError(MovieRecError):
+    """The server answered with an error status; carries its message."""
+
+    def __init__(self, status: int, message: str, body: Any = None, url: str = "") -> None:
+        self.status = status
+        self.message = message
+        self.body = body
+        self.url = url
+        super().__init__(f"HTTP {status}: {message}")
+
+
+class NotFound(ServerError):
+    """HTTP 404: unknown model or version."""
+
+
+class AuthError(ServerError):
+    """The token was refused even after re-reading the key file and rotating an expired key."""
+
+
+def error_message(status: int, content: bytes) -> tuple[str, Any]:
+    """Return the readable message and parsed body of an error response."""
+    try:
+        body = orjson.loads(content) if content else None
+    except orjson.JSONDecodeError:
+        body = None
+    if isinstance(body, dict):
+        # Our handler answers {"error": ...}; TorchServe's frontend {"message": ...}.
+        for key in ("error", "message", "Error"):
+            if isinstance(body.get(key), str) and body[key]:
+                return body[key], body
+    text = content.decode("utf-8", "replace").strip()
+    if len(text) > 500:
+        text = text[:500] + "..."
+    return text or f"HTTP {status} with an empty body", body
+
+
+def raise_for_response(resp: requests.Response) -> None:
+    """Raise the matching ServerError when a response is not 2xx."""
+    if resp.status_code < 400:
+        return
+    message, body = error_message(resp.status_code, resp.content)
+    cls = NotFound if resp.status_code == 404 else ServerError
+    raise cls(resp.status_code, message, body, resp.url)
+
+
+def is_token_rejection(status: int, content: bytes) -> bool:
+    """Tell a refused token (TorchServe answers 400) from a bad request."""
+    if status != 400:
+        return False
+    message, body = error_message(status, content)
+    kind = body.get("type", "") if isinstance(body, dict) else ""
+    return kind == "InvalidKeyException" or message.startswith(("Token Authori", "Token Authenti"))

@@ -1,0 +1,274 @@
+"""Start, stop and check a local TorchServe instance that serves movierec.
+
+Each instance lives in its own RUN_DIR: rendered config, key_file.json, logs, snapshots, a private
+temp dir and serve.json (what stop() and running() need), so several can run side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from movierec.torchserve.config import (
+    DEFAULT_CONFIG,
+    HOST,
+    Ports,
+    latest_snapshot,
+    model_name,
+    parse_models,
+    render_config,
+    snapshot_models,
+)
+from movierec.torchserve.errors import MovieRecError, NotFound, ServeError
+from movierec.torchserve.management import ManagementClient
+from movierec.torchserve.processes import (
+    PID_FILE,
+    check_ports_free,
+    instance_processes,
+    is_frontend,
+    log_tail,
+    private_tmp_dir,
+    terminate,
+    torchserve_env,
+)
+from movierec.torchserve.processes import launch as run_launcher
+from movierec.torchserve.properties import read_properties
+
+STATE_FILE = "serve.json"
+KEY_FILE = "key_file.json"
+# What a poll of an instance that is still starting (or failing) may raise.
+NOT_ANSWERING = (MovieRecError, KeyError, ValueError, TypeError)
+
+
+@dataclass(frozen=True)
+class Server:
+    """A running TorchServe instance and how to reach it."""
+
+    run_dir: Path
+    pid: int
+    ports: Ports
+    model_store: Path
+
+    @property
+    def inference_url(self) -> str:
+        """Base URL of the inference API."""
+        return f"http://{HOST}:{self.ports.inference}"
+
+    @property
+    def management_url(self) -> str:
+        """Base URL of the management API."""
+        return f"http://{HOST}:{self.ports.management}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Base URL of the Prometheus metrics endpoint."""
+        return f"http://{HOST}:{self.ports.metrics}"
+
+    @property
+    def key_file(self) -> Path:
+        """The key file TorchServe writes into its working directory."""
+        return self.run_dir / KEY_FILE
+
+    @property
+    def logs(self) -> Path:
+        """Where the instance writes its logs and snapshots."""
+        return self.run_dir / "logs"
+
+    def token(self, kind: str = "inference") -> str:
+        """The current key of one kind: "inference", "management" or "API"."""
+        keys = json.loads(self.key_file.read_text())
+        return keys[kind]["key"]
+
+    def auth(self, kind: str = "inference") -> dict[str, str]:
+        """An Authorization header for the given key kind."""
+        return {"Authorization": f"Bearer {self.token(kind)}"}
+
+    def client(self, timeout: float = 10.0) -> ManagementClient:
+        """A management client for this instance; it renews expired keys, but never retries (callers poll)."""
+        return ManagementClient(self.inference_url, self.management_url, self.key_file, timeout=timeout, retries=0)
+
+    def describe(self, model: str) -> list[dict[str, Any]]:
+        """All registered versions of a model, as the management API describes them."""
+        with self.client() as api:
+            return api.describe(model)
+
+    def models(self) -> list[str]:
+        """Names of all registered models."""
+        with self.client() as api:
+            return [m["modelName"] for m in api.list_models()]
+
+
+def start(
+    run_dir: str | Path = "run",
+    model_store: str | Path = "model_store",
+    models: list[str] | str | None = None,
+    ports: Ports | None = None,
+    config: str | Path = DEFAULT_CONFIG,
+    timeout: float = 180,
+) -> Server:
+    """Start TorchServe in the background and wait until every model has a READY worker.
+
+    With models ("NAME=FILE.mar" entries) it loads those. Without, it restores the newest
+    snapshot in RUN_DIR/logs/config (all versions, batch settings, default version).
+    """
+    run_dir, model_store = Path(run_dir).resolve(), Path(model_store).resolve()
+    ports = ports or Ports()
+    models = parse_models(models) if isinstance(models, str) else list(models or [])
+    _check_can_start(run_dir, model_store, ports, models)
+    expected, snapshot = _expected_models(run_dir, model_store, models)
+    tmp_dir = private_tmp_dir(run_dir)
+    logs = run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    (run_dir / KEY_FILE).unlink(missing_ok=True)
+    rendered = render_config(config, run_dir, model_store, ports, models, snapshot)
+    args = ["--start", "--ts-config", str(rendered), "--model-store", str(model_store)]
+    server = launch(run_dir, args, torchserve_env(tmp_dir, logs), ports, model_store)
+    try:
+        wait_ready(server, expected, timeout)
+    except BaseException:
+        stop(run_dir)
+        raise
+    return server
+
+
+def _check_can_start(run_dir: Path, model_store: Path, ports: Ports, models: list[str]) -> None:
+    """Refuse to start over a live instance, on busy ports or with archives outside the store."""
+    if not model_store.is_dir():
+        raise ServeError(f"model store not found: {model_store}")
+    if (live := running(run_dir)) is not None:
+        raise ServeError(f"TorchServe already runs from {run_dir} (pid {live.pid}); stop it first")
+    # A frontend killed with SIGKILL leaves its workers spinning; clear them first.
+    stop(run_dir)
+    check_ports_free(asdict(ports), HOST)
+    for entry in models:
+        mar = entry.split("=", 1)[-1]
+        if "/" in mar or not (model_store / mar).is_file():
+            raise ServeError(f"{mar} is not a file directly inside {model_store}")
+
+
+def _expected_models(run_dir: Path, model_store: Path, models: list[str]) -> tuple[dict[str, list[str]], str | None]:
+    """Model name -> versions that must be READY (all when empty), and the snapshot to restore, if any."""
+    if models:
+        return {model_name(entry, model_store): [] for entry in models}, None
+    snap_file = latest_snapshot(run_dir)
+    snapshot = read_properties(snap_file).get("model_snapshot") if snap_file else None
+    return (snapshot_models(snapshot) if snapshot else {}), snapshot
+
+
+def launch(run_dir: Path, args: list[str], env: dict[str, str], ports: Ports, model_store: Path) -> Server:
+    """Run `torchserve ARGS` from RUN_DIR and record the instance there for stop() and running()."""
+    pid = run_launcher(run_dir, args, env)
+    state = {"pid": pid, "pgid": os.getpgid(pid), "ports": asdict(ports)}
+    state.update(model_store=str(model_store), tmp_dir=env["TMPDIR"])
+    (run_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+    return Server(run_dir, pid, ports, model_store)
+
+
+def stop(run_dir: str | Path = "run", timeout: float = 30) -> bool:
+    """Stop the instance in RUN_DIR and its workers; True if something was running."""
+    run_dir = Path(run_dir).resolve()
+    state = _read_state(run_dir)
+    if state is None:
+        return False
+    procs = terminate(state["pid"], state["pgid"], state["tmp_dir"], timeout)
+    (run_dir / KEY_FILE).unlink(missing_ok=True)
+    Path(state["tmp_dir"], PID_FILE).unlink(missing_ok=True)
+    (run_dir / STATE_FILE).unlink(missing_ok=True)
+    return bool(procs)
+
+
+def running(run_dir: str | Path = "run") -> Server | None:
+    """The live instance started from RUN_DIR, or None."""
+    run_dir = Path(run_dir).resolve()
+    state = _read_state(run_dir)
+    if state is None or not is_frontend(state["pid"]):
+        return None
+    return Server(run_dir, state["pid"], Ports(**state["ports"]), Path(state["model_store"]))
+
+
+def leftovers(run_dir: str | Path = "run") -> int:
+    """How many processes of a dead instance in RUN_DIR still run (stop() ends them)."""
+    state = _read_state(Path(run_dir).resolve())
+    return len(instance_processes(state["pid"], state["pgid"], state["tmp_dir"])) if state else 0
+
+
+def _read_state(run_dir: Path) -> dict | None:
+    """The state launch() left in RUN_DIR, or None."""
+    try:
+        return json.loads((run_dir / STATE_FILE).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def wait_ready(server: Server, expected: dict[str, list[str]], timeout: float = 180) -> None:
+    """Poll until the frontend answers and each expected model version has a READY worker."""
+    deadline = time.monotonic() + timeout
+    waiting = "the key file"
+    # On one shared port TorchServe routes GET /models/NAME/VERSION to the inference API (model
+    # invocation), so only the default version can be described there, as the KServe wrapper does.
+    default_only = server.ports.inference == server.ports.management
+    with server.client() as api:
+        while time.monotonic() < deadline:
+            if not is_frontend(server.pid):
+                raise ServeError(f"TorchServe exited during startup\n{log_tail(server.logs)}")
+            try:
+                waiting = not_ready(api, expected, default_only)
+            except NOT_ANSWERING as error:
+                waiting = f"the management API ({error})"
+            if not waiting:
+                return
+            time.sleep(0.5)
+    raise ServeError(
+        f"TorchServe not ready after {timeout:.0f} s, still waiting for {waiting}\n{log_tail(server.logs)}"
+    )
+
+
+def not_ready(api: ManagementClient, expected: dict[str, list[str]], default_only: bool = False) -> str:
+    """What an instance still waits for, or "" when /ping answers and every expected version serves.
+
+    A version whose minWorkers is 0 needs no worker; an empty version list means all versions
+    (only the default one with default_only).
+    """
+    api.ping()
+    for name, versions in expected.items():
+        try:
+            described = api.describe(name, None if default_only else "all")
+        except NotFound:
+            return f"model {name} to be registered"
+        by_version = {d["modelVersion"]: d for d in described}
+        if not by_version:
+            return f"model {name} to be registered"
+        for version in versions or list(by_version):
+            info = by_version.get(version)
+            if info is None:
+                return f"model {name} version {version} to be registered"
+            if info.get("minWorkers", 1) == 0:
+                continue
+            if not any(w.get("status") == "READY" for w in info.get("workers", [])):
+                return f"a READY worker for {name} version {version}"
+    return ""
+
+
+def health(run_dir: str | Path = "run") -> str:
+    """Why the instance in RUN_DIR cannot serve, or "" when it can.
+
+    Healthy means: the frontend runs, /ping answers Healthy with the inference key (renewed if it
+    expired: TorchServe 0.12 wants a key even there), and every registered version that should
+    have workers has a READY one. This is the check for an exec liveness/readiness probe.
+    """
+    server = running(run_dir)
+    if server is None:
+        return f"TorchServe is not running from {Path(run_dir).resolve()}"
+    try:
+        with server.client() as api:
+            ping = api.ping()
+            if not isinstance(ping, dict) or ping.get("status") != "Healthy":
+                return f"/ping answered {ping!r}"
+            waiting = not_ready(api, {m["modelName"]: [] for m in api.list_models()})
+    except NOT_ANSWERING as error:
+        return f"TorchServe does not answer properly: {error}"
+    return f"waiting for {waiting}" if waiting else ""
