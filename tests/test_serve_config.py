@@ -314,12 +314,10 @@ def test_start_and_status_outlive_expired_keys(store, tmp_path):
 
 
 @pytest.mark.integration
-def test_restart_keeps_versions_and_default_and_stop_leaves_nothing(server, store):
-    """Restart without models restores both versions and the chosen default; stop is clean.
-
-    Runs last: it restarts the module's shared server (saving a third TorchServe start).
-    """
-    run_dir = server.run_dir
+def test_restart_keeps_versions_and_default_and_stop_leaves_nothing(store, tmp_path):
+    """Restart without models restores both versions and the chosen default; stop is clean."""
+    run_dir = tmp_path / "run"
+    server = torchserve.start(run_dir, store, ["echo=echo-1.0.mar"], torchserve.Ports.free(), timeout=90)
     assert register(server, "echo-2.0.mar").status_code == 200
     url = f"{server.management_url}/models/echo/2.0/set-default"
     assert requests.put(url, headers=server.auth("management")).status_code == 200

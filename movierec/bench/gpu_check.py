@@ -29,11 +29,13 @@ import train
 from handler.movierec_handler import MovierecHandler
 from model.artifact import load_artifact
 from model.core import PARITY_TOL, Recommender
+from model.service import ServiceOptions
 from movierec.paths import REPO
 from movierec.testing import LocalContext
+from movierec.torchserve.archive import load_model_config
 
-# As TorchServe would pass them from the archive's model-config YAML.
-HANDLER_OPTIONS = {"handler": {"min_movie_ratings": 20}}
+# As TorchServe passes it to the handler: the archive's model-config YAML.
+HANDLER_OPTIONS = load_model_config()
 
 
 def mixed_batch(users: list, movies: list, rng: np.random.Generator) -> list[bytes]:
@@ -197,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu_id = (device.index or 0) if device.type == "cuda" else None
     parity = handler_parity(model_dir, gpu_id, bodies)
 
-    min_ratings = HANDLER_OPTIONS["handler"]["min_movie_ratings"]
+    min_ratings = ServiceOptions.from_config(HANDLER_OPTIONS.get("handler")).min_movie_ratings
     cpu_rec = Recommender(art, device="cpu", min_movie_ratings=min_ratings)
     dev_art = load_artifact(artifact_dir, map_location=device)
     dev_rec = Recommender(dev_art, device=device, min_movie_ratings=min_ratings)

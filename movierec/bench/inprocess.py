@@ -13,7 +13,7 @@ import torch
 
 from model.artifact import load_artifact
 from model.core import Recommender
-from model.service import RatingService
+from model.service import RatingService, ServiceOptions
 from movierec.bench.meter import CpuMeter, summarize, time_calls
 from movierec.bench.settings import SEED, TOP_K, Settings
 from movierec.torchserve.archive import load_model_config
@@ -35,9 +35,9 @@ def load_service(artifacts) -> RatingService:
     """Load the artifact the way the handler does: 1 torch thread, then freeze the GC heap."""
     torch.set_num_threads(1)
     artifact = load_artifact(artifacts)
-    options = load_model_config().get("handler", {}) or {}
-    rec = Recommender(artifact, min_movie_ratings=int(options.get("min_movie_ratings", 0)))
-    service = RatingService(rec, model_version="bench", max_instances=int(options.get("max_instances", 20_000)))
+    options = ServiceOptions.from_config(load_model_config().get("handler"))
+    rec = Recommender(artifact, min_movie_ratings=options.min_movie_ratings)
+    service = RatingService(rec, "bench", max_instances=options.max_instances, max_top_k=options.max_top_k)
     gc.collect()
     gc.freeze()
     return service
