@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,14 @@ def tiny_artifact(tmp_path_factory, synth_data) -> Path:
     ratings, movies = synth_data
     assert train.main(["--ratings", str(ratings), "--movies", str(movies), "--out", str(out), *TINY_TRAIN_ARGS]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def model_dir(tiny_artifact, tmp_path_factory) -> Path:
+    """A directory laid out like an unpacked .mar: artifact/ next to the handler."""
+    d = tmp_path_factory.mktemp("mar")
+    shutil.copytree(tiny_artifact, d / "artifact")
+    return d
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -13,14 +12,6 @@ from model.artifact import load_artifact
 from model.core import PARITY_TOL
 from movierec.bench import gpu_check
 from tests.conftest import TINY_TRAIN_ARGS
-
-
-@pytest.fixture(scope="module")
-def model_dir(tiny_artifact, tmp_path_factory):
-    """A directory laid out like an unpacked .mar: artifact/ next to the handler."""
-    d = tmp_path_factory.mktemp("gpu-check-mar")
-    shutil.copytree(tiny_artifact, d / "artifact")
-    return d
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,6 @@ from movierec.testing import LocalContext
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_artifact, tmp_path_factory):
-    """A directory laid out like an unpacked .mar: artifact/ next to the handler."""
-    d = tmp_path_factory.mktemp("mar")
-    shutil.copytree(tiny_artifact, d / "artifact")
-    return d
-
-
-@pytest.fixture(scope="module")
 def handler(model_dir):
     h = MovierecHandler()
     h.initialize(LocalContext(model_dir, model_yaml_config={"handler": {"max_instances": 50, "max_top_k": 20}}))
