@@ -32,7 +32,7 @@ SERVE_PORTS := --inference-port $(INFERENCE_PORT) --management-port $(MANAGEMENT
 SERVER_FLAGS := --inference-url http://127.0.0.1:$(INFERENCE_PORT) \
 	--management-url http://127.0.0.1:$(MANAGEMENT_PORT) --key-file $(RUN_DIR)/key_file.json
 
-.PHONY: help install data train mar serve stop status health predict recommend demo test test-fast lint bench gpu-check kserve-layout clean
+.PHONY: help install data datagen train mar serve stop status health predict recommend demo test test-fast lint bench gpu-check kserve-layout clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -51,6 +51,12 @@ $(STAMP): requirements.txt pyproject.toml
 
 data: $(STAMP) ## download MovieLens 100K (from the recbole 1.2.1 wheel) into the user cache
 	$(PY) -c "from model.data import default_dataset; print(*default_dataset(), sep='\n')"
+
+DATA_OUT ?= data/synthetic
+DATAGEN_ARGS ?=
+
+datagen: $(STAMP) ## MovieLens-25M-shaped synthetic ratings.csv/movies.csv with a known RMSE floor: [DATA_OUT=dir] [DATAGEN_ARGS='--ratings 1000000 ...']
+	$(PY) -m movierec.datagen --out $(DATA_OUT) $(DATAGEN_ARGS)
 
 train: $(STAMP) ## train and export an artifact: make train [ARTIFACTS=dir] [TRAIN_ARGS='--epochs 5 ...']
 	$(PY) train.py --out $(ARTIFACTS) $(TRAIN_ARGS)
