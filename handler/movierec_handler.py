@@ -15,7 +15,7 @@ import torch
 
 from model.artifact import load_artifact
 from model.core import Recommender
-from model.service import RatingService, Reply, ServiceOptions, error_reply
+from model.service import ArrowBody, RatingService, Reply, ServiceOptions, error_reply, is_arrow
 
 log = logging.getLogger(__name__)
 WORKER_METRICS_LOGGER = "ts.metrics.caching_metric"
@@ -72,14 +72,23 @@ class MovierecHandler:
         logging.getLogger(WORKER_METRICS_LOGGER).setLevel(logging.WARNING if quiet else logging.NOTSET)
         self.initialized = True
 
-    def preprocess(self, data: list[dict]) -> list:
-        """The raw body of each request (bytes when decode_input_request=false, else as TorchServe decoded it)."""
-        return [row.get("body") if row.get("body") is not None else row.get("data") for row in data]
+    def preprocess(self, data: list[dict], context=None) -> list:
+        """The raw body of each request (bytes when decode_input_request=false, else as TorchServe decoded it).
+
+        A body sent with the Arrow Content-Type comes wrapped as an ArrowBody, so the service reads it as Arrow.
+        """
+        bodies = [row.get("body") if row.get("body") is not None else row.get("data") for row in data]
+        if context is None:
+            return bodies
+        for idx, body in enumerate(bodies):
+            if is_arrow(_content_type(context, idx)):
+                bodies[idx] = ArrowBody(bytes(body) if isinstance(body, (bytes, bytearray)) else b"")
+        return bodies
 
     def handle(self, data: list[dict], context) -> list[bytes]:
         """Answer every request of the batch, setting each one's own HTTP status."""
         try:
-            replies = self.service.handle_batch(self.preprocess(data))
+            replies = self.service.handle_batch(self.preprocess(data, context))
         except (MemoryError, torch.cuda.OutOfMemoryError):
             # Transient, unlike a bug: 507 (TorchServe's own status for it) tells clients the batch
             # was too big for the memory left, and the worker stays up for smaller ones.
@@ -93,9 +102,24 @@ class MovierecHandler:
         return self.postprocess(replies, context)
 
     def postprocess(self, replies: list[Reply], context) -> list[bytes]:
-        """Set per-request status and content type; return the pre-serialized JSON bodies."""
+        """Set per-request status and content type; return the pre-serialized bodies (JSON or Arrow)."""
         for idx, reply in enumerate(replies):
             if reply.status != 200:
                 context.set_response_status(reply.status, reply.reason, idx)
-            context.set_response_content_type(idx, "application/json")
+            context.set_response_content_type(idx, reply.content_type)
         return [reply.body for reply in replies]
+
+
+def _content_type(context, idx: int) -> str | None:
+    """A request's Content-Type from TorchServe's context, or None (then the body is read as JSON).
+
+    TorchServe 0.12 passes the HTTP headers under their names as sent (any case), and the body's
+    own content type under the "body" parameter: {"body": {"content-type": ...}}.
+    """
+    get_all = getattr(context, "get_all_request_header", None)
+    headers = (get_all(idx) if get_all else None) or {}
+    for name, value in headers.items():
+        if isinstance(name, str) and name.lower() == "content-type" and isinstance(value, str):
+            return value
+    body = headers.get("body")
+    return body.get("content-type") if isinstance(body, dict) else None

@@ -1,11 +1,12 @@
-"""The JSON request protocol: parse a batch of request bodies, score them together, render answers.
+"""The request protocol: parse a batch of request bodies, score them together, render answers.
 
 Request shapes (raw IDs are ints or strings and are echoed as given):
     {"user_id": U, "movie_id": M}                          one rating
     {"instances": [{"user_id": U, "movie_id": M}, ...]}    many ratings; a bad item fails alone
     {"user_id": U, "top_k": K, "exclude_rated": true}      top-K recommendations
 Every answer is a compact JSON object carrying "model_version"; errors are {"error": "..."}
-with a 4xx status. One bad request never affects the others in its batch.
+with a 4xx status. One bad request never affects the others in its batch. Bodies sent with
+Content-Type application/vnd.apache.arrow.stream take the columnar protocol of model/arrow.py.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ DEFAULT_TOP_K = 10
 PAIR_FIELDS = frozenset(("user_id", "movie_id"))
 RECOMMEND_FIELDS = frozenset(("user_id", "top_k", "exclude_rated"))
 BATCH_FIELDS = frozenset(("instances",))
+
+JSON_CONTENT_TYPE = "application/json"
+ARROW_STREAM = "application/vnd.apache.arrow.stream"  # model/arrow.py: many pairs as Arrow IPC
 
 REASONS = {
     200: "OK",
@@ -81,15 +85,23 @@ class RequestError(Exception):
 
 @dataclass
 class Reply:
-    """One answer: HTTP status and a serialized JSON body."""
+    """One answer: HTTP status, serialized body and its content type (JSON, or Arrow for Arrow requests)."""
 
     status: int
     body: bytes
+    content_type: str = JSON_CONTENT_TYPE
 
     @property
     def reason(self) -> str:
         """The HTTP reason phrase for the status."""
         return REASONS.get(self.status, "Error")
+
+
+@dataclass(frozen=True)
+class ArrowBody:
+    """A request body sent as an Arrow IPC stream (Content-Type application/vnd.apache.arrow.stream)."""
+
+    data: bytes
 
 
 @dataclass
@@ -141,9 +153,30 @@ class RatingService:
         self.model_version = model_version
         self.max_instances = max_instances
         self.max_top_k = max_top_k
+        # Imported here: model.arrow builds on this module's errors and ID checks.
+        from model.arrow import ArrowScorer
+
+        self.arrow = ArrowScorer(recommender, model_version, max_instances)
 
     def handle_batch(self, bodies: list[object]) -> list[Reply]:
-        """Answer every request body of a batch; never raises for a bad request."""
+        """Answer every request body of a batch (JSON, or an ArrowBody); never raises for a bad request.
+
+        JSON bodies are scored together in one pass; each Arrow body (typically thousands of rows) in its own.
+        """
+        arrow = [i for i, body in enumerate(bodies) if type(body) is ArrowBody]
+        if not arrow:
+            return self._handle_json(bodies)
+        rest = [i for i in range(len(bodies)) if type(bodies[i]) is not ArrowBody]
+        replies = dict(zip(rest, self._handle_json([bodies[i] for i in rest]), strict=True))
+        for i in arrow:
+            try:
+                replies[i] = Reply(200, self.arrow.answer(bodies[i].data), ARROW_STREAM)
+            except RequestError as exc:
+                # Refusals stay JSON, so every client can read why.
+                replies[i] = error_reply(exc.status, str(exc), self.model_version)
+        return [replies[i] for i in range(len(bodies))]
+
+    def _handle_json(self, bodies: list[object]) -> list[Reply]:
         jobs = self.parse(bodies)
         self.infer(jobs)
         return self.render(jobs)
@@ -353,6 +386,11 @@ class RatingService:
 def _echo_id(raw: str) -> int | str:
     """Movie IDs from the catalogue: numeric ones are sent as JSON numbers, like users send them."""
     return int(raw) if raw.isdigit() and str(int(raw)) == raw else raw
+
+
+def is_arrow(content_type: str | None) -> bool:
+    """Whether a request's Content-Type asks for the Arrow protocol (parameters and case ignored)."""
+    return bool(content_type) and content_type.split(";", 1)[0].strip().lower() == ARROW_STREAM
 
 
 def error_reply(status: int, message: str, model_version: str | None) -> Reply:

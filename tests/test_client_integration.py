@@ -126,7 +126,8 @@ def test_sticky_router_reports_who_served(client, ids):
     assert top["served_by"] == router.version_for(users[0]) and len(top["recommendations"]) <= 5
 
 
-def test_score_csv_end_to_end_with_resume(client, ids, tmp_path):
+@pytest.mark.parametrize("protocol", ["arrow", "json"])
+def test_score_csv_end_to_end_with_resume(client, ids, tmp_path, protocol):
     users, movies = ids
     rng = random.Random(5)
     pairs = [(str(rng.choice(users)), str(rng.choice(movies))) for _ in range(3000)]
@@ -145,6 +146,7 @@ def test_score_csv_end_to_end_with_resume(client, ids, tmp_path):
             concurrency=3,
             settings=settings,
             progress=False,
+            protocol=protocol,
         )
         assert summary.rows_scored == 3000 and summary.rows_with_errors == 1
         full = (tmp_path / "out.csv").read_bytes()
@@ -163,6 +165,7 @@ def test_score_csv_end_to_end_with_resume(client, ids, tmp_path):
             settings=settings,
             resume=True,
             progress=False,
+            protocol=protocol,
         )
         assert resumed.rows_skipped == 1233 and resumed.rows_scored == 3000 - 1233
         assert (tmp_path / "out.csv").read_bytes() == full

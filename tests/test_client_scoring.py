@@ -221,7 +221,10 @@ def test_read_rows_is_lazy(tmp_path):
 
 
 class RecordingClient(MovieRecClient):
-    """A client whose management and inference calls are recorded instead of sent."""
+    """A client whose management and JSON inference calls are recorded instead of sent.
+
+    Leases and scaling do not depend on the protocol, so the jobs below score over JSON.
+    """
 
     def __init__(self, tmp_path, fail: bool = False) -> None:
         super().__init__("http://127.0.0.1:9", "http://127.0.0.1:9", tmp_path / "key_file.json")
@@ -251,7 +254,7 @@ def test_score_csv_registers_scales_up_and_back_down(tmp_path):
     write_input(tmp_path / "in.csv", 10)
     client = RecordingClient(tmp_path)
     settings = BatchSettings(batch_size=4, max_batch_delay=5, workers=3, idle_workers=0)
-    score_csv(client, tmp_path / "in.csv", tmp_path / "out.csv", settings=settings, progress=False)
+    score_csv(client, tmp_path / "in.csv", tmp_path / "out.csv", settings=settings, progress=False, protocol="json")
     assert client.calls == [
         ("register", "1.0", "movierec-batch", 4, 3),
         ("scale", "1.0", 3, "movierec-batch"),
@@ -278,12 +281,19 @@ def test_overlapping_jobs_keep_each_others_workers_and_the_last_scales_down(tmp_
                     settings=BatchSettings(workers=4),
                     progress=False,
                     jobs=jobs,
+                    protocol="json",
                 )
             return super().predict_many(instances, model=model, version=version)
 
     client = OverlappingClient(tmp_path)
     score_csv(
-        client, tmp_path / "a.csv", tmp_path / "a.out.csv", settings=BatchSettings(workers=2), progress=False, jobs=jobs
+        client,
+        tmp_path / "a.csv",
+        tmp_path / "a.out.csv",
+        settings=BatchSettings(workers=2),
+        progress=False,
+        jobs=jobs,
+        protocol="json",
     )
     scales = [c[2] for c in client.calls if c[0] == "scale"]
     # A up to 2; B up to max(2, 4); B ends and leaves A's 2; A ends, last, and scales to 0.
@@ -307,7 +317,13 @@ def test_leases_of_dead_jobs_do_not_pin_workers(tmp_path):
     write_input(tmp_path / "in.csv", 10)
     client = RecordingClient(tmp_path)
     score_csv(
-        client, tmp_path / "in.csv", tmp_path / "out.csv", settings=BatchSettings(workers=3), progress=False, jobs=jobs
+        client,
+        tmp_path / "in.csv",
+        tmp_path / "out.csv",
+        settings=BatchSettings(workers=3),
+        progress=False,
+        jobs=jobs,
+        protocol="json",
     )
     assert [c[2] for c in client.calls if c[0] == "scale"] == [3, 0]
     assert not stale.exists() and not (jobs.directory / "torn.json").exists()
@@ -340,7 +356,7 @@ def test_score_csv_scales_down_even_when_the_job_fails(tmp_path):
     write_input(tmp_path / "in.csv", 10)
     client = RecordingClient(tmp_path, fail=True)
     with pytest.raises(ServerError):
-        score_csv(client, tmp_path / "in.csv", tmp_path / "out.csv", version="1.0", progress=False)
+        score_csv(client, tmp_path / "in.csv", tmp_path / "out.csv", version="1.0", progress=False, protocol="json")
     assert client.calls[-1] == ("scale", "1.0", 0, "movierec-batch")
 
 
@@ -351,3 +367,18 @@ def test_scoring_accepts_every_header_training_accepts(header, tmp_path):
     (tmp_path / "in.csv").write_text(f"{header},rating\n1,2,3\n", encoding="utf-8")
     assert load_ratings(tmp_path / "in.csv").frame[["user_id", "movie_id"]].values.tolist() == [["1", "2"]]
     assert [(r[0], r[1]) for r in read_rows(tmp_path / "in.csv")] == [("1", "2")]
+
+
+@pytest.mark.parametrize(
+    ("protocol", "paths", "named"),
+    [
+        ("json", ("in.parquet", "out.csv"), "in.parquet: Parquet needs the arrow protocol"),
+        ("json", ("in.csv", "out.PQ"), "out.PQ: Parquet needs the arrow protocol"),
+        ("grpc", ("in.csv", "out.csv"), "protocol must be one of arrow, json"),
+    ],
+)
+def test_a_protocol_that_cannot_do_the_job_is_refused_before_registering(tmp_path, protocol, paths, named):
+    client = RecordingClient(tmp_path)
+    with pytest.raises(InputError, match=named):
+        score_csv(client, *(tmp_path / p for p in paths), progress=False, protocol=protocol)
+    assert client.calls == []

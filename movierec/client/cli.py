@@ -92,16 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_score(sub: argparse._SubParsersAction, server: argparse.ArgumentParser) -> None:
-    """`movierec score`: bulk scoring of a CSV."""
+    """`movierec score`: bulk scoring of a CSV or Parquet file."""
     p = sub.add_parser(
         "score",
         parents=[server],
-        help="score a user_id,movie_id CSV in bulk",
-        description="Score every (user_id, movie_id) row of a CSV through the movierec-batch registration; "
-        "writes user_id,movie_id,rating,error in input order.",
+        help="score a user_id,movie_id CSV or Parquet file in bulk",
+        description="Score every (user_id, movie_id) row of a CSV or Parquet file (.parquet, .pq) through the "
+        "movierec-batch registration; writes user_id,movie_id,rating,error in input order, as CSV or Parquet "
+        "by the output's extension.",
     )
-    p.add_argument("input", help="CSV with a user_id,movie_id[,...] header")
-    p.add_argument("output", help="CSV to write")
+    p.add_argument("input", help="CSV with a user_id,movie_id[,...] header, or a Parquet file with those columns")
+    p.add_argument("output", help="CSV or Parquet (.parquet, .pq) file to write")
     _model_option(p)
     p.add_argument(
         "--version",
@@ -129,6 +130,13 @@ def _add_score(sub: argparse._SubParsersAction, server: argparse.ArgumentParser)
         "--no-manage",
         action="store_true",
         help="use the batch registration as is: no register/scale",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=scoring.PROTOCOLS,
+        default=scoring.DEFAULT_PROTOCOL,
+        help="request bodies: arrow (columnar, fastest) or json (CSV only; for JSON-only routes such as "
+        "KServe's) (default %(default)s)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (or, off a terminal, progress lines)")
     p.set_defaults(func=cmd_score)
@@ -370,6 +378,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             resume=args.resume,
             progress=not args.no_progress,
             manage=not args.no_manage,
+            protocol=args.protocol,
         )
     print(summary)
     return 0

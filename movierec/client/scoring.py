@@ -1,23 +1,21 @@
-"""Batch scoring of a (user_id, movie_id) CSV through a dedicated TorchServe registration."""
+"""Bulk scoring of (user_id, movie_id) rows through a dedicated TorchServe registration (JSON path and job setup)."""
 
 from __future__ import annotations
 
-import csv
-import io
+import functools
 import itertools
 import os
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from tqdm import tqdm
 
-from model.data import canonical_column
 from model.service import MAX_INSTANCES  # the server's default cap: a bigger chunk would get 413
 from movierec.client.api import (
     DEFAULT_MODEL,
@@ -26,30 +24,38 @@ from movierec.client.api import (
     NotFound,
     ServerError,
 )
+
+# Re-exported too: callers import InputError, OUTPUT_HEADER and the CSV helpers from here.
+from movierec.client.columnar import (  # noqa: F401
+    OUTPUT_HEADER,
+    InputError,
+    Record,
+    Row,
+    chunked,
+    completed_rows,
+    count_data_lines,
+    find_columns,
+    is_parquet,
+    prepare_output,
+    read_rows,
+    write_chunk,
+)
 from movierec.client.jobs import JobLeases
 
 BATCH_MODEL = "movierec-batch"
-OUTPUT_HEADER = ("user_id", "movie_id", "rating", "error")
 DEFAULT_CHUNK = 5000
 DEFAULT_CONCURRENCY = 8
 DEFAULT_WORKERS = 2
 DEFAULT_BATCH_SIZE = 1
 DEFAULT_MAX_BATCH_DELAY_MS = 1
 DEFAULT_IDLE_WORKERS = 0
+PROTOCOLS = ("arrow", "json")
+DEFAULT_PROTOCOL = "arrow"
 SYNC_INTERVAL_S = 1.0
 LOG_INTERVAL_S = 30.0
-
-# (user_id, movie_id, problem): IDs exactly as in the file; problem is "" or why it is not sent.
-# Plain tuples, because a million dataclass instances cost more than the HTTP round trips.
-Row = tuple[str, str, str]
-Record = tuple[str, str, str, str]
 Instance = dict[str, str]
 Prediction = dict[str, Any]
 ScoreChunk = Callable[[list[Instance]], list[Prediction]]
-
-
-class InputError(MovieRecError):
-    """The input or output CSV cannot be used."""
 
 
 @dataclass
@@ -72,103 +78,6 @@ class ScoreSummary:
             f"scored {self.rows_scored:,} rows ({self.rows_with_errors:,} with errors{resumed}) "
             f"in {self.elapsed_s:.1f}s: {self.rows_per_s:,.0f} rows/s"
         )
-
-
-def read_rows(path: str | os.PathLike[str]) -> Iterator[Row]:
-    """Stream the rows of a user_id,movie_id[,...] CSV; extra columns are ignored."""
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise InputError(f"{path}: empty file, expected a header with user_id,movie_id")
-        u, m = find_columns(header, ("user_id", "movie_id"), path)
-        need = max(u, m) + 1
-        for fields in reader:
-            if not fields:
-                continue
-            if len(fields) < need:
-                col = "user_id" if len(fields) <= u else "movie_id"
-                yield ("", "", f"line {reader.line_num}: missing {col}")
-                continue
-            yield (fields[u], fields[m], "")
-
-
-def find_columns(header: list[str], columns: tuple[str, ...], path: str | os.PathLike[str]) -> list[int]:
-    """Index of each wanted column in a header row, with the same aliases as training data."""
-    names = [canonical_column(name) for name in header]
-    found = {col: names.index(col) if col in names else None for col in columns}
-    missing = [col for col, idx in found.items() if idx is None]
-    if missing:
-        raise InputError(f"{path}: line 1: header {header} lacks column {', '.join(missing)}")
-    return [found[col] for col in columns]
-
-
-def chunked(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
-    """Group rows into lists of at most `size`."""
-    chunk: list[Row] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def count_data_lines(path: str | os.PathLike[str]) -> int:
-    """Rough number of data rows (newlines minus the header), for the progress bar."""
-    lines = 0
-    last = b"\n"
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            lines += block.count(b"\n")
-            last = block[-1:]
-    if last != b"\n":
-        lines += 1
-    return max(lines - 1, 0)
-
-
-def completed_rows(path: str | os.PathLike[str]) -> tuple[int, int]:
-    """Count complete data rows in an output CSV; return (rows, byte offset where they end).
-
-    A record ends at a newline outside quotes. csv.writer doubles quotes inside
-    quoted fields, so an even running quote count means we are outside quotes.
-    """
-    rows = -1  # the header is not a data row
-    offset = 0
-    quotes = 0
-    pos = 0
-    with open(path, "rb") as f:
-        for line in f:
-            pos += len(line)
-            quotes += line.count(b'"')
-            if line.endswith(b"\n") and quotes % 2 == 0:
-                rows += 1
-                offset = pos
-                quotes = 0
-    return max(rows, 0), offset
-
-
-def prepare_output(path: str | os.PathLike[str], resume: bool) -> tuple[TextIO, int]:
-    """Open the output for appending; on resume drop a partial last line and return rows done."""
-    path = Path(path)
-    # offset 0: not even the header made it to disk, so start over.
-    done, offset = completed_rows(path) if resume and path.exists() else (0, 0)
-    if offset > 0:
-        with open(path, newline="", encoding="utf-8") as f:
-            header = next(csv.reader(f), None)
-        if header != list(OUTPUT_HEADER):
-            raise InputError(f"{path}: cannot resume, header is {header}, expected {list(OUTPUT_HEADER)}")
-        with open(path, "r+b") as f:
-            f.truncate(offset)
-            f.flush()
-            os.fsync(f.fileno())
-        return open(path, "a", newline="", encoding="utf-8"), done
-    out = open(path, "w", newline="", encoding="utf-8")
-    csv.writer(out, lineterminator="\n").writerow(OUTPUT_HEADER)
-    out.flush()
-    os.fsync(out.fileno())
-    return out, 0
 
 
 def score_chunk_rows(rows: list[Row], score_chunk: ScoreChunk, first_row: int = 1) -> list[Record]:
@@ -201,17 +110,7 @@ def _one_line(text: str) -> str:
     return text.replace("\r", " ").replace("\n", " ")
 
 
-def write_chunk(out: TextIO, records: list[Record], sync: bool = True) -> None:
-    """Append whole records in one write and flush; with sync, force them to disk too."""
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows(records)
-    out.write(buf.getvalue())
-    out.flush()
-    if sync:
-        os.fsync(out.fileno())
-
-
-class _Progress:
+class Progress:
     """A scoring run's progress: a redrawn bar on a terminal, else a plain line every LOG_INTERVAL_S.
 
     In a log file a redrawn bar is one endless line of carriage returns.
@@ -250,6 +149,18 @@ class _Progress:
         self.bar.close()
 
 
+def check_job(
+    input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], chunk_size: int, concurrency: int
+) -> None:
+    """Refuse job settings that cannot work, before any file is touched."""
+    if not 1 <= chunk_size <= MAX_INSTANCES:
+        raise InputError(f"chunk size must be 1..{MAX_INSTANCES}, got {chunk_size}")
+    if concurrency < 1:
+        raise InputError(f"concurrency must be at least 1, got {concurrency}")
+    if Path(input_path).resolve() == Path(output_path).resolve():
+        raise InputError("input and output are the same file")
+
+
 def score_file(
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
@@ -260,20 +171,15 @@ def score_file(
     resume: bool = False,
     progress: bool = True,
 ) -> ScoreSummary:
-    """Score a CSV with `score_chunk`, writing results strictly in input order."""
-    if not 1 <= chunk_size <= MAX_INSTANCES:
-        raise InputError(f"chunk size must be 1..{MAX_INSTANCES}, got {chunk_size}")
-    if concurrency < 1:
-        raise InputError(f"concurrency must be at least 1, got {concurrency}")
-    if Path(input_path).resolve() == Path(output_path).resolve():
-        raise InputError("input and output are the same file")
+    """Score a CSV with `score_chunk` (JSON instances), writing results strictly in input order."""
+    check_job(input_path, output_path, chunk_size, concurrency)
     start = time.perf_counter()
     rows = read_rows(input_path)
     out, skipped = prepare_output(output_path, resume)
     for _ in itertools.islice(rows, skipped):
         pass
     scored = errors = 0
-    shown = _Progress(progress, count_data_lines(input_path) if progress else None, skipped, start)
+    shown = Progress(progress, count_data_lines(input_path) if progress else None, skipped, start)
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="score")
     # Queue a second round of chunks so workers never wait for the writer; still bounded.
     pending: deque[Future[list[Record]]] = deque()
@@ -360,35 +266,37 @@ def score_csv(
     progress: bool = True,
     manage: bool = True,
     jobs: JobLeases | None = None,
+    protocol: str = DEFAULT_PROTOCOL,
 ) -> ScoreSummary:
-    """Score a CSV through the movierec-batch registration, scaling its workers for the job.
+    """Score a CSV (or, over Arrow, a Parquet file) through the movierec-batch registration, scaling its workers.
 
     Concurrent jobs on one server share the registration through `jobs` (by default leases
     under state_dir()): it runs the most workers any of them asked for, and the last one to
     finish scales it down to `settings.idle_workers`. With manage=False the registration and
-    its workers are left as they are.
+    its workers are left as they are. `protocol` "arrow" sends Arrow bodies; "json" sends
+    {"instances": [...]} (for routes that only take JSON, such as KServe's).
     """
     settings = settings or BatchSettings()
+    check_protocol(protocol, input_path, output_path)
+    job = {"chunk_size": chunk_size, "concurrency": concurrency, "resume": resume, "progress": progress}
+    run = functools.partial(
+        _score, client, input_path, output_path, batch_model=batch_model, protocol=protocol, job=job
+    )
     if not manage:
-        version = version or client.default_version(batch_model)
-        return _score(client, input_path, output_path, batch_model, version, chunk_size, concurrency, resume, progress)
+        return run(version or client.default_version(batch_model))
 
     jobs = jobs or JobLeases.for_server(client.endpoints.management_url)
     with jobs.locked():
         # Under the lock, so two jobs starting together do not both register.
         version = ensure_batch_registration(
-            client,
-            model=model,
-            version=version,
-            batch_model=batch_model,
-            settings=settings,
+            client, model=model, version=version, batch_model=batch_model, settings=settings
         )
         target = f"{batch_model}/{version}"
         lease = jobs.add(target, settings.workers)
     try:
         with jobs.locked():
             client.scale(version, jobs.workers(target), model=batch_model)
-        return _score(client, input_path, output_path, batch_model, version, chunk_size, concurrency, resume, progress)
+        return run(version)
     finally:
         # Runs on errors and Ctrl-C too (even during scale-up): idle bulk workers only hold memory,
         # but a job still running keeps the workers it asked for.
@@ -401,28 +309,36 @@ def score_csv(
                 print(f"warning: could not scale {target} to {workers} workers: {exc}", file=sys.stderr)
 
 
+def check_protocol(protocol: str, *paths: str | os.PathLike[str]) -> None:
+    """Refuse an unknown protocol, and Parquet files on the JSON path (which reads and writes CSV only)."""
+    if protocol not in PROTOCOLS:
+        raise InputError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    parquet = [str(p) for p in paths if is_parquet(p)]
+    if protocol == "json" and parquet:
+        raise InputError(f"{parquet[0]}: Parquet needs the arrow protocol; the json protocol reads and writes CSV")
+
+
 def _score(
     client: MovieRecClient,
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
-    batch_model: str,
     version: str,
-    chunk_size: int,
-    concurrency: int,
-    resume: bool,
-    progress: bool,
+    *,
+    batch_model: str,
+    protocol: str,
+    job: dict[str, Any],
 ) -> ScoreSummary:
-    """Run score_file against one version of the bulk registration."""
+    """Run the job against one version of the bulk registration, with JSON or Arrow bodies."""
+    if protocol == "arrow":
+        # Imported here: arrow_scoring builds on this module.
+        from movierec.client.arrow_scoring import post_arrow, score_file_arrow
+
+        def post(body: bytes) -> bytes:
+            return post_arrow(client, body, model=batch_model, version=version)
+
+        return score_file_arrow(input_path, output_path, post, **job)
 
     def score_chunk(instances: list[Instance]) -> list[Prediction]:
         return client.predict_many(instances, model=batch_model, version=version)["predictions"]
 
-    return score_file(
-        input_path,
-        output_path,
-        score_chunk,
-        chunk_size=chunk_size,
-        concurrency=concurrency,
-        resume=resume,
-        progress=progress,
-    )
+    return score_file(input_path, output_path, score_chunk, **job)

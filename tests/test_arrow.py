@@ -1,0 +1,230 @@
+"""The Arrow protocol in process: ID mapping, parsing, scoring, rendering (model/arrow.py) and its dispatch."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pytest
+
+from handler.movierec_handler import MovierecHandler
+from model.arrow import ARROW_STREAM, ArrowIds, ArrowScorer, read_answer, read_pairs
+from model.artifact import load_artifact
+from model.core import Recommender
+from model.index import IdIndex
+from model.service import ArrowBody, RatingService, RequestError
+from movierec.testing import LocalContext
+
+VERSION = "arrow-1.0"
+
+
+@pytest.fixture(scope="module")
+def rec(tiny_artifact) -> Recommender:
+    """A recommender over the session's tiny artifact."""
+    return Recommender(load_artifact(tiny_artifact))
+
+
+@pytest.fixture(scope="module")
+def scorer(rec) -> ArrowScorer:
+    """The Arrow scorer with a small cap, to test the 413."""
+    return ArrowScorer(rec, VERSION, max_instances=50)
+
+
+def arrow_body(columns: dict, batches: int = 1) -> bytes:
+    """An IPC stream of `columns`, split into `batches` record batches."""
+    table = pa.table(columns)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        step = max(1, -(-table.num_rows // batches))
+        for start in range(0, max(table.num_rows, 1), step):
+            writer.write_table(table.slice(start, step))
+    return sink.getvalue().to_pybytes()
+
+
+def json_predictions(rec: Recommender, users: list, movies: list) -> list[dict]:
+    """The JSON path's answer to the same pairs as one instances request."""
+    service = RatingService(rec, VERSION)
+    instances = [{"user_id": u, "movie_id": m} for u, m in zip(users, movies, strict=True)]
+    (reply,) = service.handle_batch([orjson.dumps({"instances": instances})])
+    assert reply.status == 200
+    return orjson.loads(reply.body)["predictions"]
+
+
+def assert_same_as_json(answer: pa.Table, predictions: list[dict]) -> None:
+    """Row by row: the same rating (as float32) or the same error text as the JSON path."""
+    assert answer.num_rows == len(predictions)
+    for rating, error, p in zip(answer["rating"].to_pylist(), answer["error"].to_pylist(), predictions, strict=True):
+        if "rating" in p:
+            assert error is None and rating == np.float32(p["rating"])
+        else:
+            assert rating is None and error == p["error"]
+
+
+def test_ids_map_ints_and_both_spellings_of_strings():
+    ids = ArrowIds(IdIndex(["-5", "1", "abc", "007", "20", "0"]))
+    ints = pa.array([1, 20, -5, 7, 2, None, (1 << 63) - 1, 0, -(1 << 63)], type=pa.int64())
+    assert ids.rows(ints).tolist() == [1, 4, 0, -1, -1, -1, -1, 5, -1]
+    strings = pa.array(["1", " 20 ", "abc", "007", "7", "", None, "ABC", "0"])
+    assert ids.rows(strings).tolist() == [1, 4, 2, 3, -1, -1, -1, -1, 5]
+
+
+def test_ids_of_a_sparse_index_map_by_search():
+    ids = ArrowIds(IdIndex(["3", str(1 << 40), "x", "-7"]))
+    ints = pa.array([1 << 40, 3, -7, 4, (1 << 40) + 1, None, (1 << 63) - 1], type=pa.int64())
+    assert ids.rows(ints).tolist() == [1, 0, 3, -1, -1, -1, -1]
+
+
+def test_ids_of_an_index_without_numeric_ids():
+    ids = ArrowIds(IdIndex(["a", "b"]))
+    assert ids.rows(pa.array([1, 2], type=pa.int64())).tolist() == [-1, -1]
+    assert ids.rows(pa.array(["b", "a"])).tolist() == [1, 0]
+
+
+def test_int_mapping_agrees_with_the_index_on_every_id(rec):
+    users = rec.artifact.users
+    raw = np.arange(-3, 200, dtype=np.int64)
+    expected = [users.get(int(r)) for r in raw]
+    assert ArrowIds(users).rows(pa.array(raw)).tolist() == expected
+
+
+@pytest.mark.parametrize("batches", [1, 3])
+@pytest.mark.parametrize("kind", ["int64", "string", "int32", "large_string"])
+def test_answers_equal_the_json_path(rec, scorer, kind, batches):
+    gen = np.random.default_rng(1)
+    users, movies = gen.integers(1, 61, 40).tolist(), gen.integers(101, 181, 40).tolist()
+    typ = {"int64": pa.int64(), "string": pa.string(), "int32": pa.int32(), "large_string": pa.large_string()}[kind]
+    as_type = (lambda xs: [str(x) for x in xs]) if "string" in kind else (lambda xs: xs)
+    body = arrow_body(
+        {"user_id": pa.array(as_type(users), typ), "movie_id": pa.array(as_type(movies), typ)}, batches=batches
+    )
+    answer = read_answer(scorer.answer(body))
+    assert answer.schema.metadata[b"model_version"] == VERSION.encode()
+    assert answer["error"].null_count == 40
+    assert_same_as_json(answer, json_predictions(rec, users, movies))
+    exact = rec.predict_exact(rec.artifact.users.rows(users), rec.artifact.movies.rows(movies))
+    np.testing.assert_allclose(answer["rating"].to_numpy(), exact, atol=1e-4)
+
+
+def test_mixed_good_and_bad_rows_fail_alone_in_order(rec, scorer):
+    users = [1, 999, 2, None, 3, 5]
+    movies = [101, 101, 9999, 102, None, 150]
+    body = arrow_body({"user_id": pa.array(users, pa.int64()), "movie_id": pa.array(movies, pa.int64())})
+    answer = read_answer(scorer.answer(body))
+    assert answer["error"].to_pylist() == [
+        None,
+        "unknown user_id 999",
+        "unknown movie_id 9999",
+        "missing field 'user_id'",
+        "missing field 'movie_id'",
+        None,
+    ]
+    assert_same_as_json(answer, json_predictions(rec, users, movies))
+
+
+def test_string_rows_with_blanks_and_spaces_match_json(rec, scorer):
+    users = ["1", "", " 2 ", "x1", "3", "4"]
+    movies = ["101", "102", "103", "104", "", "0105"]
+    answer = read_answer(scorer.answer(arrow_body({"user_id": users, "movie_id": movies})))
+    assert answer["rating"].to_pylist()[0] is not None and answer["rating"].to_pylist()[2] is not None
+    assert answer["error"].to_pylist()[1] == "'user_id' must be an integer or a non-empty string, got str ''"
+    assert_same_as_json(answer, json_predictions(rec, users, movies))
+
+
+def test_empty_request_gives_an_empty_answer(scorer):
+    body = arrow_body({"user_id": pa.array([], pa.int64()), "movie_id": pa.array([], pa.int64())})
+    answer = read_answer(scorer.answer(body))
+    assert answer.num_rows == 0 and answer.column_names == ["rating", "error"]
+
+
+def test_row_cap_is_a_413_and_the_cap_itself_is_fine(scorer):
+    ok = arrow_body({"user_id": [1] * 50, "movie_id": [101] * 50}, batches=4)
+    assert read_answer(scorer.answer(ok)).num_rows == 50
+    with pytest.raises(RequestError) as caught:
+        scorer.answer(arrow_body({"user_id": [1] * 51, "movie_id": [101] * 51}, batches=4))
+    assert caught.value.status == 413 and "50" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        (b"", "empty request body"),
+        (b'{"instances": []}', "not a valid Arrow IPC stream"),
+        (b"\xff\xff\xff\xff\x10\x00\x00\x00garbage", "not a valid Arrow IPC stream"),
+        (arrow_body({"user_id": [1]}), "missing column 'movie_id'"),
+        (arrow_body({"user_id": [1], "movie_id": [101], "rating": [4.0]}), "unknown column 'rating'"),
+        (arrow_body({"user_id": [1.5], "movie_id": [101]}), "column 'user_id' must have an integer or string type"),
+        (arrow_body({"user_id": [1], "movie_id": [True]}), "column 'movie_id' must have an integer or string type"),
+    ],
+)
+def test_malformed_bodies_are_400_naming_the_problem(scorer, body, named):
+    with pytest.raises(RequestError) as caught:
+        scorer.answer(body)
+    assert caught.value.status == 400 and named in str(caught.value)
+
+
+def test_truncated_stream_is_a_400(scorer):
+    body = arrow_body({"user_id": [1, 2, 3], "movie_id": [101, 102, 103]})
+    with pytest.raises(RequestError) as caught:
+        read_pairs(body[: len(body) // 2], 10)
+    assert caught.value.status == 400
+
+
+def test_service_answers_arrow_and_json_bodies_of_one_batch_each_in_kind(rec):
+    service = RatingService(rec, VERSION, max_instances=50)
+    body = arrow_body({"user_id": [1, 2, 999], "movie_id": [101, 102, 103]})
+    replies = service.handle_batch(
+        [
+            ArrowBody(body),
+            orjson.dumps({"user_id": 1, "movie_id": 101}),
+            ArrowBody(b"garbage"),
+            orjson.dumps({"instances": [{"user_id": 2, "movie_id": 102}]}),
+            ArrowBody(arrow_body({"user_id": [1] * 51, "movie_id": [101] * 51})),
+        ]
+    )
+    assert [(r.status, r.content_type) for r in replies] == [
+        (200, ARROW_STREAM),
+        (200, "application/json"),
+        (400, "application/json"),
+        (200, "application/json"),
+        (413, "application/json"),
+    ]
+    answer = read_answer(replies[0].body)
+    assert answer["rating"][0].as_py() == np.float32(orjson.loads(replies[1].body)["rating"])
+    assert answer["rating"][1].as_py() == np.float32(orjson.loads(replies[3].body)["predictions"][0]["rating"])
+    assert answer["error"].to_pylist() == [None, None, "unknown user_id 999"]
+    assert "not a valid Arrow IPC stream" in orjson.loads(replies[2].body)["error"]
+
+
+class HeaderContext(LocalContext):
+    """LocalContext plus the request headers, as TorchServe 0.12 hands them over (names as sent)."""
+
+    def __init__(self, headers: list[dict]):
+        super().__init__(".")
+        self.headers = headers
+
+    def get_all_request_header(self, idx: int) -> dict:
+        """TorchServe's per-request header map."""
+        return self.headers[idx]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Content-Type": ARROW_STREAM},
+        {"content-type": ARROW_STREAM + "; charset=binary"},
+        {"body": {"content-type": ARROW_STREAM}},
+    ],
+)
+def test_handler_picks_arrow_by_content_type(tiny_artifact, tmp_path, headers):
+    shutil.copytree(tiny_artifact, tmp_path / "artifact")
+    handler = MovierecHandler()
+    handler.initialize(LocalContext(tmp_path))
+    arrow = arrow_body({"user_id": [1], "movie_id": [101]})
+    ctx = HeaderContext([headers, {"Content-Type": "application/json"}, {}])
+    json_pair = orjson.dumps({"user_id": 1, "movie_id": 101})
+    out = handler.handle([{"body": arrow}, {"body": json_pair}, {"body": json_pair}], ctx)
+    assert ctx.content_types == {0: ARROW_STREAM, 1: "application/json", 2: "application/json"}
+    assert read_answer(out[0])["rating"][0].as_py() == np.float32(orjson.loads(out[1])["rating"])
+    assert out[1] == out[2]
