@@ -15,7 +15,8 @@ import torch
 
 from model.artifact import load_artifact
 from model.core import Recommender
-from model.service import ArrowBody, RatingService, Reply, ServiceOptions, error_reply, is_arrow
+from model.protocol import ArrowBody, Reply, ServiceOptions, error_reply, is_arrow
+from model.service import RatingService
 
 log = logging.getLogger(__name__)
 WORKER_METRICS_LOGGER = "ts.metrics.caching_metric"
@@ -48,6 +49,7 @@ class MovierecHandler:
             model_version=self.model_version,
             max_instances=options.max_instances,
             max_top_k=options.max_top_k,
+            max_users=options.max_users,
         )
         # torch leaves ~176k GC-tracked objects; freezing them stops every large JSON parse from
         # triggering full collections over them (about 4x faster parsing of big bodies).

@@ -6,6 +6,15 @@ batches hold a `user_id` and a `movie_id` column, each of an integer or a string
 `rating` (float32, null where the row failed) and `error` (string, null where it succeeded); the
 schema metadata carries `model_version`. A bad row fails alone with the JSON path's error text;
 a body that is not such a stream is a RequestError, which the service answers in JSON.
+
+Recommendations for many users: a stream whose schema metadata has `top_k` (a decimal string;
+optional `exclude_rated`, "true" or "false", default true) and one `user_id` column, or no column
+and `user_rows` = "START:STOP" (the model's users START..STOP-1 in its order; STOP is clipped).
+Answer, long format, users in request order, each user's movies best first: `user` (int32,
+request row or offset in the range), `user_id` (string), `rank` (int32, from 1), `movie_id`,
+`title` (strings), `score` (float64, four decimals like JSON) and `error` (string, set only on the
+one row of a user that failed, whose other fields are null). A user with no movie left has one
+row with only `user` and `user_id`, so every user asked for is in the answer. Metadata: `model_version` and `n_users` (the model's user count).
 """
 
 from __future__ import annotations
@@ -17,15 +26,26 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from model.index import IdIndex
-from model.service import ARROW_STREAM as ARROW_STREAM  # the protocol's Content-Type, re-exported
-from model.service import RequestError, _id_problem, _is_id
+from model.protocol import MAX_TOP_K, MAX_USERS, RequestError, check_top_k, check_user_rows, id_problem, is_id
+from model.protocol import ARROW_STREAM as ARROW_STREAM  # the protocol's Content-Type, re-exported
 
 if TYPE_CHECKING:
     from model.core import Recommender
-
 ID_COLUMNS = ("user_id", "movie_id")
 ANSWER_SCHEMA = pa.schema([pa.field("rating", pa.float32()), pa.field("error", pa.string())])
 VERSION_KEY = b"model_version"
+TOP_K_KEY, EXCLUDE_KEY, USER_ROWS_KEY, N_USERS_KEY = b"top_k", b"exclude_rated", b"user_rows", b"n_users"
+RECOMMENDATION_SCHEMA = pa.schema(
+    [
+        pa.field("user", pa.int32()),
+        pa.field("user_id", pa.string()),
+        pa.field("rank", pa.int32()),
+        pa.field("movie_id", pa.string()),
+        pa.field("title", pa.string()),
+        pa.field("score", pa.float64()),
+        pa.field("error", pa.string()),
+    ]
+)
 DENSE_TABLE = 1 << 21  # int IDs spanning fewer values than this map through a direct table (16 MiB)
 
 
@@ -87,6 +107,11 @@ class ArrowIds:
 
 def read_pairs(body: object, max_instances: int) -> tuple[pa.Array, pa.Array]:
     """The user_id and movie_id columns of an Arrow IPC stream body, as int64 or string arrays."""
+    return pair_columns(read_table(body, max_instances))
+
+
+def read_table(body: object, max_instances: int) -> pa.Table:
+    """An Arrow IPC stream body as a table (schema metadata kept); more than max_instances rows is a 413."""
     if body is None or len(body) == 0:
         raise RequestError(400, "empty request body; send an Arrow IPC stream with user_id and movie_id columns")
     if isinstance(body, str):
@@ -103,6 +128,11 @@ def read_pairs(body: object, max_instances: int) -> tuple[pa.Array, pa.Array]:
         table = pa.Table.from_batches(batches, schema=reader.schema)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
         raise RequestError(400, f"request body is not a valid Arrow IPC stream: {exc}") from None
+    return table
+
+
+def pair_columns(table: pa.Table) -> tuple[pa.Array, pa.Array]:
+    """The user_id and movie_id columns of a pairs request, as int64 or string arrays."""
     names = table.column_names
     for name in names:
         if name not in ID_COLUMNS:
@@ -151,16 +181,31 @@ def read_answer(body: bytes) -> pa.Table:
 class ArrowScorer:
     """Answers Arrow request bodies: map IDs column-wise, score the known pairs, render the answer."""
 
-    def __init__(self, recommender: Recommender, model_version: str, max_instances: int):
+    def __init__(
+        self,
+        recommender: Recommender,
+        model_version: str,
+        max_instances: int,
+        max_top_k: int = MAX_TOP_K,
+        max_users: int = MAX_USERS,
+    ):
         self.rec = recommender
         self.users = ArrowIds(recommender.artifact.users)
         self.movies = ArrowIds(recommender.artifact.movies)
+        self.titles = pa.array(recommender.artifact.titles, type=pa.string())
         self.model_version = model_version
         self.max_instances = max_instances
+        self.max_top_k = max_top_k
+        self.max_users = max_users
 
     def answer(self, body: object) -> bytes:
         """The Arrow answer to one request body; raises RequestError for a body it cannot read."""
-        users, movies = read_pairs(body, self.max_instances)
+        table = read_table(body, max(self.max_instances, self.max_users))
+        if TOP_K_KEY in (table.schema.metadata or {}):
+            return self.recommend(table)
+        if table.num_rows > self.max_instances:
+            raise RequestError(413, f"too many instances: more than {self.max_instances} rows; split the request")
+        users, movies = pair_columns(table)
         urows, mrows = self.users.rows(users), self.movies.rows(movies)
         bad = (urows < 0) | (mrows < 0)
         ratings = np.zeros(len(urows), dtype=np.float32)
@@ -175,12 +220,90 @@ class ArrowScorer:
                 errors[i] = row_problem(users[i].as_py(), movies[i].as_py(), urows[i], mrows[i])
         return render_answer(ratings, errors, self.model_version)
 
+    def recommend(self, table: pa.Table) -> bytes:
+        """The long-format recommendations answer to a request carrying `top_k` in its metadata."""
+        meta = table.schema.metadata
+        top_k, exclude = check_top_k(_options(meta), self.max_top_k)
+        n_users = len(self.rec.artifact.users)
+        if USER_ROWS_KEY in meta:
+            if table.num_columns:
+                raise RequestError(400, "a user_rows request has no columns; send user_id or user_rows, not both")
+            start, stop = check_user_rows(_range(meta[USER_ROWS_KEY]), n_users, self.max_users)
+            rows = np.arange(start, stop, dtype=np.int64)
+            sent = pc.take(self.users._spellings, pa.array(rows))
+        else:
+            extra = [name for name in table.column_names if name != "user_id"]
+            if extra:
+                raise RequestError(400, f"unknown column '{extra[0]}' (a recommendation request has user_id only)")
+            if table.num_rows > self.max_users:
+                raise RequestError(413, f"too many users: {table.num_rows} > {self.max_users}; split the request")
+            users = _id_array(table, "user_id")
+            rows, sent = self.users.rows(users), users.cast(pa.string())
+        good = rows >= 0
+        answers = self.rec.recommend_many(rows[good], top_k, exclude)
+        errors = [None if ok else _user_problem(user) for ok, user in zip(good, sent.to_pylist(), strict=True)]
+        return self._render(answers, good, sent, errors, {N_USERS_KEY: str(n_users).encode()})
+
+    def _render(self, answers: list, good: np.ndarray, sent: pa.Array, errors: list, meta: dict) -> bytes:
+        """One row per recommended movie, one per failed user and one per user with none, in request order."""
+        lengths = np.zeros(len(good), dtype=np.int64)
+        lengths[good] = [len(movies) for movies, _ in answers]
+        counts = np.maximum(lengths, 1)
+        user = np.repeat(np.arange(len(good), dtype=np.int32), counts)
+        failed = np.repeat(lengths == 0, counts)  # rows without a movie: a failed user, or one with none left
+        starts = np.cumsum(counts) - counts
+        rank = (np.arange(len(user)) - np.repeat(starts, counts) + 1).astype(np.int32)
+        movie_rows = np.zeros(len(user), dtype=np.int64)
+        scores = np.zeros(len(user), dtype=np.float64)
+        if answers:
+            movie_rows[~failed] = np.concatenate([movies for movies, _ in answers])
+            # The JSON path's four decimals, so both protocols give the same scores.
+            scores[~failed] = np.round(np.concatenate([s for _, s in answers]).astype(np.float64), 4)
+        mask = pa.array(failed)
+        columns = [
+            pa.array(user),
+            pc.take(sent, pa.array(user)),
+            pa.array(rank, mask=failed),
+            pc.if_else(mask, pa.scalar(None, pa.string()), pc.take(self.movies._spellings, pa.array(movie_rows))),
+            pc.if_else(mask, pa.scalar(None, pa.string()), pc.take(self.titles, pa.array(movie_rows))),
+            pa.array(scores, mask=failed),
+            pc.take(pa.array(errors, pa.string()), pa.array(user)),
+        ]
+        schema = RECOMMENDATION_SCHEMA.with_metadata({VERSION_KEY: self.model_version.encode(), **meta})
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, schema) as writer:
+            writer.write_batch(pa.record_batch(columns, schema=schema))
+        return sink.getvalue().to_pybytes()
+
+
+def _options(meta: dict[bytes, bytes]) -> dict[str, object]:
+    """top_k and exclude_rated from schema metadata, typed as in JSON so the same checks apply."""
+    options: dict[str, object] = {}
+    raw = meta[TOP_K_KEY].decode(errors="replace")
+    options["top_k"] = _canonical_int(raw) if _canonical_int(raw) is not None else raw
+    if EXCLUDE_KEY in meta:
+        raw = meta[EXCLUDE_KEY].decode(errors="replace")
+        options["exclude_rated"] = {"true": True, "false": False}.get(raw, raw)
+    return options
+
+
+def _range(raw: bytes) -> object:
+    """A "START:STOP" user_rows value as [START, STOP]; anything else is returned for check_user_rows to name."""
+    text = raw.decode(errors="replace")
+    parts = [_canonical_int(part) for part in text.split(":")]
+    return parts if len(parts) == 2 and None not in parts else text
+
+
+def _user_problem(user: str | None) -> str:
+    """Why a listed user gets no recommendations, worded as in the JSON path."""
+    return id_problem("user_id", user) if user is None or user == "" else f"unknown user_id {user}"
+
 
 def row_problem(user: object, movie: object, urow: int, mrow: int) -> str:
     """Why a row cannot be scored, worded and ordered as in the JSON path."""
     for name, value in (("user_id", user), ("movie_id", movie)):
-        if not _is_id(value):
-            return _id_problem(name, value)
+        if not is_id(value):
+            return id_problem(name, value)
     if urow < 0:
         return f"unknown user_id {user}"
     return f"unknown movie_id {movie}"

@@ -9,6 +9,8 @@ from model.artifact import Artifact
 
 PARITY_TOL = 1e-4
 CHUNK = 2048  # pairs scored per step: two [CHUNK, nh] float32 buffers stay in cache
+SCALE_WIDTH = 64  # scores are scaled in rows of whole multiples of this (see _top_k_block)
+TOPK_ELEMENTS = 1 << 20  # hidden units per top-K step (4 MiB): a few users x all movies at ML-100K size
 
 
 class Recommender:
@@ -42,7 +44,9 @@ class Recommender:
         # ("Santa with Muscles", 1 rating); recommendations skip them, rating predictions do not.
         counts = np.bincount(artifact.rated_indices, minlength=len(artifact.movies))
         self.min_movie_ratings = min_movie_ratings
-        self._rare = torch.from_numpy(counts < min_movie_ratings).to(self.device)
+        self._rare_host = counts < min_movie_ratings
+        self._rare = torch.from_numpy(self._rare_host).to(self.device)
+        self._topk_buffer: torch.Tensor | None = None
         self._n_eligible = int((counts >= min_movie_ratings).sum())
 
     def _check_parity(self, n: int = 4096) -> float:
@@ -89,17 +93,64 @@ class Recommender:
     def _scale(self, logit: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logit) * (self.y_max - self.y_min + 1) + self.y_min - 0.5
 
-    @torch.inference_mode()
     def recommend(self, user_row: int, k: int, exclude_rated: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Top-k movie rows and predicted ratings for one user, best first."""
-        hidden = torch.relu(self._movie_part + self._user_part[user_row])
-        logit = hidden @ self._w_out + self._movie_logit + self._user_logit[user_row]
+        return self.recommend_many(np.array([user_row], dtype=np.int64), k, exclude_rated)[0]
+
+    @torch.inference_mode()
+    def recommend_many(
+        self, user_rows: np.ndarray, k: int, exclude_rated: bool = True
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Top-k (movie rows, predicted ratings) for each of many users, best first, a block of users at a time.
+
+        Each user's logits are reduced row by row (mul + sum over the hidden units), which gives the same
+        bits whatever the block holds; a BLAS matmul does not (its kernels pick by shape), and
+        recommend() must equal this exactly, since it is this with one user.
+        """
+        user_rows = np.asarray(user_rows, dtype=np.int64)
+        n_movies, nh = self._movie_part.shape
+        per_step = max(1, TOPK_ELEMENTS // (n_movies * nh))
+        answers: list[tuple[np.ndarray, np.ndarray]] = []
+        for start in range(0, len(user_rows), per_step):
+            answers.extend(self._top_k_block(user_rows[start : start + per_step], k, exclude_rated))
+        return answers
+
+    def _block_logits(self, users: torch.Tensor) -> torch.Tensor:
+        """[users, movies] logits, through one scratch buffer of at most TOPK_ELEMENTS floats."""
+        n_movies, nh = self._movie_part.shape
+        logit = torch.empty(len(users), n_movies, device=self.device)
+        if self._topk_buffer is None:
+            self._topk_buffer = torch.empty(TOPK_ELEMENTS, device=self.device)
+        step = max(1, min(n_movies, TOPK_ELEMENTS // (len(users) * nh)))
+        user_part = self._user_part.index_select(0, users)[:, None]
+        for start in range(0, n_movies, step):
+            movies = self._movie_part[start : start + step]
+            hidden = self._topk_buffer[: len(users) * len(movies) * nh].view(len(users), len(movies), nh)
+            torch.add(movies[None], user_part, out=hidden).relu_().mul_(self._w_out)
+            torch.sum(hidden, -1, out=logit[:, start : start + len(movies)])
+        return logit.add_(self._movie_logit).add_(self._user_logit.index_select(0, users)[:, None])
+
+    def _top_k_block(self, user_rows: np.ndarray, k: int, exclude_rated: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+        users = torch.from_numpy(user_rows).to(self.device)
+        logit = self._block_logits(users)
         logit.masked_fill_(self._rare, float("-inf"))
-        available = self._n_eligible
+        available = np.full(len(user_rows), self._n_eligible, dtype=np.int64)
         if exclude_rated:
-            rated = torch.from_numpy(self.artifact.rated_by(user_row).astype(np.int64)).to(self.device)
-            available -= int((~self._rare[rated]).sum())
-            logit[rated] = float("-inf")
-        # The sigmoid is monotonic, so rank on logits and scale only the winners.
-        best = torch.topk(logit, max(0, min(k, available)))
-        return best.indices.cpu().numpy(), self._scale(best.values).float().cpu().numpy()
+            rated = [self.artifact.rated_by(int(u)).astype(np.int64) for u in user_rows.tolist()]
+            owner = np.repeat(np.arange(len(rated)), [len(r) for r in rated])
+            movies = np.concatenate(rated) if rated else np.empty(0, dtype=np.int64)
+            eligible = ~self._rare_host[movies]
+            available -= np.bincount(owner[eligible], minlength=len(rated))
+            logit[torch.from_numpy(owner).to(self.device), torch.from_numpy(movies).to(self.device)] = float("-inf")
+        # The sigmoid is monotonic, so rank on logits and scale only the winners. Each user keeps only
+        # its own available count: the rest of its row is -inf.
+        best = torch.topk(logit, max(0, min(k, int(available.max(initial=0)))), dim=1)
+        # torch's CPU sigmoid takes a scalar path for short tensors and a SIMD one for long ones, which
+        # differ in the last bit; padding every row to whole SIMD widths makes a user's scores the same
+        # in a block of one as in a block of many.
+        width = -(-max(best.values.shape[1], 1) // SCALE_WIDTH) * SCALE_WIDTH
+        padded = best.values.new_zeros(len(user_rows), width)
+        padded[:, : best.values.shape[1]] = best.values
+        scores = self._scale(padded)[:, : best.values.shape[1]].float().cpu().numpy()
+        rows = best.indices.cpu().numpy()
+        return [(rows[i, :n], scores[i, :n]) for i, n in enumerate(np.minimum(available, k).tolist())]

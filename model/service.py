@@ -4,6 +4,9 @@ Request shapes (raw IDs are ints or strings and are echoed as given):
     {"user_id": U, "movie_id": M}                          one rating
     {"instances": [{"user_id": U, "movie_id": M}, ...]}    many ratings; a bad item fails alone
     {"user_id": U, "top_k": K, "exclude_rated": true}      top-K recommendations
+    {"users": [U, ...], "top_k": K, "exclude_rated": true} top-K for many users; an unknown one fails alone
+    {"user_rows": [START, STOP], "top_k": K, ...}          top-K for the model's users START..STOP-1, in the
+                                                           model's order (answer adds "n_users")
 Every answer is a compact JSON object carrying "model_version"; errors are {"error": "..."}
 with a 4xx status. One bad request never affects the others in its batch. Bodies sent with
 Content-Type application/vnd.apache.arrow.stream take the columnar protocol of model/arrow.py.
@@ -11,104 +14,42 @@ Content-Type application/vnd.apache.arrow.stream take the columnar protocol of m
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
 
+from model.protocol import (
+    ARROW_STREAM,
+    BATCH_FIELDS,
+    DEFAULT_TOP_K,
+    MANY_FIELDS,
+    MAX_INSTANCES,
+    MAX_TOP_K,
+    MAX_USERS,
+    PAIR_FIELDS,
+    RECOMMEND_FIELDS,
+    ArrowBody,
+    Reply,
+    RequestError,
+    check_fields,
+    check_top_k,
+    check_user_rows,
+    error_reply,
+    id_problem,
+    is_id,
+)
+
 if TYPE_CHECKING:  # the client imports the caps below without loading torch
     from model.core import Recommender
-
-MAX_INSTANCES = 20_000
-MAX_TOP_K = 100
-MIN_MOVIE_RATINGS = 20
-DEFAULT_TOP_K = 10
-
-PAIR_FIELDS = frozenset(("user_id", "movie_id"))
-RECOMMEND_FIELDS = frozenset(("user_id", "top_k", "exclude_rated"))
-BATCH_FIELDS = frozenset(("instances",))
-
-JSON_CONTENT_TYPE = "application/json"
-ARROW_STREAM = "application/vnd.apache.arrow.stream"  # model/arrow.py: many pairs as Arrow IPC
-
-REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    413: "Payload Too Large",
-    500: "Internal Server Error",
-    507: "Insufficient Storage",
-}
-
-
-@dataclass(frozen=True)
-class ServiceOptions:
-    """The serving settings of an archive's model-config.yaml `handler:` section, with their defaults."""
-
-    max_instances: int = MAX_INSTANCES  # pairs per {"instances": [...]} request; more gets 413
-    max_top_k: int = MAX_TOP_K  # largest top_k for recommendations; more gets 400
-    min_movie_ratings: int = MIN_MOVIE_RATINGS  # recommend only movies rated at least this often
-    worker_metrics: bool = False  # the worker's per-batch PredictionTime gauge (costs throughput)
-
-    @classmethod
-    def from_config(cls, handler_section: dict | None) -> ServiceOptions:
-        """Validate a `handler:` section (None or {} means all defaults); a bad key or value raises ValueError."""
-        section = handler_section or {}
-        if not isinstance(section, dict):
-            raise ValueError(f"model-config.yaml 'handler' must be a mapping, got {type(section).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ValueError(
-                f"model-config.yaml handler: unknown setting '{unknown[0]}' (known: {', '.join(sorted(known))})"
-            )
-        lowest = {"max_instances": 1, "max_top_k": 1, "min_movie_ratings": 0}
-        for name, value in section.items():
-            if name == "worker_metrics":
-                if type(value) is not bool:
-                    raise ValueError(f"model-config.yaml handler: {name} must be true or false, got {value!r}")
-            elif type(value) is not int or value < lowest[name]:
-                raise ValueError(
-                    f"model-config.yaml handler: {name} must be an integer >= {lowest[name]}, got {value!r}"
-                )
-        return cls(**section)
-
-
-class RequestError(Exception):
-    """A request the service refuses, with the HTTP status to send."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass
-class Reply:
-    """One answer: HTTP status, serialized body and its content type (JSON, or Arrow for Arrow requests)."""
-
-    status: int
-    body: bytes
-    content_type: str = JSON_CONTENT_TYPE
-
-    @property
-    def reason(self) -> str:
-        """The HTTP reason phrase for the status."""
-        return REASONS.get(self.status, "Error")
-
-
-@dataclass(frozen=True)
-class ArrowBody:
-    """A request body sent as an Arrow IPC stream (Content-Type application/vnd.apache.arrow.stream)."""
-
-    data: bytes
 
 
 @dataclass
 class Job:
     """One parsed request and, after inference, its results."""
 
-    kind: str  # "pair" | "instances" | "recommend" | "error"
+    kind: str  # "pair" | "instances" | "recommend" | "users" | "error"
     items: list = field(default_factory=list)  # the request's own objects, answered in place
     errors: dict[int, str] = field(default_factory=dict)  # item index -> per-item error
     user_rows: np.ndarray | None = None
@@ -116,24 +57,9 @@ class Job:
     start: int = 0  # offset of this job's pairs in the batch-wide arrays
     top_k: int = DEFAULT_TOP_K
     exclude_rated: bool = True
+    paged: bool = False  # a user_rows request: its answer says how many users the model has
     error: RequestError | None = None
     result: object = None
-
-
-def _is_id(value: object) -> bool:
-    return type(value) is int or (type(value) is str and value != "")
-
-
-def _id_problem(name: str, value: object) -> str:
-    if value is None:
-        return f"missing field '{name}'"
-    return f"'{name}' must be an integer or a non-empty string, got {type(value).__name__} {value!r:.40}"
-
-
-def _check_fields(obj: dict, allowed: frozenset, where: str = "") -> None:
-    extra = sorted(set(obj) - allowed)
-    if extra:
-        raise RequestError(400, f"{where}unknown field '{extra[0]}' (allowed: {', '.join(sorted(allowed))})")
 
 
 class RatingService:
@@ -145,6 +71,7 @@ class RatingService:
         model_version: str,
         max_instances: int = MAX_INSTANCES,
         max_top_k: int = MAX_TOP_K,
+        max_users: int = MAX_USERS,
     ):
         self.rec = recommender
         self.users = recommender.artifact.users
@@ -153,10 +80,11 @@ class RatingService:
         self.model_version = model_version
         self.max_instances = max_instances
         self.max_top_k = max_top_k
+        self.max_users = max_users
         # Imported here: model.arrow builds on this module's errors and ID checks.
         from model.arrow import ArrowScorer
 
-        self.arrow = ArrowScorer(recommender, model_version, max_instances)
+        self.arrow = ArrowScorer(recommender, model_version, max_instances, max_top_k=max_top_k, max_users=max_users)
 
     def handle_batch(self, bodies: list[object]) -> list[Reply]:
         """Answer every request body of a batch (JSON, or an ArrowBody); never raises for a bad request.
@@ -208,17 +136,20 @@ class RatingService:
         if not isinstance(body, dict):
             raise RequestError(400, f"request body must be a JSON object, got {type(body).__name__}")
         if "instances" in body:
-            _check_fields(body, BATCH_FIELDS)
+            check_fields(body, BATCH_FIELDS)
             return self._parse_instances(body["instances"])
+        if "users" in body or "user_rows" in body:
+            check_fields(body, MANY_FIELDS)
+            return self._parse_many(body)
         if "top_k" in body or ("user_id" in body and "movie_id" not in body and "exclude_rated" in body):
-            _check_fields(body, RECOMMEND_FIELDS)
+            check_fields(body, RECOMMEND_FIELDS)
             return self._parse_recommend(body)
-        _check_fields(body, PAIR_FIELDS)
+        check_fields(body, PAIR_FIELDS)
         user, movie = body.get("user_id"), body.get("movie_id")
         for name, value in (("user_id", user), ("movie_id", movie)):
-            if not _is_id(value):
+            if not is_id(value):
                 hint = " (or 'top_k' for recommendations, or 'instances' for many pairs)" if value is None else ""
-                raise RequestError(400, _id_problem(name, value) + hint)
+                raise RequestError(400, id_problem(name, value) + hint)
         u, m, problem = self._slow_item(body)
         if problem:
             raise RequestError(404, problem)
@@ -278,13 +209,13 @@ class RatingService:
         if not isinstance(item, dict):
             return -1, -1, f"instance must be an object with user_id and movie_id, got {type(item).__name__}"
         try:
-            _check_fields(item, PAIR_FIELDS)
+            check_fields(item, PAIR_FIELDS)
         except RequestError as exc:
             return -1, -1, str(exc)
         user, movie = item.get("user_id"), item.get("movie_id")
         for name, value in (("user_id", user), ("movie_id", movie)):
-            if not _is_id(value):
-                return -1, -1, _id_problem(name, value)
+            if not is_id(value):
+                return -1, -1, id_problem(name, value)
         u, m = self.users.get(user), self.movies.get(movie)
         if u < 0:
             return -1, -1, f"unknown user_id {user}"
@@ -294,18 +225,39 @@ class RatingService:
 
     def _parse_recommend(self, body: dict) -> Job:
         user = body.get("user_id")
-        if not _is_id(user):
-            raise RequestError(400, _id_problem("user_id", user))
-        top_k = body.get("top_k", DEFAULT_TOP_K)
-        if type(top_k) is not int or not 1 <= top_k <= self.max_top_k:
-            raise RequestError(400, f"'top_k' must be an integer from 1 to {self.max_top_k}, got {top_k!r:.40}")
-        exclude = body.get("exclude_rated", True)
-        if type(exclude) is not bool:
-            raise RequestError(400, f"'exclude_rated' must be true or false, got {exclude!r:.40}")
+        if not is_id(user):
+            raise RequestError(400, id_problem("user_id", user))
+        top_k, exclude = check_top_k(body, self.max_top_k)
         row = self.users.get(user)
         if row < 0:
             raise RequestError(404, f"unknown user_id {user}")
         return Job("recommend", items=[body], user_rows=np.array([row]), top_k=top_k, exclude_rated=exclude)
+
+    def _parse_many(self, body: dict) -> Job:
+        """{"users": [...]} or {"user_rows": [start, stop]}: one top-K list per user, a bad user failing alone."""
+        top_k, exclude = check_top_k(body, self.max_top_k)
+        if "users" in body and "user_rows" in body:
+            raise RequestError(400, "send either 'users' or 'user_rows', not both")
+        if "user_rows" in body:
+            start, stop = check_user_rows(body["user_rows"], len(self.users), self.max_users)
+            rows = np.arange(start, stop, dtype=np.int64)
+            ids = [_echo_id(self.users.id_of(r)) for r in rows.tolist()]
+            return Job("users", items=ids, user_rows=rows, top_k=top_k, exclude_rated=exclude, paged=True)
+        users = body["users"]
+        if not isinstance(users, list):
+            raise RequestError(400, f"'users' must be a list of user IDs, got {type(users).__name__}")
+        if len(users) > self.max_users:
+            raise RequestError(413, f"too many users: {len(users)} > {self.max_users}; split the request")
+        rows = self.users.rows_exact(users)
+        if rows is None:
+            rows = np.full(len(users), -1, dtype=np.int64)
+        errors = {}
+        for i in np.flatnonzero(rows < 0).tolist():
+            user = users[i]
+            rows[i] = self.users.get(user) if is_id(user) else -1
+            if rows[i] < 0:
+                errors[i] = f"unknown user_id {user}" if is_id(user) else id_problem("user_id", user)
+        return Job("users", items=users, errors=errors, user_rows=rows, top_k=top_k, exclude_rated=exclude)
 
     # -- infer -------------------------------------------------------------------------------------
 
@@ -329,6 +281,10 @@ class RatingService:
         for job in jobs:
             if job.kind == "recommend":
                 job.result = self.rec.recommend(int(job.user_rows[0]), job.top_k, job.exclude_rated)
+            elif job.kind == "users":
+                known = job.user_rows >= 0
+                answers = iter(self.rec.recommend_many(job.user_rows[known], job.top_k, job.exclude_rated))
+                job.result = [next(answers) if ok else None for ok in known.tolist()]
 
     # -- render ------------------------------------------------------------------------------------
 
@@ -353,16 +309,34 @@ class RatingService:
                 replies.append(
                     Reply(200, orjson.dumps({"predictions": self._predictions(job), "model_version": version}))
                 )
+            elif job.kind == "users":
+                replies.append(Reply(200, orjson.dumps(self._many_answer(job))))
             else:
-                rows, scores = job.result
-                titles, movie_id = self.titles, self.movies.id_of
-                recs = [
-                    {"movie_id": _echo_id(movie_id(r)), "title": titles[r], "score": round(s, 4)}
-                    for r, s in zip(rows.tolist(), scores.tolist(), strict=False)
-                ]
+                recs = self._recommendations(*job.result)
                 body = {"user_id": job.items[0]["user_id"], "recommendations": recs, "model_version": version}
                 replies.append(Reply(200, orjson.dumps(body)))
         return replies
+
+    def _recommendations(self, rows: np.ndarray, scores: np.ndarray) -> list[dict]:
+        titles, movie_id = self.titles, self.movies.id_of
+        return [
+            {"movie_id": _echo_id(movie_id(r)), "title": titles[r], "score": round(s, 4)}
+            for r, s in zip(rows.tolist(), scores.tolist(), strict=False)
+        ]
+
+    def _many_answer(self, job: Job) -> dict:
+        """{"recommendations": [one entry per user, in request order], "model_version", ["n_users"]}."""
+        entries = []
+        for i, (user, result) in enumerate(zip(job.items, job.result, strict=True)):
+            if result is None:
+                entry = {"user_id": user, "error": job.errors[i]} if is_id(user) else {"error": job.errors[i]}
+            else:
+                entry = {"user_id": user, "recommendations": self._recommendations(*result)}
+            entries.append(entry)
+        body = {"recommendations": entries, "model_version": self.model_version}
+        if job.paged:
+            body["n_users"] = len(self.users)
+        return body
 
     @staticmethod
     def _predictions(job: Job) -> list:
@@ -374,9 +348,7 @@ class RatingService:
             return items
         for i, (item, rating) in enumerate(zip(items, job.result, strict=False)):
             if i in errors:
-                echo = (
-                    {k: item[k] for k in ("user_id", "movie_id") if _is_id(item.get(k))} if type(item) is dict else {}
-                )
+                echo = {k: item[k] for k in ("user_id", "movie_id") if is_id(item.get(k))} if type(item) is dict else {}
                 items[i] = {**echo, "error": errors[i]}
             else:
                 item["rating"] = rating
@@ -386,13 +358,3 @@ class RatingService:
 def _echo_id(raw: str) -> int | str:
     """Movie IDs from the catalogue: numeric ones are sent as JSON numbers, like users send them."""
     return int(raw) if raw.isdigit() and str(int(raw)) == raw else raw
-
-
-def is_arrow(content_type: str | None) -> bool:
-    """Whether a request's Content-Type asks for the Arrow protocol (parameters and case ignored)."""
-    return bool(content_type) and content_type.split(";", 1)[0].strip().lower() == ARROW_STREAM
-
-
-def error_reply(status: int, message: str, model_version: str | None) -> Reply:
-    """A JSON error reply outside normal parsing (e.g. an unexpected failure)."""
-    return Reply(status, orjson.dumps({"error": message, "model_version": model_version or "unknown"}))

@@ -14,7 +14,8 @@ from model.arrow import ARROW_STREAM, ArrowIds, ArrowScorer, read_answer, read_p
 from model.artifact import load_artifact
 from model.core import Recommender
 from model.index import IdIndex
-from model.service import ArrowBody, RatingService, RequestError
+from model.protocol import ArrowBody, RequestError
+from model.service import RatingService
 from movierec.testing import LocalContext
 
 VERSION = "arrow-1.0"
@@ -228,3 +229,111 @@ def test_handler_picks_arrow_by_content_type(tiny_artifact, tmp_path, headers):
     assert ctx.content_types == {0: ARROW_STREAM, 1: "application/json", 2: "application/json"}
     assert read_answer(out[0])["rating"][0].as_py() == np.float32(orjson.loads(out[1])["rating"])
     assert out[1] == out[2]
+
+
+# -- Recommendations for many users ----------------------------------------------------------------------------
+
+
+def recommend_body(columns: dict | None, **meta: str) -> bytes:
+    """A multi-user recommendation stream: `columns` (or none) with `meta` as schema metadata."""
+    schema = pa.table(columns).schema if columns else pa.schema([])
+    schema = schema.with_metadata(meta)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, schema) as writer:
+        if columns:
+            writer.write_table(pa.table(columns).replace_schema_metadata(meta))
+    return sink.getvalue().to_pybytes()
+
+
+def as_json_entries(answer: pa.Table, sent: list) -> list[dict]:
+    """The long Arrow answer regrouped into the JSON path's per-user entries (IDs compared as text)."""
+    entries = [{"recommendations": []} for _ in sent]
+    for row in answer.to_pylist():
+        entry = entries[row["user"]]
+        if row["rank"] is None and row["error"] is None:
+            assert row["movie_id"] is row["score"] is None and entry == {"recommendations": []}
+        elif row["error"] is not None:
+            assert row["rank"] is row["movie_id"] is row["score"] is None
+            entries[row["user"]] = {"error": row["error"]}
+        else:
+            assert row["rank"] == len(entry["recommendations"]) + 1
+            entry["recommendations"].append({"movie_id": row["movie_id"], "title": row["title"], "score": row["score"]})
+    return entries
+
+
+def json_entries(body: dict, service: RatingService) -> list[dict]:
+    (reply,) = service.handle_batch([orjson.dumps(body)])
+    assert reply.status == 200
+    entries = orjson.loads(reply.body)["recommendations"]
+    for entry in entries:
+        entry.pop("user_id", None)
+        for rec in entry.get("recommendations", []):
+            rec["movie_id"] = str(rec["movie_id"])
+    return entries
+
+
+@pytest.mark.parametrize(("top_k", "exclude"), [(3, True), (40, False)])
+def test_many_users_answers_equal_the_json_path(rec, top_k, exclude):
+    service = RatingService(rec, VERSION)
+    users = [int(u) for u in rec.artifact.users.ids[:20]]
+    sent = [*users[:5], 99999, *users[5:]]
+    body = recommend_body({"user_id": sent}, top_k=str(top_k), exclude_rated=str(exclude).lower())
+    (reply,) = service.handle_batch([ArrowBody(body)])
+    assert reply.status == 200 and reply.content_type == ARROW_STREAM
+    answer = read_answer(reply.body)
+    assert answer.schema.metadata[b"model_version"] == VERSION.encode()
+    want = json_entries({"users": sent, "top_k": top_k, "exclude_rated": exclude}, service)
+    assert as_json_entries(answer, sent) == want and want[5] == {"error": "unknown user_id 99999"}
+    assert answer["user_id"].to_pylist()[: top_k + 1] == ["1"] * top_k + ["2"]
+
+
+def test_many_users_by_rows_equal_the_json_path_and_say_how_many_users(rec):
+    service = RatingService(rec, VERSION)
+    n_users = len(rec.artifact.users)
+    (reply,) = service.handle_batch([ArrowBody(recommend_body(None, top_k="2", user_rows=f"10:{n_users + 5}"))])
+    answer = read_answer(reply.body)
+    assert answer.schema.metadata[b"n_users"] == str(n_users).encode()
+    sent = list(range(10, n_users))
+    assert as_json_entries(answer, sent) == json_entries({"user_rows": [10, n_users + 5], "top_k": 2}, service)
+    assert sorted(set(answer["user_id"].to_pylist())) == sorted(rec.artifact.users.ids[10:])
+
+
+def test_many_users_caps_and_bad_options_are_json_errors(rec):
+    service = RatingService(rec, VERSION, max_users=4, max_top_k=5)
+    users = [int(u) for u in rec.artifact.users.ids[:5]]
+    cases = [
+        (recommend_body({"user_id": users[:4]}, top_k="5"), 200, None),
+        (recommend_body({"user_id": users}, top_k="5"), 413, "too many users: 5 > 4"),
+        (recommend_body(None, top_k="1", user_rows="0:5"), 413, "too many users: 5 > 4"),
+        (recommend_body({"user_id": users[:2]}, top_k="6"), 400, "'top_k' must be an integer from 1 to 5"),
+        (recommend_body({"user_id": users[:2]}, top_k="02"), 400, "'top_k' must be an integer"),
+        (recommend_body({"user_id": users[:2]}, top_k="2", exclude_rated="no"), 400, "'exclude_rated'"),
+        (recommend_body(None, top_k="1", user_rows="3"), 400, "'user_rows' must be [start, stop]"),
+        (recommend_body({"user_id": users[:1], "movie_id": [1]}, top_k="2"), 400, "unknown column 'movie_id'"),
+        (recommend_body({"user_id": users[:1]}, top_k="2", user_rows="0:1"), 400, "not both"),
+    ]
+    for body, status, named in cases:
+        (reply,) = service.handle_batch([ArrowBody(body)])
+        assert reply.status == status, named
+        if named:
+            assert named in orjson.loads(reply.body)["error"]
+
+
+def test_a_user_with_no_movie_left_has_one_row_without_a_movie(rec):
+    counts = np.bincount(rec.artifact.rated_indices, minlength=len(rec.artifact.movies))
+    # The user whose unrated movies are the least popular: with every one of them too rare to
+    # recommend, it has none left while the most popular movies stay for others.
+    thresholds = [
+        int(counts[np.setdiff1d(np.arange(len(counts)), rec.artifact.rated_by(u))].max()) + 1
+        for u in range(len(rec.artifact.users))
+    ]
+    heavy = int(np.argmin(thresholds))
+    picky = Recommender(rec.artifact, min_movie_ratings=thresholds[heavy])
+    service = RatingService(picky, VERSION)
+    users = [int(u) for u in rec.artifact.users.ids]
+    (reply,) = service.handle_batch([ArrowBody(recommend_body({"user_id": users}, top_k="5"))])
+    answer = read_answer(reply.body)
+    want = json_entries({"users": users, "top_k": 5}, service)
+    assert as_json_entries(answer, users) == want
+    assert want[heavy] == {"recommendations": []} and any(entry["recommendations"] for entry in want)
+    assert sorted(set(answer["user"].to_pylist())) == list(range(len(users)))

@@ -7,11 +7,12 @@ import sys
 
 import pytest
 
-from movierec.client import scoring
+from movierec.client import recommend_all, scoring
 from movierec.client.cli import build_parser, main
 
 SUBCOMMANDS = [
     ["score"],
+    ["recommend-all"],
     ["versions"],
     ["versions", "list"],
     ["versions", "register"],
@@ -34,7 +35,7 @@ def test_every_subcommand_has_help(words, capsys):
 
 def test_module_entry_point_prints_help():
     done = subprocess.run([sys.executable, "-m", "movierec", "--help"], capture_output=True, text=True, check=True)
-    for name in ("score", "versions", "promote", "rollback", "ab", "ab-eval"):
+    for name in ("score", "recommend-all", "versions", "promote", "rollback", "ab", "ab-eval"):
         assert name in done.stdout
 
 
@@ -62,6 +63,8 @@ def test_score_defaults_and_server_flags():
     "argv",
     [
         ["score", "in.csv", "out.csv", "--chunk", "0"],
+        ["recommend-all", "out.csv", "--top-k", "0"],
+        ["recommend-all", "out.csv", "--users-per-request", "0"],
         ["ab", "--a", "1.0", "--b", "2.0", "--user", "1", "--split", "101"],
         ["ab", "--a", "1.0", "--b", "2.0", "--user", "1", "--movie", "2", "--top-k", "3"],
         ["versions", "register"],
@@ -78,3 +81,27 @@ def test_client_errors_print_one_line_and_exit_nonzero(tmp_path, capsys):
     code = main(["promote", "../1.0", "--key-file", str(tmp_path / "k.json")])
     assert code == 2
     assert capsys.readouterr().err.startswith("error: bad model version")
+
+
+def test_recommend_all_defaults():
+    args = build_parser().parse_args(["recommend-all", "out.parquet"])
+    assert (args.output, args.users, args.top_k, args.include_rated, args.resume) == (
+        "out.parquet",
+        None,
+        10,
+        False,
+        False,
+    )
+    assert (args.users_per_request, args.concurrency, args.workers, args.batch_model) == (
+        recommend_all.DEFAULT_USERS_PER_REQUEST,
+        scoring.DEFAULT_CONCURRENCY,
+        scoring.DEFAULT_WORKERS,
+        scoring.BATCH_MODEL,
+    )
+
+
+def test_recommend_all_refuses_more_users_per_request_than_the_server_takes(tmp_path, capsys):
+    code = main(["recommend-all", str(tmp_path / "out.csv"), "--users-per-request", "1001", "--no-manage"])
+    assert code == 1
+    assert "users per request must be 1..1000" in capsys.readouterr().err
+    assert not (tmp_path / "out.csv").exists()

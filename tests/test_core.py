@@ -11,7 +11,8 @@ import torch
 
 from model.artifact import load_artifact
 from model.core import PARITY_TOL, Recommender
-from model.service import RatingService, ServiceOptions
+from model.protocol import ServiceOptions
+from model.service import RatingService
 
 VERSION = "test-1.0"
 
@@ -379,6 +380,7 @@ def test_handler_settings_override_defaults_one_by_one():
         ({"max_instances": "20000"}, "max_instances must be an integer >= 1, got '20000'"),
         ({"max_top_k": 2.5}, "max_top_k must be an integer >= 1, got 2.5"),
         ({"min_movie_ratings": -1}, "min_movie_ratings must be an integer >= 0, got -1"),
+        ({"max_users": 0}, "max_users must be an integer >= 1, got 0"),
         ({"min_movie_ratings": True}, "min_movie_ratings must be an integer >= 0, got True"),
         ({"worker_metrics": "yes"}, "worker_metrics must be true or false, got 'yes'"),
         (["max_top_k"], "'handler' must be a mapping, got list"),
@@ -453,3 +455,79 @@ def test_fast_path_agrees_with_per_item_answers(service, odd):
         assert preds[3]["rating"] == single["rating"]
     else:
         assert "error" in preds[3] and "rating" not in preds[3]
+
+
+# -- Many users per request: Recommender.recommend_many and {"users": [...]} ------------------------------------
+
+
+@pytest.mark.parametrize(("k", "exclude"), [(5, True), (100, True), (7, False)])
+def test_recommend_many_equals_recommend_bit_for_bit(rec, k, exclude):
+    """Same movies, same order, same float32 scores as one user at a time, whatever the block holds."""
+    users = np.arange(len(rec.artifact.users))
+    many = rec.recommend_many(users, k, exclude)
+    assert len(many) == len(users)
+    shuffled = np.random.default_rng(0).permutation(users)
+    reordered = dict(zip(shuffled.tolist(), rec.recommend_many(shuffled, k, exclude), strict=True))
+    for user, (rows, scores) in zip(users.tolist(), many, strict=True):
+        single_rows, single_scores = rec.recommend(user, k, exclude)
+        np.testing.assert_array_equal(rows, single_rows)
+        np.testing.assert_array_equal(scores, single_scores)
+        np.testing.assert_array_equal(reordered[user][0], rows)
+        np.testing.assert_array_equal(reordered[user][1], scores)
+
+
+def test_recommend_many_is_top_k_of_the_exact_model(tiny_artifact, rec):
+    """Against the TorchScript forward, with rated and rare movies left out per user."""
+    counts = np.bincount(rec.artifact.rated_indices, minlength=len(rec.artifact.movies))
+    strict = Recommender(rec.artifact, min_movie_ratings=int(np.median(counts)))
+    users = np.arange(len(rec.artifact.users))
+    for user, (rows, scores) in zip(users.tolist(), strict.recommend_many(users, 8), strict=True):
+        exact = exact_row(rec, user)
+        rated = set(rec.artifact.rated_by(user).tolist())
+        eligible = [m for m in range(len(exact)) if m not in rated and counts[m] >= strict.min_movie_ratings]
+        assert len(rows) == min(8, len(eligible)) and set(rows.tolist()) <= set(eligible)
+        np.testing.assert_allclose(scores, np.sort(exact[eligible])[::-1][: len(rows)], atol=1e-5, rtol=0)
+
+
+def test_recommend_many_of_no_users(rec):
+    assert rec.recommend_many(np.array([], dtype=np.int64), 5) == []
+
+
+def test_many_users_answer_each_user_like_a_single_request_and_bad_ones_fail_alone(service, rec):
+    known = [int(u) if u.isdigit() else u for u in rec.artifact.users.ids[:3]]
+    users = [known[0], "nobody", str(known[1]), None, known[2], True]
+    status, body = ask_one(service, {"users": users, "top_k": 4, "exclude_rated": False})
+    assert status == 200
+    entries = body["recommendations"]
+    assert len(entries) == len(users) and "n_users" not in body
+    for i in (0, 2, 4):
+        single = ask_one(service, {"user_id": users[i], "top_k": 4, "exclude_rated": False})[1]
+        assert entries[i] == {"user_id": users[i], "recommendations": single["recommendations"]}
+    assert entries[1] == {"user_id": "nobody", "error": "unknown user_id nobody"}
+    assert entries[3] == {"error": "missing field 'user_id'"}
+    assert "must be an integer or a non-empty string" in entries[5]["error"]
+
+
+def test_user_rows_page_through_the_models_users_in_order(service, rec):
+    n_users = len(rec.artifact.users)
+    pages = [ask_one(service, {"user_rows": [start, start + 25], "top_k": 3}) for start in range(0, n_users, 25)]
+    assert all(status == 200 and body["n_users"] == n_users for status, body in pages)
+    entries = [entry for _, body in pages for entry in body["recommendations"]]
+    assert [str(e["user_id"]) for e in entries] == list(rec.artifact.users.ids)
+    listed = ask_one(service, {"users": [e["user_id"] for e in entries[:5]], "top_k": 3})[1]
+    assert listed["recommendations"] == entries[:5]
+
+
+def test_many_users_caps(rec):
+    service = RatingService(rec, VERSION, max_users=4, max_top_k=6)
+    users = [int(u) for u in rec.artifact.users.ids[:5]]
+    assert ask_one(service, {"users": users[:4], "top_k": 6})[0] == 200
+    assert ask_one(service, {"user_rows": [0, 4], "top_k": 2})[0] == 200
+    status, body = ask_one(service, {"users": users, "top_k": 2})
+    assert status == 413 and "too many users: 5 > 4" in body["error"]
+    assert ask_one(service, {"user_rows": [1, 6], "top_k": 2})[0] == 413
+    assert ask_one(service, {"users": users[:2], "top_k": 7})[0] == 400
+    for bad in ({"users": 3}, {"user_rows": [2, 1]}, {"user_rows": [0]}, {"users": [], "user_rows": [0, 1]}):
+        status, body = ask_one(service, {**bad, "top_k": 2})
+        assert status == 400, bad
+    assert ask_one(service, {"users": [], "top_k": 2}) == (200, {"recommendations": [], "model_version": VERSION})

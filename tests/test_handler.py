@@ -17,7 +17,9 @@ from movierec.testing import LocalContext
 @pytest.fixture(scope="module")
 def handler(model_dir):
     h = MovierecHandler()
-    h.initialize(LocalContext(model_dir, model_yaml_config={"handler": {"max_instances": 50, "max_top_k": 20}}))
+    h.initialize(
+        LocalContext(model_dir, model_yaml_config={"handler": {"max_instances": 50, "max_top_k": 20, "max_users": 8}})
+    )
     return h
 
 
@@ -82,6 +84,13 @@ def test_instances_cap_from_yaml(handler, tiny_artifact):
     items = [{"user_id": art.users.ids[0], "movie_id": art.movies.ids[0]}] * 51
     [(status, answer)] = run(handler, [{"instances": items}])
     assert status == 413 and "51 > 50" in answer["error"]
+
+
+def test_users_per_request_cap_from_yaml(handler, tiny_artifact):
+    users = list(load_artifact(tiny_artifact).users.ids[:9])
+    [(ok, answer), (status, refused)] = run(handler, [{"users": users[:8], "top_k": 2}, {"users": users, "top_k": 2}])
+    assert ok == 200 and len(answer["recommendations"]) == 8
+    assert status == 413 and "9 > 8" in refused["error"]
 
 
 def test_worker_metric_lines_are_off_unless_asked_for(model_dir, caplog):

@@ -177,7 +177,7 @@ def test_a_form_encoded_body_gets_a_clear_400(http, server):
 
 def test_instances_cap_comes_from_the_archive_config(http, server, model_store):
     """The archive's handler section sets the cap: exactly that many are answered, one more gets 413."""
-    from model.service import ServiceOptions
+    from model.protocol import ServiceOptions
     from movierec.torchserve.archive import archive_file, load_model_config
 
     config = load_model_config(model_store / archive_file("1.0"))

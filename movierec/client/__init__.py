@@ -1,4 +1,4 @@
-"""Client for the movierec TorchServe deployment: inference, batch scoring, versions and A/B tests."""
+"""Client for the movierec TorchServe deployment: inference, batch scoring, all-users top-K, versions and A/B tests."""
 
 from movierec.client.ab import ABRouter, ArmStats, Decision, decide, evaluate
 from movierec.client.api import (
@@ -11,6 +11,7 @@ from movierec.client.api import (
     ServerError,
     ServerUnreachable,
 )
+from movierec.client.recommend_all import RecommendOptions, RecommendSummary
 from movierec.client.scoring import (
     BatchSettings,
     InputError,
@@ -32,6 +33,8 @@ __all__ = [
     "MovieRecClient",
     "MovieRecError",
     "NotFound",
+    "RecommendOptions",
+    "RecommendSummary",
     "ScoreSummary",
     "ServerError",
     "ServerUnreachable",

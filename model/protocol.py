@@ -1,0 +1,151 @@
+"""The request contract shared by the JSON and Arrow protocols: caps, fields, errors and replies.
+
+Kept free of torch so the client can import the caps (one source for both ends).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import orjson
+
+MAX_INSTANCES = 20_000
+MAX_TOP_K = 100
+MAX_USERS = 1000
+MIN_MOVIE_RATINGS = 20
+DEFAULT_TOP_K = 10
+
+PAIR_FIELDS = frozenset(("user_id", "movie_id"))
+RECOMMEND_FIELDS = frozenset(("user_id", "top_k", "exclude_rated"))
+BATCH_FIELDS = frozenset(("instances",))
+MANY_FIELDS = frozenset(("users", "user_rows", "top_k", "exclude_rated"))
+
+JSON_CONTENT_TYPE = "application/json"
+ARROW_STREAM = "application/vnd.apache.arrow.stream"  # model/arrow.py: many pairs as Arrow IPC
+
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    413: "Payload Too Large",
+    500: "Internal Server Error",
+    507: "Insufficient Storage",
+}
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    """The serving settings of an archive's model-config.yaml `handler:` section, with their defaults."""
+
+    max_instances: int = MAX_INSTANCES  # pairs per {"instances": [...]} request; more gets 413
+    max_top_k: int = MAX_TOP_K  # largest top_k for recommendations; more gets 400
+    max_users: int = MAX_USERS  # users per multi-user recommendation request; more gets 413
+    min_movie_ratings: int = MIN_MOVIE_RATINGS  # recommend only movies rated at least this often
+    worker_metrics: bool = False  # the worker's per-batch PredictionTime gauge (costs throughput)
+
+    @classmethod
+    def from_config(cls, handler_section: dict | None) -> ServiceOptions:
+        """Validate a `handler:` section (None or {} means all defaults); a bad key or value raises ValueError."""
+        section = handler_section or {}
+        if not isinstance(section, dict):
+            raise ValueError(f"model-config.yaml 'handler' must be a mapping, got {type(section).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise ValueError(
+                f"model-config.yaml handler: unknown setting '{unknown[0]}' (known: {', '.join(sorted(known))})"
+            )
+        lowest = {"max_instances": 1, "max_top_k": 1, "max_users": 1, "min_movie_ratings": 0}
+        for name, value in section.items():
+            if name == "worker_metrics":
+                if type(value) is not bool:
+                    raise ValueError(f"model-config.yaml handler: {name} must be true or false, got {value!r}")
+            elif type(value) is not int or value < lowest[name]:
+                raise ValueError(
+                    f"model-config.yaml handler: {name} must be an integer >= {lowest[name]}, got {value!r}"
+                )
+        return cls(**section)
+
+
+class RequestError(Exception):
+    """A request the service refuses, with the HTTP status to send."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Reply:
+    """One answer: HTTP status, serialized body and its content type (JSON, or Arrow for Arrow requests)."""
+
+    status: int
+    body: bytes
+    content_type: str = JSON_CONTENT_TYPE
+
+    @property
+    def reason(self) -> str:
+        """The HTTP reason phrase for the status."""
+        return REASONS.get(self.status, "Error")
+
+
+@dataclass(frozen=True)
+class ArrowBody:
+    """A request body sent as an Arrow IPC stream (Content-Type application/vnd.apache.arrow.stream)."""
+
+    data: bytes
+
+
+def is_id(value: object) -> bool:
+    """A raw ID as the protocol accepts it: an int, or a non-empty string (never a float or a bool)."""
+    return type(value) is int or (type(value) is str and value != "")
+
+
+def id_problem(name: str, value: object) -> str:
+    """What is wrong with a raw ID field, phrased for the error answer."""
+    if value is None:
+        return f"missing field '{name}'"
+    return f"'{name}' must be an integer or a non-empty string, got {type(value).__name__} {value!r:.40}"
+
+
+def check_fields(obj: dict, allowed: frozenset, where: str = "") -> None:
+    """Refuse a request object with a field the protocol does not know (a 400 naming it)."""
+    extra = sorted(set(obj) - allowed)
+    if extra:
+        raise RequestError(400, f"{where}unknown field '{extra[0]}' (allowed: {', '.join(sorted(allowed))})")
+
+
+def check_top_k(options: dict, max_top_k: int) -> tuple[int, bool]:
+    """The top_k and exclude_rated of a recommendation request, checked; a bad one is a 400 naming it."""
+    top_k = options.get("top_k", DEFAULT_TOP_K)
+    if type(top_k) is not int or not 1 <= top_k <= max_top_k:
+        raise RequestError(400, f"'top_k' must be an integer from 1 to {max_top_k}, got {top_k!r:.40}")
+    exclude = options.get("exclude_rated", True)
+    if type(exclude) is not bool:
+        raise RequestError(400, f"'exclude_rated' must be true or false, got {exclude!r:.40}")
+    return top_k, exclude
+
+
+def check_user_rows(value: object, n_users: int, max_users: int) -> tuple[int, int]:
+    """A [start, stop] range of model user rows, stop clipped to the user count; too many is a 413."""
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or any(type(v) is not int for v in value)
+        or not 0 <= value[0] <= value[1]
+    ):
+        raise RequestError(400, f"'user_rows' must be [start, stop] with 0 <= start <= stop, got {value!r:.40}")
+    start, stop = value[0], min(value[1], n_users)
+    if stop - start > max_users:
+        raise RequestError(413, f"too many users: {stop - start} > {max_users}; ask for fewer user_rows")
+    return min(start, stop), stop
+
+
+def is_arrow(content_type: str | None) -> bool:
+    """Whether a request's Content-Type asks for the Arrow protocol (parameters and case ignored)."""
+    return bool(content_type) and content_type.split(";", 1)[0].strip().lower() == ARROW_STREAM
+
+
+def error_reply(status: int, message: str, model_version: str | None) -> Reply:
+    """A JSON error reply outside normal parsing (e.g. an unexpected failure)."""
+    return Reply(status, orjson.dumps({"error": message, "model_version": model_version or "unknown"}))

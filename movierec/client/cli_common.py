@@ -1,0 +1,82 @@
+"""Shared pieces of the movierec command line: server options, argument types and the client."""
+
+from __future__ import annotations
+
+import argparse
+
+from movierec.client.api import (
+    DEFAULT_KEY_FILE,
+    DEFAULT_MODEL,
+    ENV_INFERENCE_URL,
+    ENV_KEY_FILE,
+    ENV_MANAGEMENT_URL,
+    MovieRecClient,
+)
+
+
+def server_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("server")
+    group.add_argument(
+        "--inference-url",
+        help=f"inference API (env {ENV_INFERENCE_URL}; default http://127.0.0.1:8080)",
+    )
+    group.add_argument(
+        "--management-url",
+        help=f"management API (env {ENV_MANAGEMENT_URL}; default http://127.0.0.1:8081)",
+    )
+    group.add_argument(
+        "--key-file",
+        help=f"TorchServe key_file.json (env {ENV_KEY_FILE}; default {DEFAULT_KEY_FILE})",
+    )
+    group.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+    group.add_argument(
+        "--retries",
+        type=int,
+        default=5,
+        help="retries on 503 and connection errors (default 5)",
+    )
+    return parent
+
+
+def model_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model name (default %(default)s)")
+
+
+def percent(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be within 0..100, got {text}")
+    return value
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
+def raw_id(text: str) -> int | str:
+    """IDs typed on the command line: decimal ones go out as JSON numbers, the rest as strings."""
+    return int(text) if text.isdigit() and str(int(text)) == text else text
+
+
+def make_client(args: argparse.Namespace, pool_size: int = 16) -> MovieRecClient:
+    """A client from the server options of a parsed command line."""
+    return MovieRecClient(
+        args.inference_url,
+        args.management_url,
+        args.key_file,
+        model=getattr(args, "model", DEFAULT_MODEL),
+        timeout=args.timeout,
+        retries=args.retries,
+        pool_size=pool_size,
+    )

@@ -1,0 +1,177 @@
+"""`movierec score` and `movierec recommend-all`: bulk jobs through the movierec-batch registration."""
+
+from __future__ import annotations
+
+import argparse
+
+from model.protocol import MAX_TOP_K, MAX_USERS
+from movierec.client import recommend_all, scoring
+from movierec.client.cli_common import make_client, model_option, non_negative, positive
+
+
+def add_score(sub: argparse._SubParsersAction, server: argparse.ArgumentParser) -> None:
+    """`movierec score`: bulk scoring of a CSV or Parquet file."""
+    p = sub.add_parser(
+        "score",
+        parents=[server],
+        help="score a user_id,movie_id CSV or Parquet file in bulk",
+        description="Score every (user_id, movie_id) row of a CSV or Parquet file (.parquet, .pq) through the "
+        "movierec-batch registration; writes user_id,movie_id,rating,error in input order, as CSV or Parquet "
+        "by the output's extension.",
+    )
+    p.add_argument("input", help="CSV with a user_id,movie_id[,...] header, or a Parquet file with those columns")
+    p.add_argument("output", help="CSV or Parquet (.parquet, .pq) file to write")
+    model_option(p)
+    p.add_argument(
+        "--version",
+        help="archive version to score with (default: the default version of --model)",
+    )
+    p.add_argument(
+        "--chunk",
+        type=positive,
+        default=scoring.DEFAULT_CHUNK,
+        help=f"rows per request (max {scoring.MAX_INSTANCES}) (default %(default)s)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=positive,
+        default=scoring.DEFAULT_CONCURRENCY,
+        help="requests in flight (default %(default)s)",
+    )
+    _add_batch_registration_options(p)
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted job from the output's last row",
+    )
+    p.add_argument(
+        "--no-manage",
+        action="store_true",
+        help="use the batch registration as is: no register/scale",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=scoring.PROTOCOLS,
+        default=scoring.DEFAULT_PROTOCOL,
+        help="request bodies: arrow (columnar, fastest) or json (CSV only; for JSON-only routes such as "
+        "KServe's) (default %(default)s)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (or, off a terminal, progress lines)")
+    p.set_defaults(func=cmd_score)
+
+
+def _add_batch_registration_options(p: argparse.ArgumentParser) -> None:
+    """How `movierec score` sizes the batch registration it scores through."""
+    p.add_argument(
+        "--workers",
+        type=positive,
+        default=scoring.DEFAULT_WORKERS,
+        help="workers during the job; jobs running side by side get the largest ask (default %(default)s)",
+    )
+    p.add_argument(
+        "--idle-workers",
+        type=non_negative,
+        default=scoring.DEFAULT_IDLE_WORKERS,
+        help="workers after the last running job ends (default %(default)s)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive,
+        default=scoring.DEFAULT_BATCH_SIZE,
+        help="TorchServe batch size (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-batch-delay",
+        type=non_negative,
+        default=scoring.DEFAULT_MAX_BATCH_DELAY_MS,
+        help="batch delay, ms (default %(default)s)",
+    )
+    p.add_argument(
+        "--batch-model",
+        default=scoring.BATCH_MODEL,
+        help="name of the bulk-scoring registration (default %(default)s)",
+    )
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Run `score`."""
+    settings = scoring.BatchSettings(args.batch_size, args.max_batch_delay, args.workers, args.idle_workers)
+    with make_client(args, pool_size=args.concurrency) as client:
+        summary = scoring.score_csv(
+            client,
+            args.input,
+            args.output,
+            model=args.model,
+            version=args.version,
+            chunk_size=args.chunk,
+            concurrency=args.concurrency,
+            settings=settings,
+            batch_model=args.batch_model,
+            resume=args.resume,
+            progress=not args.no_progress,
+            manage=not args.no_manage,
+            protocol=args.protocol,
+        )
+    print(summary)
+    return 0
+
+
+def add_recommend_all(sub: argparse._SubParsersAction, server: argparse.ArgumentParser) -> None:
+    """`movierec recommend-all`: top-K lists for every user the model knows, or for a users file."""
+    p = sub.add_parser(
+        "recommend-all",
+        parents=[server],
+        help="top-K recommendations for every user (or a users file) in bulk",
+        description="Write user_id,rank,movie_id,title,score,error for every user the model knows (in the model's "
+        "user order), or for the users listed in --users, through the movierec-batch registration; CSV or Parquet "
+        "(.parquet, .pq) by the output's extension. A user who gets no recommendations (unknown, or no movie left) "
+        "has one row with only user_id and error.",
+    )
+    p.add_argument("output", help="CSV or Parquet (.parquet, .pq) file to write")
+    p.add_argument("--users", help="CSV or Parquet file with a user_id column: recommend for these users, in order")
+    p.add_argument(
+        "--top-k", type=positive, default=10, help=f"movies per user (default %(default)s, at most {MAX_TOP_K})"
+    )
+    p.add_argument("--include-rated", action="store_true", help="let recommendations include rated movies")
+    model_option(p)
+    p.add_argument("--version", help="archive version to recommend with (default: the default version of --model)")
+    p.add_argument(
+        "--users-per-request",
+        type=positive,
+        default=recommend_all.DEFAULT_USERS_PER_REQUEST,
+        help=f"users per request (max {MAX_USERS}) (default %(default)s)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=positive,
+        default=scoring.DEFAULT_CONCURRENCY,
+        help="requests in flight (default %(default)s)",
+    )
+    _add_batch_registration_options(p)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted job after its last whole user")
+    p.add_argument("--no-manage", action="store_true", help="use the batch registration as is: no register/scale")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (or, off a terminal, progress lines)")
+    p.set_defaults(func=cmd_recommend_all)
+
+
+def cmd_recommend_all(args: argparse.Namespace) -> int:
+    """Run `recommend-all`."""
+    settings = scoring.BatchSettings(args.batch_size, args.max_batch_delay, args.workers, args.idle_workers)
+    with make_client(args, pool_size=args.concurrency) as client:
+        summary = recommend_all.recommend_all(
+            client,
+            args.output,
+            users_path=args.users,
+            options=recommend_all.RecommendOptions(args.top_k, not args.include_rated),
+            model=args.model,
+            version=args.version,
+            per_request=args.users_per_request,
+            concurrency=args.concurrency,
+            settings=settings,
+            batch_model=args.batch_model,
+            resume=args.resume,
+            progress=not args.no_progress,
+            manage=not args.no_manage,
+        )
+    print(summary)
+    return 0
