@@ -10,7 +10,7 @@ import pytest
 from model.artifact import load_artifact
 from model.core import Recommender
 from model.service import RatingService
-from movierec.bench import bench, inprocess, load, report
+from movierec.bench import bench, inprocess, load, pyload, report
 from movierec.bench.meter import CpuMeter, CpuSample, busy_cores, noise_cores, parse_proc_stat, summarize
 from movierec.bench.settings import QUICK, Settings
 
@@ -134,8 +134,10 @@ def test_report_without_served_numbers_has_no_targets(results):
 
 
 def test_every_configuration_id_has_a_display_name():
-    assert len({cfg.id for cfg in load.SERVED}) == len(load.SERVED)
-    assert [cfg.id for cfg in load.SERVED] == list(report.SERVED_NAMES)
+    ids = [cfg.id for cfg in (*load.SERVED, *pyload.PY_SERVED)]
+    assert len(set(ids)) == len(ids)
+    assert ids == list(report.SERVED_NAMES)
+    assert {report.ARROW_SERVED, report.JSON_SERVED_PY} == {cfg.id for cfg in pyload.PY_SERVED}
 
 
 def test_inprocess_measures_every_named_configuration_on_a_tiny_model(tiny_artifact, results):
@@ -186,3 +188,107 @@ def test_command_line_quick_defaults_and_overrides():
     assert s.rounds == 2 and s.duration == QUICK.duration and s.inprocess_seconds == QUICK.inprocess_seconds
     with pytest.raises(SystemExit):
         bench.parse_args(["--sections", "inprocess,gpu"])
+
+
+def score_run(protocol: str, chunk: int, rows_s: float, noise: float = 0.05) -> dict:
+    """One `movierec score` run, as load.score_once records it."""
+    return {
+        "protocol": protocol,
+        "chunk": chunk,
+        "rows_scored": 1_000_000,
+        "rows_with_errors": 0,
+        "output_rows": 1_000_000,
+        "scoring_s": 1e6 / rows_s * 0.9,
+        "wall_s": 1e6 / rows_s,
+        "rows_s": rows_s,
+        "server_cpu_s": 1.5,
+        "client_cpu_s": 0.75,
+        "noise_cores": noise,
+        "busy_cores": 1.9,
+    }
+
+
+def csv_results(arrow_rows_s: float, json_rows_s: float, same: bool = True) -> dict:
+    """The csv section as load.bench_csv writes it."""
+    return {
+        "rows": 1_000_000,
+        "configs": {
+            "score_arrow": score_run("arrow", 20_000, arrow_rows_s),
+            "score_json": score_run("json", 5000, json_rows_s, 0.5),
+        },
+        "same_output": same,
+        "startup_s": 4.04,
+        "settings": {"batch_size": 1, "max_batch_delay": 1, "workers": 2, "idle_workers": 0, "linger_s": 120.0},
+    }
+
+
+def targets(text: str) -> dict[str, list[str]]:
+    """The Targets table: target -> [measured, verdict]."""
+    return {r[0]: r[1:] for r in rows(text) if "≥" in r[0] or "≤" in r[0]}
+
+
+SCORE_TARGET = "`movierec score` 1M-row CSV ≥ 1.50 M rows/s and ≥ 5x JSON"
+ARROW_TARGET = "served Arrow bulk ≥ 3.00 M pairs/s and ≥ 1.6x JSON (c4, bulk registration)"
+
+
+def test_score_rows_and_target_for_both_protocols(results):
+    results["csv"] = csv_results(1_600_000, 250_000)
+    text = report.report(results)
+    assert targets(text)[SCORE_TARGET] == ["1.60 M rows/s, 6.4x JSON (250 k rows/s)", "met"]
+    table = {r[0]: r[1:] for r in rows(text) if len(r) == 10}
+    assert table["Arrow (default)"][:4] == ["20,000", "1,000,000", "1.60 M", "0.62"]
+    assert table["JSON (`--protocol json`)"][:4] == ["5,000", "1,000,000", "250 k", "4.00"]
+    assert "Outputs of the two protocols: identical, byte for byte (1,000,000 input rows)." in text
+    assert "starting its 2 workers took 4.0 s" in text and "`--linger` (120 s)" in text
+    assert "During CSV scoring: 0.05 (arrow), 0.50 (json) cores." in text
+
+
+@pytest.mark.parametrize(
+    ("arrow", "json", "same", "measured"),
+    [
+        (1_400_000, 200_000, True, "1.40 M rows/s, 7.0x JSON (200 k rows/s)"),  # too slow
+        (1_600_000, 400_000, True, "1.60 M rows/s, 4.0x JSON (400 k rows/s)"),  # not 5x JSON
+    ],
+)
+def test_score_target_is_missed_below_either_bar(results, arrow, json, same, measured):
+    results["csv"] = csv_results(arrow, json, same)
+    assert targets(report.report(results))[SCORE_TARGET] == [measured, "**missed**"]
+
+
+def test_different_outputs_are_flagged(results):
+    results["csv"] = csv_results(1_600_000, 250_000, same=False)
+    assert "**different** (the protocols disagree)" in report.report(results)
+
+
+@pytest.mark.parametrize(
+    ("arrow_req_s", "json_req_s", "measured", "verdict"),
+    [
+        (310, 180, "3.10 M pairs/s, 1.72x JSON bodies", "met"),
+        (290, 150, "2.90 M pairs/s, 1.93x JSON bodies", "**missed**"),  # under 3 M
+        (310, 200, "3.10 M pairs/s, 1.55x JSON bodies", "**missed**"),  # under 1.6x
+    ],
+)
+def test_served_arrow_target_against_json_bodies_of_the_same_generator(
+    results, arrow_req_s, json_req_s, measured, verdict
+):
+    configs = results["served"]["configs"]
+    configs["arrow10k_c4_batchreg"] = [served_run(arrow_req_s, 10_000, 12.0, 20.0)]
+    configs["json10k_c4_batchreg_py"] = [served_run(json_req_s, 10_000, 20.0, 30.0)]
+    text = report.report(results)
+    assert targets(text)[ARROW_TARGET] == [measured, verdict]
+    served = {r[0]: r[1:] for r in rows(text) if len(r) == 9}
+    assert served["bulk 10k pairs as Arrow, c4, bulk registration (Python generator)"][1] == rate_of(arrow_req_s)
+
+
+def rate_of(req_s: float) -> str:
+    return report.rate(req_s * 10_000)
+
+
+def test_inprocess_arrow_body_against_the_json_body(results):
+    configs = results["inprocess"]["configs"]
+    configs["handle_bulk10k"] = [inprocess_run(200, 10_000, 5.0)]
+    configs["handle_arrow10k"] = [inprocess_run(900, 10_000, 1.1)]
+    text = report.report(results)
+    assert "The same 10k pairs as one Arrow body: 9.00 M pairs/s, 4.5x the JSON body." in text
+    inproc = {r[0]: r[2] for r in rows(text) if len(r) == 7}
+    assert inproc["`handle_batch`, one 10k-pair Arrow body"] == "9.00 M"

@@ -46,7 +46,7 @@ def test_score_defaults_and_server_flags():
     assert (args.model, args.version, args.chunk, args.concurrency, args.workers) == (
         "movierec",
         None,
-        scoring.DEFAULT_CHUNK,
+        None,  # chosen by protocol: scoring.default_chunk
         scoring.DEFAULT_CONCURRENCY,
         scoring.DEFAULT_WORKERS,
     )

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from model.service import ServiceOptions
+from model.protocol import ServiceOptions
 from movierec.client.api import MovieRecClient, ServerError
 from movierec.client.jobs import JobLeases
 from movierec.client.scoring import (
@@ -381,4 +381,160 @@ def test_a_protocol_that_cannot_do_the_job_is_refused_before_registering(tmp_pat
     client = RecordingClient(tmp_path)
     with pytest.raises(InputError, match=named):
         score_csv(client, *(tmp_path / p for p in paths), progress=False, protocol=protocol)
+    assert client.calls == []
+
+
+class LingerSpy:
+    """Stands in for jobs.start_linger: records the lingers a job would leave behind."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[tuple] = []
+        self.fail = fail
+
+    def __call__(self, jobs, endpoints, model, version, idle_workers, seconds):
+        if self.fail:
+            raise OSError("no fork for you")
+        self.calls.append((model, version, idle_workers, seconds))
+        return jobs.mark_linger(f"{model}/{version}", seconds)
+
+
+def test_the_last_job_lingers_instead_of_scaling_down(tmp_path, monkeypatch):
+    import movierec.client.jobs as jobs_module
+
+    spy = LingerSpy()
+    monkeypatch.setattr(jobs_module, "start_linger", spy)
+    write_input(tmp_path / "in.csv", 10)
+    client = RecordingClient(tmp_path)
+    jobs = JobLeases(tmp_path / "jobs")
+    settings = BatchSettings(workers=3, idle_workers=1, linger_s=45)
+    score_csv(
+        client, tmp_path / "in.csv", tmp_path / "out.csv", settings=settings, progress=False, jobs=jobs, protocol="json"
+    )
+    assert [c[2] for c in client.calls if c[0] == "scale"] == [3]  # up, and not down: the lingerer will
+    assert spy.calls == [("movierec-batch", "1.0", 1, 45)]
+    assert jobs.linger_token("movierec-batch/1.0") is not None
+
+
+def test_a_job_that_cannot_linger_scales_down_at_once(tmp_path, monkeypatch):
+    import movierec.client.jobs as jobs_module
+
+    monkeypatch.setattr(jobs_module, "start_linger", LingerSpy(fail=True))
+    write_input(tmp_path / "in.csv", 10)
+    client = RecordingClient(tmp_path)
+    settings = BatchSettings(workers=3, linger_s=45)
+    score_csv(client, tmp_path / "in.csv", tmp_path / "out.csv", settings=settings, progress=False, protocol="json")
+    assert [c[2] for c in client.calls if c[0] == "scale"] == [3, 0]
+
+
+def test_only_the_last_of_overlapping_jobs_lingers(tmp_path, monkeypatch):
+    import movierec.client.jobs as jobs_module
+
+    spy = LingerSpy()
+    monkeypatch.setattr(jobs_module, "start_linger", spy)
+    write_input(tmp_path / "a.csv", 10)
+    write_input(tmp_path / "b.csv", 10)
+    jobs = JobLeases(tmp_path / "jobs")
+    settings = BatchSettings(workers=2, linger_s=30)
+    common = {"settings": settings, "progress": False, "jobs": jobs, "protocol": "json"}
+    inner: list[int] = []
+
+    class OverlappingClient(RecordingClient):
+        def predict_many(self, instances, *, model=None, version=None):
+            if not inner:
+                inner.append(1)
+                score_csv(self, tmp_path / "b.csv", tmp_path / "b.out.csv", **common)
+                inner.append(len(spy.calls))
+            return super().predict_many(instances, model=model, version=version)
+
+    score_csv(OverlappingClient(tmp_path), tmp_path / "a.csv", tmp_path / "a.out.csv", **common)
+    assert inner == [1, 0]  # B ended while A ran: no linger yet
+    assert len(spy.calls) == 1
+
+
+def test_a_linger_ends_only_if_no_job_runs_and_no_newer_linger_began(tmp_path):
+    jobs = JobLeases(tmp_path / "jobs")
+    target = "movierec-batch/1.0"
+    scaled: list[str] = []
+    with jobs.locked():
+        old = jobs.mark_linger(target, 60)
+        new = jobs.mark_linger(target, 60)
+    assert old != new
+    assert not jobs.end_linger(target, old, lambda: scaled.append("old"))  # superseded
+    with jobs.locked():
+        lease = jobs.add(target, 2)
+    assert not jobs.end_linger(target, new, lambda: scaled.append("busy"))  # a job runs
+    jobs.remove(lease)
+    assert not jobs.end_linger("movierec-batch/2.0", new, lambda: scaled.append("other"))  # not its target
+    assert jobs.end_linger(target, new, lambda: scaled.append("new"))
+    assert scaled == ["new"] and jobs.linger_token(target) is None
+    assert not jobs.end_linger(target, new, lambda: scaled.append("twice"))
+
+
+def test_the_lingerer_process_gives_up_quietly_when_the_server_is_gone(tmp_path):
+    import subprocess
+
+    import movierec.client.jobs as jobs_module
+
+    jobs = JobLeases(tmp_path / "jobs")
+    with jobs.locked():
+        token = jobs.mark_linger("movierec-batch/1.0", 0)
+    args = ["--leases", str(jobs.directory), "--token", token, "--seconds", "0", "--model", "movierec-batch"]
+    args += ["--version", "1.0", "--idle-workers", "0", "--inference-url", "http://127.0.0.1:9"]
+    args += ["--management-url", "http://127.0.0.1:9", "--key-file", str(tmp_path / "none.json")]
+    done = subprocess.run([*jobs_module.LINGERER, *args], capture_output=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert jobs.linger_token("movierec-batch/1.0") == token  # nothing scaled, so the marker stays
+
+
+def test_default_chunk_is_the_server_cap_for_arrow_and_5000_for_json(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+
+    from model.arrow import ARROW_STREAM
+    from movierec.client.scoring import MAX_INSTANCES
+
+    sizes: list[tuple[str, int]] = []
+
+    class ArrowClient(RecordingClient):
+        def predict_many(self, instances, *, model=None, version=None):
+            sizes.append(("json", len(instances)))
+            return super().predict_many(instances, model=model, version=version)
+
+        def send(self, method, api, path, *, data=None, headers=None, **kw):
+            assert headers["Content-Type"] == ARROW_STREAM
+            table = pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+            sizes.append(("arrow", table.num_rows))
+            answer = pa.table({"rating": np.full(table.num_rows, 3.0), "error": pa.nulls(table.num_rows, pa.string())})
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, answer.schema) as writer:
+                writer.write_table(answer)
+
+            class Answer:
+                content = sink.getvalue().to_pybytes()
+
+            return Answer()
+
+    n = MAX_INSTANCES + 7000
+    write_input(tmp_path / "in.csv", n)
+    for protocol in ("arrow", "json"):
+        score_csv(
+            ArrowClient(tmp_path), tmp_path / "in.csv", tmp_path / f"{protocol}.csv", progress=False, protocol=protocol
+        )
+    assert sorted(s for p, s in sizes if p == "arrow") == [7000, MAX_INSTANCES]
+    assert sorted(s for p, s in sizes if p == "json") == sorted([5000] * (n // 5000) + [n % 5000])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"route": "v2"}, "route must be one of predictions, v1"),
+        ({"route": "v1"}, "the v1 route needs --no-manage"),
+        ({"route": "v1", "manage": False, "version": "1.0"}, "the v1 route has no version"),
+    ],
+)
+def test_the_v1_route_refuses_what_it_cannot_do_before_any_call(tmp_path, kwargs, named):
+    write_input(tmp_path / "in.csv", 3)
+    client = RecordingClient(tmp_path)
+    with pytest.raises(InputError, match=named):
+        score_csv(client, tmp_path / "in.csv", tmp_path / "out.csv", progress=False, **kwargs)
     assert client.calls == []

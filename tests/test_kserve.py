@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
 import shutil
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -13,13 +15,18 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import pyarrow as pa
 import pytest
 import requests
 import yaml
 
+from model.arrow import ARROW_STREAM
 from model.artifact import load_artifact
 from model.core import Recommender
 from movierec import torchserve
+from movierec.client.api import MovieRecClient
+from movierec.client.arrow_scoring import read_answer, request_body
+from movierec.client.scoring import score_csv
 from movierec.torchserve.archive import BATCH_KEYS, batch_settings, load_model_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,6 +34,7 @@ KSERVE = REPO / "deploy" / "kserve"
 CONFIG = KSERVE / "config" / "config.properties"
 MANIFEST = KSERVE / "inferenceservice.yaml"
 CANARY = KSERVE / "inferenceservice-canary.yaml"
+BATCH = KSERVE / "inferenceservice-batch.yaml"
 
 
 def load_stage():
@@ -124,6 +132,37 @@ def test_manifests_deploy_movierec_and_a_10_percent_canary():
     assert main_uri.endswith("/v1.0") and canary_uri.endswith("/v2.0")
 
 
+def test_batch_manifest_scales_movierec_batch_to_zero_on_concurrency():
+    """The bulk-scoring InferenceService: its own name, scale to zero, concurrency autoscaling, its own resources."""
+    doc = yaml.safe_load(BATCH.read_text())
+    latency = yaml.safe_load(MANIFEST.read_text())
+    assert doc["kind"] == "InferenceService" and doc["metadata"]["name"] == load_stage().BATCH_MODEL_NAME
+    assert doc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
+    predictor = doc["spec"]["predictor"]
+    assert predictor["minReplicas"] == 0 and predictor["maxReplicas"] > 1
+    assert predictor["scaleMetric"] == "concurrency"
+    # One chunk per worker per pod before Knative adds a pod.
+    assert predictor["scaleTarget"] == load_stage().BATCH_SETTINGS["minWorkers"]
+    model = predictor["model"]
+    assert model["protocolVersion"] == "v1" and model["runtime"] == "kserve-torchserve"
+    assert model["resources"] != latency["spec"]["predictor"]["model"]["resources"]
+    assert "movierec-batch" in model["storageUri"]
+
+
+def test_stage_batch_serves_the_archive_as_movierec_batch_with_bulk_settings():
+    """--batch renames the model in the snapshot and replaces the archive's batching with the bulk one."""
+    stage = load_stage()
+    template = CONFIG.read_text(encoding="utf-8")
+    staged = wrapper_parse(
+        stage.render_config(template, "movierec-1.0.mar", "1.0", stage.BATCH_SETTINGS, "movierec-batch")
+    )
+    models = snapshot(staged)["models"]
+    assert list(models) == ["movierec-batch"]
+    settings = models["movierec-batch"]["1.0"]
+    assert {k: settings[k] for k in stage.BATCH_SETTINGS} == stage.BATCH_SETTINGS
+    assert settings["marName"] == "movierec-1.0.mar" and settings["defaultVersion"] is True
+
+
 # --- staging and a real TorchServe with the KServe config -------------------------------------
 
 
@@ -192,7 +231,22 @@ def _override(config: Path, values: dict[str, str]) -> None:
 
 @pytest.fixture(scope="module", params=["1.0", "2.0"])
 def kserve_ts(request, layouts, tmp_path_factory):
-    """TorchServe run exactly as the kserve-torchserve runtime runs it, from a copy of one staged layout.
+    """TorchServe run exactly as the kserve-torchserve runtime runs it, from a copy of one staged layout."""
+    version = request.param
+    root = tmp_path_factory.mktemp(f"kserve-ts-{version}")
+    yield from _run_kserve(layouts[version], root, "movierec", version)
+
+
+@pytest.fixture(scope="module")
+def kserve_batch(model_store, tmp_path_factory):
+    """TorchServe from the --batch layout of 1.0 (inferenceservice-batch.yaml's), run as the runtime runs it."""
+    root = tmp_path_factory.mktemp("kserve-batch")
+    layout = load_stage().stage(model_store / "movierec-1.0.mar", root / "layout", batch=True)
+    yield from _run_kserve(layout, root, "movierec-batch", "1.0")
+
+
+def _run_kserve(layout: Path, root: Path, model: str, version: str):
+    """Start TorchServe from a copy of `layout` under root as the runtime does; yield it; stop it.
 
     Deliberately not torchserve.start(): that renders its own config and passes other flags. Here
     the launcher gets the runtime's own command line (`--start --model-store=... --ts-config=...`)
@@ -201,10 +255,11 @@ def kserve_ts(request, layouts, tmp_path_factory):
     TS_SERVICE_ENVELOPE=kserve is set, and every other TS_* variable dropped, to show it is ignored.
     TMPDIR, cwd and logs live under the test's own directory, so torchserve.stop() can end it.
     """
-    version = request.param
-    root = tmp_path_factory.mktemp(f"kserve-ts-{version}")
     mnt = root / "mnt" / "models"
-    shutil.copytree(layouts[version], mnt)
+    shutil.copytree(layout, mnt)
+    workers = snapshot(torchserve.read_properties(mnt / "config" / "config.properties"))["models"][model][version][
+        "minWorkers"
+    ]
     inference, metrics, grpc_inference, grpc_management = torchserve.free_ports(4)
     ports = torchserve.Ports(inference, inference, metrics, grpc_inference, grpc_management)
     address = f"http://{torchserve.HOST}:{inference}"
@@ -228,12 +283,13 @@ def kserve_ts(request, layouts, tmp_path_factory):
     pids: set[int] = set()
     try:
         # No key file: token auth is off, so the readiness poll sends no token at all.
-        torchserve.wait_ready(server, {"movierec": [version]}, timeout=180)
-        pids = {server.pid} | {p.pid for p in psutil.Process(server.pid).children(recursive=True)}
+        torchserve.wait_ready(server, {model: [version]}, timeout=180)
         yield KServeTorchServe(version, address, server.metrics_url, root)
+        # After the tests every worker of the snapshot has long started.
+        pids = {server.pid} | {p.pid for p in psutil.Process(server.pid).children(recursive=True)}
     finally:
         assert torchserve.stop(root) is True
-    assert len(pids) == 2 and not [pid for pid in pids if _alive(pid)]
+    assert len(pids) == 1 + workers and not [pid for pid in pids if _alive(pid)]
     assert not (root / "key_file.json").exists()
 
 
@@ -312,3 +368,74 @@ def test_readiness_probe_and_locked_management(kserve_ts):
     assert r.status_code == 405
     metrics = requests.get(f"{kserve_ts.metrics_url}/metrics", timeout=10)
     assert metrics.status_code == 200 and "ts_inference_requests_total" in metrics.text
+
+
+def _arrow_post(url: str, users: list, movies: list) -> requests.Response:
+    """POST one Arrow body of (user_id, movie_id) asking for an Arrow answer."""
+    body = request_body(pa.array(users), pa.array(movies))
+    headers = {"Content-Type": ARROW_STREAM, "Accept": ARROW_STREAM}
+    return requests.post(url, data=body, headers=headers, timeout=60)
+
+
+@pytest.mark.integration
+def test_an_arrow_body_passes_the_native_v1_route(kserve_ts, references):
+    """Content-Type application/vnd.apache.arrow.stream reaches our handler through /v1/models/movierec:predict."""
+    art, rec = references[kserve_ts.version]
+    urows, mrows, instances = _pairs(art, np.random.default_rng(13), 2000)
+    users, movies = [i["user_id"] for i in instances], [i["movie_id"] for i in instances]
+    url = f"{kserve_ts.url}/v1/models/movierec:predict"
+    r = _arrow_post(url, users, movies)
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"].startswith(ARROW_STREAM)
+    ratings, errors = read_answer(r.content, len(instances), 1)
+    assert errors.null_count == len(instances)
+    assert np.abs(ratings - rec.predict_exact(urows, mrows)).max() < 1e-4
+    as_json = requests.post(url, json={"instances": instances}, timeout=60).json()["predictions"]
+    assert ratings.tolist() == [p["rating"] for p in as_json]
+
+
+@pytest.mark.integration
+def test_movierec_score_over_the_v1_route_of_the_batch_layout(kserve_batch, references, tmp_path):
+    """score_csv(route="v1", manage=False) against the --batch layout: both protocols, same file, in-process ratings."""
+    art, rec = references["1.0"]
+    urows, mrows, instances = _pairs(art, np.random.default_rng(17), 3000)
+    with open(tmp_path / "in.csv", "w", encoding="utf-8") as f:
+        f.write("user_id,movie_id\n")
+        f.writelines(f"{i['user_id']},{i['movie_id']}\n" for i in instances[:5])
+        f.write(f"99999,{instances[5]['movie_id']}\n")
+        f.writelines(f"{i['user_id']},{i['movie_id']}\n" for i in instances[6:])
+    # No key file: the KServe config has token auth off, as behind the wrapper.
+    with MovieRecClient(kserve_batch.url, kserve_batch.url, tmp_path / "no-key.json") as client:
+        for protocol in ("arrow", "json"):
+            summary = score_csv(
+                client,
+                tmp_path / "in.csv",
+                tmp_path / f"{protocol}.csv",
+                manage=False,
+                route="v1",
+                protocol=protocol,
+                chunk_size=700,
+                concurrency=3,
+                progress=False,
+            )
+            assert summary.rows_scored == 3000 and summary.rows_with_errors == 1
+    assert (tmp_path / "arrow.csv").read_bytes() == (tmp_path / "json.csv").read_bytes()
+    # Every chunk of both jobs went through the v1 route (the /predictions route is open on this port too).
+    posts = [line for line in _access_log(kserve_batch, 10) if '"POST ' in line]
+    assert len(posts) == 10 and all('"POST /v1/models/movierec-batch:predict ' in line for line in posts)
+    with open(tmp_path / "arrow.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert "99999" in rows[5]["error"]
+    good = [i for i in range(3000) if i != 5]
+    got = np.array([float(rows[i]["rating"]) for i in good])
+    assert np.abs(got - rec.predict_exact(urows[good], mrows[good])).max() < 1e-4
+
+
+def _access_log(ts: KServeTorchServe, posts: int, timeout: float = 10) -> list[str]:
+    """The access log once it shows at least `posts` POSTs (log4j writes it a little after the answers)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = (ts.root / "logs" / "access_log.log").read_text().splitlines()
+        if sum('"POST ' in line for line in lines) >= posts or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.2)

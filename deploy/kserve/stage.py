@@ -5,6 +5,11 @@
 writes OUT/config/config.properties (the KServe config with model_snapshot naming this archive, its
 version and the workers and batching of the archive's own model-config.yaml) and
 OUT/model-store/movierec-2.0.mar. Upload OUT's contents to the storageUri prefix.
+
+    python deploy/kserve/stage.py --batch --mar model_store/movierec-2.0.mar --out deploy/kserve/layout/batch-v2.0
+
+stages the same archive for inferenceservice-batch.yaml instead: served as movierec-batch with the
+bulk-scoring settings `movierec score` registers locally (no dynamic batching, 2 workers).
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ from movierec.torchserve.archive import batch_settings, load_model_config
 HERE = Path(__file__).resolve().parent
 TEMPLATE = HERE / "config" / "config.properties"
 MODEL_NAME = "movierec"
+BATCH_MODEL_NAME = "movierec-batch"
+# The settings of `movierec score`'s own registration (movierec/client/scoring.py BatchSettings):
+# a 20,000-row Arrow body is a whole batch, so no dynamic batching; 2 workers for the pod's 2 CPUs.
+BATCH_SETTINGS = {"minWorkers": 2, "maxWorkers": 2, "batchSize": 1, "maxBatchDelay": 1, "responseTimeout": 60}
 SNAPSHOT_KEY = "model_snapshot="
 
 
@@ -30,8 +39,10 @@ def mar_manifest(mar: Path) -> dict:
         return json.loads(archive.read("MAR-INF/MANIFEST.json"))["model"]
 
 
-def render_config(template: str, mar_name: str, version: str, batching: dict[str, int]) -> str:
-    """The template with its single model_snapshot line serving mar_name as the default version with `batching`."""
+def render_config(
+    template: str, mar_name: str, version: str, batching: dict[str, int], model_name: str = MODEL_NAME
+) -> str:
+    """The template with its single model_snapshot line serving mar_name as model_name's default version with `batching`."""
     lines = template.splitlines()
     found = [i for i, line in enumerate(lines) if line.startswith(SNAPSHOT_KEY)]
     if len(found) != 1:
@@ -39,21 +50,25 @@ def render_config(template: str, mar_name: str, version: str, batching: dict[str
     snapshot = json.loads(lines[found[0]][len(SNAPSHOT_KEY) :])
     (settings,) = snapshot["models"][MODEL_NAME].values()
     settings = {**settings, **batching, "defaultVersion": True, "marName": mar_name}
-    snapshot["models"] = {MODEL_NAME: {version: settings}}
+    snapshot["models"] = {model_name: {version: settings}}
     snapshot["modelCount"] = 1
     lines[found[0]] = SNAPSHOT_KEY + json.dumps(snapshot, separators=(",", ":"))
     return "\n".join(lines) + "\n"
 
 
-def stage(mar: Path, out: Path, template: Path = TEMPLATE) -> Path:
-    """Write the layout for one archive into out (replacing what was there); return out."""
+def stage(mar: Path, out: Path, template: Path = TEMPLATE, batch: bool = False) -> Path:
+    """Write the layout for one archive into out (replacing what was there); return out.
+
+    batch=True serves it as movierec-batch with BATCH_SETTINGS instead of the archive's own batching.
+    """
     model = mar_manifest(mar)
     if model.get("modelName") != MODEL_NAME:
         raise ValueError(f"{mar} holds model {model.get('modelName')!r}, expected {MODEL_NAME!r}")
     version = str(model["modelVersion"])
     # The archive's model-config.yaml is what its workers were tuned for; the snapshot must agree.
-    batching = batch_settings(load_model_config(mar))
-    config = render_config(template.read_text(encoding="utf-8"), mar.name, version, batching)
+    batching = BATCH_SETTINGS if batch else batch_settings(load_model_config(mar))
+    name = BATCH_MODEL_NAME if batch else MODEL_NAME
+    config = render_config(template.read_text(encoding="utf-8"), mar.name, version, batching, name)
     if out.exists():
         shutil.rmtree(out)
     (out / "config").mkdir(parents=True)
@@ -68,9 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mar", type=Path, required=True, help="a movierec .mar built by `make mar`")
     parser.add_argument("--out", type=Path, required=True, help="layout directory to (re)create")
+    parser.add_argument(
+        "--batch", action="store_true", help=f"stage for inferenceservice-batch.yaml: {BATCH_MODEL_NAME}, bulk settings"
+    )
     args = parser.parse_args(argv)
     try:
-        out = stage(args.mar, args.out)
+        out = stage(args.mar, args.out, batch=args.batch)
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
         print(f"stage.py: {error}", file=sys.stderr)
         return 1

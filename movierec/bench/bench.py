@@ -3,7 +3,8 @@
 Method (the serving-performance notes shared with the team): 1 torch thread and gc.freeze() as in the
 handler; wrk from Debian with rotating pre-built bodies; a JVM warm-up before any served number;
 several interleaved rounds, medians reported; busy CPU from /proc/stat recorded as noise.
-The measuring lives in inprocess.py and load.py, the noise meter in meter.py, the Markdown in report.py.
+The measuring lives in inprocess.py, load.py (wrk) and pyload.py (Arrow bodies), the noise meter in meter.py,
+the Markdown in report.py.
 """
 
 from __future__ import annotations

@@ -9,13 +9,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import orjson
+import pyarrow as pa
 import torch
 
 from model.artifact import load_artifact
 from model.core import Recommender
-from model.service import RatingService, ServiceOptions
+from model.protocol import ArrowBody, ServiceOptions
+from model.service import RatingService
 from movierec.bench.meter import CpuMeter, summarize, time_calls
-from movierec.bench.settings import SEED, TOP_K, Settings
+from movierec.bench.settings import ARROW_KIND, SEED, TOP_K, Settings
 from movierec.torchserve.archive import load_model_config
 
 MIN_STAGE_CALLS = 20
@@ -53,12 +55,26 @@ def make_bodies(service: RatingService, rng: np.random.Generator) -> dict[str, l
         us, ms = rng.integers(0, len(users), n), rng.integers(0, len(movies), n)
         return [{"user_id": users[u], "movie_id": movies[m]} for u, m in zip(us.tolist(), ms.tolist(), strict=True)]
 
-    return {
+    bodies = {
         "single": [orjson.dumps(p) for p in pairs(1_000)],
         "bulk1k": [orjson.dumps({"instances": pairs(1_000)}) for _ in range(16)],
         "bulk10k": [orjson.dumps({"instances": pairs(10_000)}) for _ in range(8)],
         "topk": [orjson.dumps({"user_id": users[u], "top_k": TOP_K}) for u in rng.integers(0, len(users), 200)],
     }
+    # The same pairs as bulk10k, so the two protocols score identical work.
+    bodies[ARROW_KIND] = [arrow_body(orjson.loads(body)["instances"]) for body in bodies["bulk10k"]]
+    return bodies
+
+
+def arrow_body(instances: list[dict]) -> bytes:
+    """One Arrow IPC stream of (user_id, movie_id) int64 columns, as `movierec score` sends known IDs."""
+    users = pa.array([i["user_id"] for i in instances], pa.int64())
+    movies = pa.array([i["movie_id"] for i in instances], pa.int64())
+    batch = pa.record_batch([users, movies], names=["user_id", "movie_id"])
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return sink.getvalue().to_pybytes()
 
 
 def timed_configs(service: RatingService, bodies: dict[str, list[bytes]]) -> list[Timed]:
@@ -78,6 +94,7 @@ def timed_configs(service: RatingService, bodies: dict[str, list[bytes]]) -> lis
     return [
         *configs,
         Timed("handle_bulk10k", lambda b: service.handle_batch([b]), bodies["bulk10k"], 10_000),
+        Timed("handle_arrow10k", lambda b: service.handle_batch([ArrowBody(b)]), bodies[ARROW_KIND], 10_000),
         Timed("handle_single_x32", service.handle_batch, batch32, 32),
         Timed("recommend", lambda u: rec.recommend(u, TOP_K), users, 0),
         Timed("handle_topk", lambda b: service.handle_batch([b]), bodies["topk"], 0),
@@ -86,10 +103,20 @@ def timed_configs(service: RatingService, bodies: dict[str, list[bytes]]) -> lis
 
 def check_service(service: RatingService, bodies: dict[str, list[bytes]]) -> None:
     """The bodies must be answerable, or every number below would time error replies."""
-    for kind in ("bulk10k", "topk"):
-        reply = service.handle_batch([bodies[kind][0]])[0]
+    for kind in ("bulk10k", "topk", ARROW_KIND):
+        body = ArrowBody(bodies[kind][0]) if kind == ARROW_KIND else bodies[kind][0]
+        reply = service.handle_batch([body])[0]
         if reply.status != 200:
             raise RuntimeError(f"in-process {kind} body answered {reply.status}: {reply.body[:200]!r}")
+
+
+def check_handlers(configs: list[Timed]) -> None:
+    """Every timed request-pipeline call must answer 200, or its numbers would time error replies."""
+    for c in configs:
+        if c.id.startswith("handle_"):
+            bad = [reply for reply in c.call(c.inputs[0]) if reply.status != 200]
+            if bad:
+                raise RuntimeError(f"in-process {c.id} answered {bad[0].status}: {bad[0].body[:200]!r}")
 
 
 def stage_times(service: RatingService, bodies: list[bytes], seconds: float) -> np.ndarray:
@@ -112,6 +139,7 @@ def bench_inprocess(service: RatingService, bodies: dict[str, list[bytes]], s: S
     """Every configuration once per round, interleaved, plus where a 10k-pair body spends its time."""
     check_service(service, bodies)
     configs = timed_configs(service, bodies)
+    check_handlers(configs)
     results: dict[str, list[dict]] = {c.id: [] for c in configs}
     stages, noise = [], []
     for r in range(s.rounds):

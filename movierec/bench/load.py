@@ -1,4 +1,4 @@
-"""Served measurements: wrk runs against a real TorchServe, and batch CSV scoring through the client."""
+"""Served measurements: wrk runs against a real TorchServe (Arrow ones in pyload.py), and batch CSV scoring."""
 
 from __future__ import annotations
 
@@ -17,9 +17,16 @@ import requests
 from model.service import RatingService
 from movierec import torchserve
 from movierec.bench.meter import CpuMeter
-from movierec.bench.settings import BULK_MODEL, MODEL, SEED, Settings
+from movierec.bench.pyload import PY_SERVED, check_arrow_answer, measure_py
+from movierec.bench.settings import ARROW_KIND, BULK_MODEL, MODEL, SEED, Settings
 from movierec.client.api import MovieRecClient
-from movierec.client.scoring import BatchSettings, score_csv
+from movierec.client.scoring import (
+    DEFAULT_LINGER_S,
+    BatchSettings,
+    default_chunk,
+    ensure_batch_registration,
+    score_csv,
+)
 from movierec.torchserve.archive import load_model_config
 
 LUA = Path(__file__).resolve().parent / "post.lua"
@@ -68,13 +75,18 @@ def ensure_wrk() -> str | None:
 
 
 def write_body_files(bodies: dict[str, list[bytes]], directory: Path) -> dict[str, Path]:
-    """One file per body kind, one compact JSON body per line, for post.lua."""
+    """One file per JSON body kind, one compact body per line, for post.lua (Arrow bodies go through pyload)."""
     directory.mkdir(parents=True, exist_ok=True)
     files = {}
-    for kind, items in bodies.items():
+    for kind, items in json_bodies(bodies).items():
         files[kind] = directory / f"{kind}.jsonl"
         files[kind].write_bytes(b"\n".join(items) + b"\n")
     return files
+
+
+def json_bodies(bodies: dict[str, list[bytes]]) -> dict[str, list[bytes]]:
+    """The body kinds wrk sends: all but the Arrow ones."""
+    return {kind: items for kind, items in bodies.items() if kind != ARROW_KIND}
 
 
 def run_wrk(server: torchserve.Server, body_file: Path, connections: int, seconds: int, model: str = MODEL) -> dict:
@@ -124,7 +136,7 @@ def check_answers(server: torchserve.Server, service: RatingService, bodies: dic
     """Each kind of body must get 200 and the same answer as the in-process service (same model)."""
     url = f"{server.inference_url}/predictions/{MODEL}"
     headers = {**server.auth("inference"), "Content-Type": "application/json"}
-    for kind, items in bodies.items():
+    for kind, items in json_bodies(bodies).items():
         for body in items[:3]:
             resp = requests.post(url, data=body, headers=headers, timeout=30)
             if resp.status_code != 200:
@@ -192,10 +204,11 @@ def bench_served(
     """Warm the JVM, then measure every served configuration once per round."""
     check_answers(server, service, bodies)
     register_bulk(server, archive.name)
+    check_arrow_answer(server, service, bodies[ARROW_KIND][0])
     warm = warm_jvm(server, files, s.jvm_warmup)
     logs_start = log_bytes(server.run_dir)
     requests_sent = 0.0
-    results: dict[str, list[dict]] = {cfg.id: [] for cfg in SERVED}
+    results: dict[str, list[dict]] = {cfg.id: [] for cfg in (*SERVED, *PY_SERVED)}
     for r in range(s.rounds):
         for cfg in SERVED:
             run, sent = measure(server, cfg, files[cfg.bodies], s)
@@ -204,6 +217,14 @@ def bench_served(
             print(
                 f"round {r + 1}/{s.rounds} {cfg.id:<20} {run['req_s']:9,.0f} req/s  p50 {run['p50_ms']:6.2f} ms  "
                 f"p99 {run['p99_ms']:6.2f} ms  non-2xx {run['non2xx']:.0f}  noise {run['noise_cores']:.2f}",
+                flush=True,
+            )
+        for py in PY_SERVED:
+            run = measure_py(server, py, bodies[py.bodies], s)
+            results[py.id].append(run)
+            print(
+                f"round {r + 1}/{s.rounds} {py.id:<20} {run['pairs_s']:12,.0f} pairs/s  p50 {run['p50_ms']:6.2f} ms  "
+                f"non-2xx {run['non2xx']:.0f}  client {run['client_cores']:.2f} cores  noise {run['noise_cores']:.2f}",
                 flush=True,
             )
     return {
@@ -239,24 +260,48 @@ def count_lines(path: Path) -> int:
 
 
 def bench_csv(server: torchserve.Server, service: RatingService, work_dir: Path, rows: int) -> dict:
-    """Score a CSV through the client library exactly as `movierec score` would."""
+    """Score one CSV through the client library as `movierec score` does, over Arrow and over JSON.
+
+    The batch workers are started first and timed on their own: with --linger a job that follows
+    another finds them up, so each job's wall is its own lease, scaling check and scoring.
+    """
     source = write_pairs_csv(work_dir / f"pairs-{rows}.csv", service, rows)
-    scored = work_dir / "scored.csv"
-    settings = BatchSettings()
+    settings = BatchSettings(linger_s=DEFAULT_LINGER_S)
+    configs = {}
     with MovieRecClient(server.inference_url, server.management_url, key_file=server.key_file) as client:
-        with CpuMeter(server.pid) as cpu:
-            started = time.perf_counter()
-            summary = score_csv(client, source, scored, settings=settings)
-            wall = time.perf_counter() - started
+        started = time.perf_counter()
+        version = ensure_batch_registration(client, model=MODEL, settings=settings)
+        client.scale(version, settings.workers, model=BULK_MODEL)
+        startup_s = time.perf_counter() - started
+        for protocol in ("arrow", "json"):
+            scored = work_dir / f"scored-{protocol}.csv"
+            configs[f"score_{protocol}"] = score_once(server, client, source, scored, protocol)
+    same = (work_dir / "scored-arrow.csv").read_bytes() == (work_dir / "scored-json.csv").read_bytes()
     return {
         "rows": rows,
+        "configs": configs,
+        "same_output": same,
+        "startup_s": startup_s,
+        "settings": asdict(settings),
+    }
+
+
+def score_once(server: torchserve.Server, client: MovieRecClient, source: Path, scored: Path, protocol: str) -> dict:
+    """One `score_csv` run over one protocol, timed end to end, with CPU and noise."""
+    settings = BatchSettings(linger_s=DEFAULT_LINGER_S)
+    with CpuMeter(server.pid) as cpu:
+        started = time.perf_counter()
+        summary = score_csv(client, source, scored, settings=settings, protocol=protocol, progress=False)
+        wall = time.perf_counter() - started
+    return {
+        "protocol": protocol,
+        "chunk": default_chunk(protocol),
         "rows_scored": summary.rows_scored,
         "rows_with_errors": summary.rows_with_errors,
         "output_rows": count_lines(scored) - 1,
         "scoring_s": summary.elapsed_s,
         "wall_s": wall,
-        "rows_s": summary.rows_per_s,
-        "settings": asdict(settings),
+        "rows_s": summary.rows_scored / wall if wall > 0 else 0.0,
         "server_cpu_s": cpu.server_cpu_s,
         "client_cpu_s": cpu.client_cpu_s,
         "noise_cores": cpu.noise_cores,

@@ -14,6 +14,11 @@ TARGET_BULK_PAIRS_S = 1_000_000
 TARGET_SINGLE_C32_REQ_S = 5_000
 TARGET_SINGLE_C32_P99_MS = 20.0
 TARGET_TOPK_P50_MS = 2.0
+# Issue 9: the Arrow protocol and `movierec score`.
+TARGET_SCORE_ROWS_S = 1_500_000  # 1M-row CSV end to end, Arrow
+TARGET_SCORE_VS_JSON = 5.0  # Arrow over JSON, same run
+TARGET_ARROW_PAIRS_S = 3_000_000  # served Arrow bulk, c4, bulk registration
+TARGET_ARROW_VS_JSON = 1.6  # over JSON bodies sent by the same generator
 
 # In-process configuration id -> (path, batch) columns.
 INPROCESS_NAMES = {
@@ -24,6 +29,7 @@ INPROCESS_NAMES = {
     "exact_10k": ("TorchScript forward (`predict_exact`)", "10,000"),
     "predict_10k": ("factorised `predict`", "10,000"),
     "handle_bulk10k": ("`handle_batch`, one 10k-pair JSON body", "10,000"),
+    "handle_arrow10k": ("`handle_batch`, one 10k-pair Arrow body", "10,000"),
     "handle_single_x32": ("`handle_batch`, 32 single-pair bodies (one dynamic batch)", "32 x 1"),
     "recommend": (f"`recommend(k={TOP_K})`", "1 user"),
     "handle_topk": (f"`handle_batch`, one top-{TOP_K} body", "1 user"),
@@ -38,7 +44,13 @@ SERVED_NAMES = {
     "topk_c1": f"top-{TOP_K}, c1",
     "bulk10k_c4_batchreg": "bulk 10k pairs, c4, bulk registration",
     "topk_c1_batchreg": f"top-{TOP_K}, c1, bulk registration",
+    "arrow10k_c4_batchreg": "bulk 10k pairs as Arrow, c4, bulk registration (Python generator)",
+    "json10k_c4_batchreg_py": "bulk 10k pairs as JSON, c4, bulk registration (Python generator)",
 }
+# Served Arrow against JSON bodies, both from the Python generator.
+ARROW_SERVED, JSON_SERVED_PY = "arrow10k_c4_batchreg", "json10k_c4_batchreg_py"
+# `movierec score` runs, keyed by id.
+SCORE_NAMES = {"score_arrow": "Arrow (default)", "score_json": "JSON (`--protocol json`)"}
 # The served 10k-pair configurations the bulk target is checked on, with their short labels.
 BULK_TARGET_CONFIGS = {"bulk10k_c1": "c1", "bulk10k_c4": "c4", "bulk10k_c4_batchreg": "c4, bulk registration"}
 
@@ -58,6 +70,13 @@ METHOD = [
     "growth of `RUN_DIR/logs` during the measurement. Noise cores: busy CPU from `/proc/stat` minus "
     "the CPU of the server, this process and wrk.",
     "- wrk is a closed-loop generator: at saturation its p99 understates open-loop tail latency.",
+    "- Arrow bodies (which post.lua cannot send) go through `movierec/bench/pyload.py`: N threads, each with "
+    "one keep-alive `http.client` connection, post the 8 pre-built 10k-pair bodies in rotation and read each "
+    "whole answer before the next (closed loop, like `wrk -cN`). The same generator sends the JSON bodies of "
+    "the same pairs, and the Arrow target is checked against that figure; its client CPU is in the noise meter.",
+    "- `movierec score`: `score_csv` over each protocol on the same CSV, after the batch workers were started "
+    "(timed apart), as a job that follows another within `--linger` finds them; wall time covers the job's "
+    "lease and scaling calls, reading, scoring and writing. The two outputs are compared byte for byte.",
     "",
 ]
 
@@ -152,8 +171,10 @@ def noise_note(results: dict) -> str:
                 f"Other processes used a median of {statistics.median(values):.2f} cores "
                 f"(max {max(values):.2f}) during the {label} measurements."
             )
-    if results.get("csv", {}).get("noise_cores") is not None:
-        parts.append(f"During CSV scoring: {results['csv']['noise_cores']:.2f} cores.")
+    score_runs = (results.get("csv") or {}).get("configs", {})
+    if score_runs:
+        noise = ", ".join(f"{run['noise_cores']:.2f} ({run['protocol']})" for run in score_runs.values())
+        parts.append(f"During CSV scoring: {noise} cores.")
     parts.append(
         f"With {results['machine']['cores']} cores, 1 busy core of noise halves what the server "
         "can get; compare runs only at similar noise, and prefer server CPU ms per request."
@@ -185,9 +206,36 @@ def targets_section(results: dict) -> list[str]:
             f"| top-K p50 ≤ {TARGET_TOPK_P50_MS:.0f} ms (served, c1) | {ms(p50)} ms{extra} | "
             f"{verdict(p50 <= TARGET_TOPK_P50_MS)} |"
         )
+    rows += arrow_target_rows(served, (results.get("csv") or {}).get("configs", {}))
     if not rows:
         return []
     return ["## Targets", "", "| target (this 2-core machine) | measured (median) | |", "|---|---|---|", *rows, ""]
+
+
+def arrow_target_rows(served: dict[str, list[dict]], scores: dict[str, dict]) -> list[str]:
+    """Issue 9's targets: `movierec score` over Arrow, and served Arrow bulk, each against JSON."""
+    rows = []
+    if "score_arrow" in scores:
+        arrow = scores["score_arrow"]["rows_s"]
+        json_rows_s = scores.get("score_json", {}).get("rows_s")
+        ratio = arrow / json_rows_s if json_rows_s else None
+        ok = arrow >= TARGET_SCORE_ROWS_S and ratio is not None and ratio >= TARGET_SCORE_VS_JSON
+        against = f", {ratio:.1f}x JSON ({rate(json_rows_s)} rows/s)" if ratio else ", JSON not measured"
+        rows.append(
+            f"| `movierec score` 1M-row CSV ≥ {rate(TARGET_SCORE_ROWS_S)} rows/s and ≥ {TARGET_SCORE_VS_JSON:.0f}x "
+            f"JSON | {rate(arrow)} rows/s{against} | {verdict(ok)} |"
+        )
+    if ARROW_SERVED in served:
+        arrow = median(served[ARROW_SERVED], "pairs_s")
+        json_runs = served.get(JSON_SERVED_PY)
+        ratio = arrow / median(json_runs, "pairs_s") if json_runs else None
+        ok = arrow >= TARGET_ARROW_PAIRS_S and ratio is not None and ratio >= TARGET_ARROW_VS_JSON
+        against = f", {ratio:.2f}x JSON bodies" if ratio else ", JSON bodies not measured"
+        rows.append(
+            f"| served Arrow bulk ≥ {rate(TARGET_ARROW_PAIRS_S)} pairs/s and ≥ {TARGET_ARROW_VS_JSON}x JSON "
+            f"(c4, bulk registration) | {rate(arrow)} pairs/s{against} | {verdict(ok)} |"
+        )
+    return rows
 
 
 def inprocess_section(data: dict | None) -> list[str]:
@@ -219,6 +267,13 @@ def inprocess_section(data: dict | None) -> list[str]:
         + f"; total {ms(total)} ms.",
         "",
     ]
+    configs = data["configs"]
+    if configs.get("handle_arrow10k") and configs.get("handle_bulk10k"):
+        arrow, json_pairs = median(configs["handle_arrow10k"], "pairs_s"), median(configs["handle_bulk10k"], "pairs_s")
+        lines += [
+            f"The same 10k pairs as one Arrow body: {rate(arrow)} pairs/s, {arrow / json_pairs:.1f}x the JSON body.",
+            "",
+        ]
     return lines
 
 
@@ -271,25 +326,33 @@ def cpu_split(runs: list[dict]) -> str:
 
 
 def csv_section(data: dict | None) -> list[str]:
-    """Section 3: the batch-scoring client over a large CSV."""
-    title = "## 3. Batch scoring of a CSV through the client (`movierec.client.scoring.score_csv`)"
+    """Section 3: `movierec score` over a large CSV, per protocol."""
+    title = "## 3. Batch scoring of a CSV through the client (`movierec score`, `score_csv`)"
     if not data:
         return [title, "", "Not measured in this run.", ""]
     if "skipped" in data:
         return [title, "", f"**Skipped:** {data['skipped']}", ""]
     st = data["settings"]
-    return [
+    lines = [
         title,
         "",
-        f"| rows | rows/s | scoring s | wall s (incl. registering and scaling `{BULK_MODEL}`) | rows with errors | "
-        "server CPU s | client CPU s | noise cores |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| {data['rows']:,} | {rate(data['rows_s'])} | {data['scoring_s']:.1f} | {data['wall_s']:.1f} | "
-        f"{data['rows_with_errors']:,} | {data['server_cpu_s']:.1f} | {data['client_cpu_s']:.1f} | "
-        f"{data['noise_cores']:.2f} |",
+        "| protocol | chunk | rows | rows/s (wall) | wall s | scoring s | rows with errors | server CPU s | "
+        "client CPU s | noise cores |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, run in data["configs"].items():
+        lines.append(
+            f"| {SCORE_NAMES.get(key, key)} | {run['chunk']:,} | {run['rows_scored']:,} | {rate(run['rows_s'])} | "
+            f"{run['wall_s']:.2f} | {run['scoring_s']:.2f} | {run['rows_with_errors']:,} | "
+            f"{run['server_cpu_s']:.1f} | {run['client_cpu_s']:.1f} | {run['noise_cores']:.2f} |"
+        )
+    same = "identical" if data["same_output"] else "**different** (the protocols disagree)"
+    lines += [
         "",
-        f"Client defaults: {st['workers']} batch workers, batch_size {st['batch_size']}, max_batch_delay "
-        f"{st['max_batch_delay']} ms; the output had {data['output_rows']:,} rows. One run (not repeated per round). "
-        "Server and client CPU cover the whole call, including starting the batch workers.",
+        f"- Outputs of the two protocols: {same}, byte for byte ({data['rows']:,} input rows).",
+        f"- Registering `{BULK_MODEL}` and starting its {st['workers']} workers took {data['startup_s']:.1f} s before "
+        f"the jobs; each job found them up, as one within `--linger` ({st['linger_s']:.0f} s) of another does. "
+        f"batch_size {st['batch_size']}, max_batch_delay {st['max_batch_delay']} ms. One run each.",
         "",
     ]
+    return lines

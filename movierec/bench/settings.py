@@ -14,6 +14,8 @@ TOP_K = 10
 BENCH_VERSION = "bench"
 # The model name `movierec score` registers the archive under, with its own (unbatched, 2-worker) settings.
 BULK_MODEL = BATCH_MODEL
+# The body kind holding Arrow IPC bodies (the bulk10k pairs): sent by the Python load generator, not wrk.
+ARROW_KIND = "arrow10k"
 
 
 @dataclass

@@ -16,12 +16,13 @@ from model.arrow import ARROW_STREAM
 from movierec.client.api import MovieRecClient, ServerError, check_version
 from movierec.client.columnar import ID_COLUMNS, count_rows, open_output, read_chunks
 from movierec.client.scoring import (
-    DEFAULT_CHUNK,
+    DEFAULT_ARROW_CHUNK,
     DEFAULT_CONCURRENCY,
     SYNC_INTERVAL_S,
     Progress,
     ScoreSummary,
     check_job,
+    v1_path,
 )
 
 
@@ -73,9 +74,17 @@ def read_answer(body: bytes, expected_rows: int, first_row: int) -> tuple[np.nda
     return np.round(values, 4), error.cast(pa.string())
 
 
-def post_arrow(client: MovieRecClient, body: bytes, *, model: str, version: str | None) -> bytes:
-    """POST an Arrow body to /predictions/{model}[/{version}]; the answer's bytes (errors raise, as for JSON)."""
-    path = f"/predictions/{model}" + (f"/{check_version(version)}" if version else "")
+def post_arrow(
+    client: MovieRecClient, body: bytes, *, model: str, version: str | None, route: str = "predictions"
+) -> bytes:
+    """POST an Arrow body to /predictions/{model}[/{version}] or, on route "v1", /v1/models/{model}:predict.
+
+    Returns the answer's bytes; errors raise, as for JSON.
+    """
+    if route == "v1":
+        path = v1_path(model)
+    else:
+        path = f"/predictions/{model}" + (f"/{check_version(version)}" if version else "")
     headers = {"Content-Type": ARROW_STREAM, "Accept": ARROW_STREAM}
     return client.send("POST", "inference", path, data=body, headers=headers).content
 
@@ -116,7 +125,7 @@ def score_file_arrow(
     output_path: str | os.PathLike[str],
     post: Callable[[bytes], bytes],
     *,
-    chunk_size: int = DEFAULT_CHUNK,
+    chunk_size: int = DEFAULT_ARROW_CHUNK,
     concurrency: int = DEFAULT_CONCURRENCY,
     resume: bool = False,
     progress: bool = True,

@@ -29,8 +29,9 @@ def add_score(sub: argparse._SubParsersAction, server: argparse.ArgumentParser) 
     p.add_argument(
         "--chunk",
         type=positive,
-        default=scoring.DEFAULT_CHUNK,
-        help=f"rows per request (max {scoring.MAX_INSTANCES}) (default %(default)s)",
+        default=None,
+        help=f"rows per request (max {scoring.MAX_INSTANCES}; default {scoring.DEFAULT_ARROW_CHUNK} with arrow, "
+        f"{scoring.DEFAULT_CHUNK} with json)",
     )
     p.add_argument(
         "--concurrency",
@@ -55,6 +56,12 @@ def add_score(sub: argparse._SubParsersAction, server: argparse.ArgumentParser) 
         default=scoring.DEFAULT_PROTOCOL,
         help="request bodies: arrow (columnar, fastest) or json (CSV only; for JSON-only routes such as "
         "KServe's) (default %(default)s)",
+    )
+    p.add_argument(
+        "--route",
+        choices=scoring.ROUTES,
+        default=scoring.DEFAULT_ROUTE,
+        help="predictions, or v1: KServe's /v1/models/BATCH_MODEL:predict (needs --no-manage) (default %(default)s)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (or, off a terminal, progress lines)")
     p.set_defaults(func=cmd_score)
@@ -91,11 +98,21 @@ def _add_batch_registration_options(p: argparse.ArgumentParser) -> None:
         default=scoring.BATCH_MODEL,
         help="name of the bulk-scoring registration (default %(default)s)",
     )
+    p.add_argument(
+        "--linger",
+        type=float,
+        default=scoring.DEFAULT_LINGER_S,
+        metavar="SECONDS",
+        help="keep the batch workers up this long after the last job, so the next job skips their start-up; "
+        "0 scales down at once (default %(default)s)",
+    )
 
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Run `score`."""
-    settings = scoring.BatchSettings(args.batch_size, args.max_batch_delay, args.workers, args.idle_workers)
+    settings = scoring.BatchSettings(
+        args.batch_size, args.max_batch_delay, args.workers, args.idle_workers, args.linger
+    )
     with make_client(args, pool_size=args.concurrency) as client:
         summary = scoring.score_csv(
             client,
@@ -111,6 +128,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             manage=not args.no_manage,
             protocol=args.protocol,
+            route=args.route,
         )
     print(summary)
     return 0
@@ -156,7 +174,9 @@ def add_recommend_all(sub: argparse._SubParsersAction, server: argparse.Argument
 
 def cmd_recommend_all(args: argparse.Namespace) -> int:
     """Run `recommend-all`."""
-    settings = scoring.BatchSettings(args.batch_size, args.max_batch_delay, args.workers, args.idle_workers)
+    settings = scoring.BatchSettings(
+        args.batch_size, args.max_batch_delay, args.workers, args.idle_workers, args.linger
+    )
     with make_client(args, pool_size=args.concurrency) as client:
         summary = recommend_all.recommend_all(
             client,
