@@ -29,7 +29,7 @@ import train
 from handler.movierec_handler import MovierecHandler
 from model.artifact import load_artifact
 from model.core import PARITY_TOL, Recommender
-from model.service import ServiceOptions
+from model.protocol import ServiceOptions
 from movierec.paths import REPO
 from movierec.testing import LocalContext
 from movierec.torchserve.archive import load_model_config
