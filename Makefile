@@ -32,7 +32,7 @@ SERVE_PORTS := --inference-port $(INFERENCE_PORT) --management-port $(MANAGEMENT
 SERVER_FLAGS := --inference-url http://127.0.0.1:$(INFERENCE_PORT) \
 	--management-url http://127.0.0.1:$(MANAGEMENT_PORT) --key-file $(RUN_DIR)/key_file.json
 
-.PHONY: help install data datagen train mar serve stop status health predict recommend demo test test-fast lint bench gpu-check kserve-layout clean
+.PHONY: help install data datagen train mar serve stop status health predict recommend demo test test-fast lint bench bench-scale gpu-check kserve-layout clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -106,6 +106,9 @@ lint: $(STAMP) ## ruff check + format check
 
 bench: $(STAMP) ## measure in-process vs served throughput and latency; writes BENCHMARKS.md
 	$(VENV)/bin/movierec-bench --artifacts $(ARTIFACTS) --out BENCHMARKS.md
+
+bench-scale: $(STAMP) ## generate -> load -> train -> .mar -> score -> serve at several sizes [SIZES='1000000 5000000'] [SCALE_ARGS='...']
+	$(PY) -m movierec.bench.scale --sizes $(or $(SIZES),1000000 5000000 25000095) --out bench_scale --serve $(SCALE_ARGS)
 
 gpu-check: $(STAMP) ## on a CUDA machine: train on the GPU, compare the GPU handler with the CPU one
 	$(PY) -m movierec.bench.gpu_check --device $(or $(DEVICE),cuda) --out gpu_out

@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from model.index import IdIndex
-from model.protocol import MAX_TOP_K, MAX_USERS, RequestError, check_top_k, check_user_rows, id_problem, is_id
 from model.protocol import ARROW_STREAM as ARROW_STREAM  # the protocol's Content-Type, re-exported
+from model.protocol import MAX_TOP_K, MAX_USERS, RequestError, check_top_k, check_user_rows, id_problem, is_id
 
 if TYPE_CHECKING:
     from model.core import Recommender

@@ -8,14 +8,17 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 import train
+from model import fit
 from model.artifact import load_artifact
 from model.data import load_ratings, split_indices
+from model.index import IdIndex
 from model.net import EmbeddingNet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,3 +179,113 @@ def test_validation_csv_holds_exactly_the_held_out_rows(tiny_artifact, synth_dat
     assert held["user_id"].tolist() == expected["user_id"].tolist()
     assert held["movie_id"].tolist() == expected["movie_id"].tolist()
     assert len(held) == meta["counts"]["val"]
+
+
+def test_id_rows_match_the_row_by_row_mapping(synth_data):
+    data = load_ratings(synth_data[0])
+    for column in ("user_id", "movie_id"):
+        index = IdIndex.from_ids(data.frame[column])
+        assert np.array_equal(train.id_rows(data, column, index), index.rows(data.frame[column]))
+
+
+def test_each_epoch_reports_elapsed_and_eta(tmp_path, synth_data, capsys, monkeypatch):
+    ticks = iter(range(0, 1000, 45))  # every epoch takes 45 s by this clock
+    monkeypatch.setattr(fit, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    quick_run(synth_data[0], tmp_path / "eta", "--epochs", "3")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"]
+    assert [line.split("(45.0s, ")[1].split(" ratings/s")[0] for line in lines] == ["60"] * 3  # 2,700 rows
+    assert [line.split("; ")[1] for line in lines] == [
+        "elapsed 45.0s, ETA 1m30s)",
+        "elapsed 1m30s, ETA 45.0s)",
+        "elapsed 2m15s, ETA 0.0s)",
+    ]
+    assert fit.clock(3725) == "1h02m05s"
+
+
+class Killed(Exception):
+    """Stands in for a kill between epochs."""
+
+
+def kill_after(monkeypatch, last: int) -> None:
+    """Make train stop right after epoch `last`'s checkpoint is written."""
+
+    def hook(epoch: int) -> None:
+        if epoch == last:
+            raise Killed
+
+    monkeypatch.setattr(fit, "epoch_done", hook)
+
+
+def test_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path, synth_data, monkeypatch):
+    options = ["--epochs", "3", "--seed", "5", "--p1", "0.3"]  # dropout: the RNG state must be restored too
+    whole = quick_run(synth_data[0], tmp_path / "whole", *options)
+    cut = tmp_path / "cut"
+    kill_after(monkeypatch, 2)
+    with pytest.raises(Killed):
+        quick_run(synth_data[0], cut, *options)
+    assert (cut / "checkpoint" / "state.pt").exists() and not (cut / "metadata.json").exists()
+    monkeypatch.undo()
+
+    assert train.main(["--resume", str(cut), "--quiet"]) == 0
+    assert torch.equal(all_predictions(whole), all_predictions(cut))
+    meta_whole, meta_cut = (json.loads((p / "metadata.json").read_text()) for p in (whole, cut))
+    assert meta_cut["train"] == meta_whole["train"] and meta_cut["train"]["seed"] == 5
+    assert [h["val_rmse"] for h in meta_cut["metrics"]["history"]] == [
+        h["val_rmse"] for h in meta_whole["metrics"]["history"]
+    ]
+    assert not (cut / "checkpoint").exists()  # removed once the artifact is written
+
+
+def test_a_new_run_does_not_continue_a_stale_checkpoint(tmp_path, synth_data, monkeypatch):
+    out = tmp_path / "out"
+    kill_after(monkeypatch, 1)
+    with pytest.raises(Killed):
+        quick_run(synth_data[0], out, "--epochs", "3", "--seed", "3")
+    monkeypatch.undo()
+    fresh = quick_run(synth_data[0], out, "--epochs", "3")
+    assert torch.equal(
+        all_predictions(fresh), all_predictions(quick_run(synth_data[0], tmp_path / "b", "--epochs", "3"))
+    )
+
+
+def test_resume_without_a_checkpoint_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        train.parse_args(["--resume", str(tmp_path)])
+    assert info.value.code == 2 and "no checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.parse_args([])
+
+
+def test_the_auto_recipe_keeps_ml100k_exactly_and_scales_the_batch_for_large_data():
+    name, small = train.recipe_for(100_000, 90_000)
+    assert name == "ml100k" and small == {"batch_size": 256, "lr": 3e-3, "wd": 0.3, "p1": 0.4, "p2": 0.5}
+    name, large = train.recipe_for(25_000_095, 22_500_085)
+    assert name == "scale" and large == {"batch_size": 64_000, **train.SCALE_RECIPE}
+    assert math.ceil(22_500_085 / large["batch_size"]) == 352  # as many steps per epoch as ML-100K
+    assert train.recipe_for(100_000, 90_000, "scale")[0] == "scale"
+    assert train.recipe_for(25_000_095, 22_500_085, "ml100k")[1] == small
+
+
+def test_given_options_override_the_recipe_and_the_artifact_records_what_was_used(tmp_path, synth_data):
+    out = quick_run(synth_data[0], tmp_path / "scale", "--recipe", "scale", "--lr", "0.02")
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["metrics"]["recipe"] == "scale"
+    assert meta["train"]["lr"] == 0.02 and meta["train"]["batch_size"] == 256  # both given (QUICK)
+    assert {k: meta["train"][k] for k in ("wd", "p1", "p2")} == {k: train.SCALE_RECIPE[k] for k in ("wd", "p1", "p2")}
+    assert art_dropout(out) == (train.SCALE_RECIPE["p1"], train.SCALE_RECIPE["p2"])
+
+
+def art_dropout(folder) -> tuple[float, float]:
+    """The dropout rates the artifact's network was built with."""
+    net = load_artifact(folder).net
+    return net.p1, net.p2
+
+
+@pytest.mark.slow  # torch.compile takes ~30 s on the CPU
+def test_compiled_training_learns_the_same_model(tmp_path, synth_data):
+    eager = quick_run(synth_data[0], tmp_path / "eager", "--p1", "0", "--p2", "0")
+    compiled = quick_run(synth_data[0], tmp_path / "compiled", "--p1", "0", "--p2", "0", "--compile")
+    assert load_artifact(compiled).metadata["train"]["compile"] is True
+    # Same steps, same data order; only the kernels' rounding may differ.
+    torch.testing.assert_close(all_predictions(compiled), all_predictions(eager), atol=1e-3, rtol=0)

@@ -9,6 +9,8 @@ the way TorchServe does on an assigned GPU (gpu_id 0), and checks that every rep
 batch (single pairs, instances, top-K, bad requests) matches the CPU handler: same statuses,
 ratings within model.core.PARITY_TOL, the same top-K movies. It also times in-process scoring on both devices.
 With --device cpu it runs the same code end to end, which is how the tests keep it working.
+With --scale-ratings N it trains on ML-25M-shaped generated data of N ratings instead (the scale
+path: 25000095 is ML-25M's size) and reports the validation RMSE against the data's known floor.
 Results go to OUT/gpu_check.json and a Markdown summary to stdout and OUT/gpu_check.md.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -136,6 +139,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=REPO / "gpu_out", help="directory for the artifact and results")
     p.add_argument("--ratings", help="ratings file (default: the embedded MovieLens 100K)")
     p.add_argument("--train-args", default="", help="extra train.py arguments, e.g. '--epochs 2'")
+    p.add_argument(
+        "--scale-ratings",
+        type=int,
+        metavar="N",
+        help="train on generated ML-25M-shaped data of N ratings (movierec.datagen; removed afterwards)",
+    )
     p.add_argument("--pairs", type=int, default=100_000, help="pairs per timed predict call")
     p.add_argument("--repeat", type=int, default=50, help="timed calls per measurement")
     return p.parse_args(argv)
@@ -158,6 +167,33 @@ def train_on(device: torch.device, artifact_dir: Path, args: argparse.Namespace)
     }
 
 
+def scale_data(n_ratings: int, folder: Path) -> dict:
+    """Generate ML-25M-shaped ratings of that size into folder; the generator's report."""
+    from movierec.bench.scale import shape_for
+    from movierec.datagen import generate
+
+    started = time.perf_counter()
+    report = generate(shape_for(n_ratings), folder, quiet=True)
+    return {"ratings": n_ratings, "rmse_floor": report["rmse_floor"], "generate_s": time.perf_counter() - started}
+
+
+def train_maybe_scaled(device: torch.device, artifact_dir: Path, args: argparse.Namespace) -> tuple[dict, dict | None]:
+    """train_on, first generating --scale-ratings data when asked; (training result, scale result or None)."""
+    if not args.scale_ratings:
+        return train_on(device, artifact_dir, args), None
+    folder = args.out / "scale_data"
+    scale = scale_data(args.scale_ratings, folder)
+    args.ratings = str(folder / "ratings.csv")
+    try:
+        trained = train_on(device, artifact_dir, args)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    meta = load_artifact(artifact_dir).metadata
+    epoch_s = float(np.median([h["seconds"] for h in meta["metrics"]["history"]]))
+    scale.update(gap=trained["val_rmse"] - scale["rmse_floor"], ratings_per_s=meta["counts"]["train"] / epoch_s)
+    return trained, scale
+
+
 def summary(result: dict, args: argparse.Namespace) -> str:
     """The Markdown summary of one check."""
     trained, parity, device = result["train"], result["handler_parity"], args.device
@@ -167,6 +203,7 @@ def summary(result: dict, args: argparse.Namespace) -> str:
         "",
         f"- training on {trained['device']}: val RMSE {trained['val_rmse']:.4f}, fit {trained['fit_s']:.1f} s "
         f"({trained['wall_s']:.1f} s with loading and export)",
+        *scale_lines(result),
         f"- handler on {device} vs CPU over {parity['requests']} mixed requests: max rating diff "
         f"{parity['max_abs_diff']:.1e}, {len(parity['problems'])} problem(s)",
         f"- factorised scoring vs TorchScript at load on {device}: {result['device_load_parity']:.1e}",
@@ -180,6 +217,18 @@ def summary(result: dict, args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+def scale_lines(result: dict) -> list[str]:
+    """The summary lines of a --scale-ratings run (none without)."""
+    if "scale" not in result:
+        return []
+    scale, trained = result["scale"], result["train"]
+    return [
+        f"- scale path: {scale['ratings']:,} generated ratings ({scale['generate_s']:.1f} s), "
+        f"val RMSE {trained['val_rmse']:.4f} vs floor {scale['rmse_floor']:.4f} (gap {scale['gap']:+.4f}), "
+        f"{scale['ratings_per_s']:,.0f} ratings/s per epoch"
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Train on the device, check handler parity with the CPU, time both; 1 when they disagree."""
     args = parse_args(argv)
@@ -191,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     model_dir = args.out / "mar"
     artifact_dir = model_dir / "artifact"
-    trained = train_on(device, artifact_dir, args)
+    trained, scale = train_maybe_scaled(device, artifact_dir, args)
 
     rng = np.random.default_rng(0)
     art = load_artifact(artifact_dir)
@@ -207,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
         "train": trained,
+        **({"scale": scale} if scale else {}),
         "handler_parity": parity,
         "device_load_parity": dev_rec.parity,
         "timings": {

@@ -1,0 +1,355 @@
+"""Scale benchmark: generate -> load -> train -> .mar -> score in process -> (optionally) serve, per data size.
+
+    python -m movierec.bench.scale --sizes 1000000 5000000 25000095 --out bench_scale [--serve] [--train-args '--epochs 5']
+
+Each size gets ML-25M-shaped synthetic data (movierec.datagen: users and movies scaled with the
+ratings, so 25,000,095 ratings is ML-25M's shape) with a known RMSE floor. Loading and training run
+as child processes, so each has its own peak RSS. Results go to OUT/scale.json, a "Scale" Markdown
+section to OUT/scale.md and cost vs data size to OUT/scale.png. Generated data lives in a temporary
+folder (--work; training prints to WORK/rN/train.log) that is deleted at the end unless --keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+import torch
+
+from movierec.bench.gpu_check import p50_ms
+from movierec.datagen import GenConfig, generate
+from movierec.paths import REPO
+
+FULL = GenConfig()  # ML-25M's sizes
+VERSION = "1.0"
+TOP_K = 10
+
+
+def shape_for(n_ratings: int) -> GenConfig:
+    """ML-25M's shape scaled to n_ratings: users and movies in proportion, the matrix at most 1/4 full."""
+    share = n_ratings / FULL.n_ratings
+    n_users = max(2, min(round(FULL.n_users * share), n_ratings // FULL.min_per_user))
+    n_movies = max(FULL.min_per_user * 2, round(FULL.n_movies * share), -(-4 * n_ratings // n_users))
+    return GenConfig(n_users=n_users, n_movies=n_movies, n_ratings=n_ratings)
+
+
+def run_child(argv: list[str], log: Path) -> tuple[str, float, float]:
+    """Run a Python child to the end, stdout to log (to follow a long run): (stdout, wall s, peak RSS MB)."""
+    started = time.perf_counter()
+    with open(log, "wb") as out:
+        done = subprocess.run([sys.executable, *argv], cwd=REPO, stdout=out, stderr=subprocess.PIPE)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:3])} failed ({done.returncode}):\n{done.stderr.decode()[-2000:]}")
+    text = log.read_text()
+    # RUSAGE_CHILDREN is a maximum over every child so far, so the child reports its own peak.
+    peak = json.loads(text.strip().splitlines()[-1])["peak_rss_mb"]
+    return text, wall, peak
+
+
+def child_peak_rss() -> None:
+    """Print this process's peak RSS as the last stdout line (read by run_child).
+
+    VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent, which here holds
+    the previous size's model, while VmHWM belongs to the address space exec() gave this process.
+    """
+    status = Path("/proc/self/status")
+    lines = status.read_text().splitlines() if status.exists() else []
+    kib = next((int(line.split()[1]) for line in lines if line.startswith("VmHWM:")), None)
+    if kib is None:
+        import resource
+
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_rss_mb": round(kib / 1024, 1)}))
+
+
+def measure_load(ratings: Path) -> dict:
+    """load_ratings plus the ID codes train.py uses, in a fresh process: seconds and peak RSS."""
+    out, _, peak = run_child(["-m", "movierec.bench.scale", "--load-only", str(ratings)], ratings.parent / "load.log")
+    return {"load_s": json.loads(out.splitlines()[0])["load_s"], "load_peak_rss_mb": peak}
+
+
+def load_only(ratings: Path) -> None:
+    """The child side of measure_load."""
+    from model.data import load_ratings
+
+    started = time.perf_counter()
+    data = load_ratings(ratings)
+    data.codes("user_id"), data.codes("movie_id")
+    print(json.dumps({"load_s": round(time.perf_counter() - started, 2)}))
+    child_peak_rss()
+
+
+def measure_train(ratings: Path, artifact: Path, train_args: list[str]) -> dict:
+    """train.py with its default recipe (plus train_args) in a fresh process: timings, RMSE, peak RSS."""
+    argv = ["-c", "import sys, train; from movierec.bench.scale import child_peak_rss; "
+            "code = train.main(sys.argv[1:]); child_peak_rss(); sys.exit(code)"]  # fmt: skip
+    log = artifact.parent / "train.log"
+    _, wall, peak = run_child([*argv, "--ratings", str(ratings), "--out", str(artifact), "--quiet", *train_args], log)
+    meta = json.loads((artifact / "metadata.json").read_text())
+    metrics, history = meta["metrics"], meta["metrics"]["history"]
+    per_epoch = [h["seconds"] for h in history]
+    return {
+        "train_wall_s": round(wall, 1),
+        "train_peak_rss_mb": peak,
+        "epochs": len(history),
+        "epoch_s": round(float(np.median(per_epoch)), 2),
+        "ratings_per_s": round(meta["counts"]["train"] / float(np.median(per_epoch))),
+        "val_rmse": metrics["val_rmse"],
+        "val_rmse_by_epoch": [round(h["val_rmse"], 4) for h in history],
+        "batch_size": meta["train"]["batch_size"],
+        "recipe": {k: meta["train"][k] for k in ("epochs", "batch_size", "lr", "wd", "p1", "p2")},
+        "device": metrics["device"],
+    }
+
+
+def measure_mar(artifact: Path, store: Path) -> dict:
+    """build_mar: seconds and archive size."""
+    from movierec.torchserve.archive import build_mar
+
+    started = time.perf_counter()
+    mar = build_mar(artifact, VERSION, store)
+    return {"mar_s": round(time.perf_counter() - started, 2), "mar_mb": round(mar.stat().st_size / 2**20, 1)}
+
+
+def measure_inprocess(artifact: Path, repeat: int, pairs: int) -> dict:
+    """Recommender load time, top-10 p50 over all movies and bulk pairs/s, with the handler's 1 thread."""
+    from model.artifact import load_artifact
+    from model.core import Recommender
+    from model.protocol import ServiceOptions
+    from movierec.torchserve.archive import load_model_config
+
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    options = ServiceOptions.from_config(load_model_config().get("handler"))
+    rec = Recommender(load_artifact(artifact), min_movie_ratings=options.min_movie_ratings)
+    load_s = time.perf_counter() - started
+    rng = np.random.default_rng(0)
+    users = rng.integers(len(rec.artifact.users), size=repeat + 1)
+    calls = iter(users.tolist() * 2)
+    top = p50_ms(lambda: rec.recommend(next(calls), TOP_K), repeat)
+    u, m = rng.integers(len(rec.artifact.users), size=pairs), rng.integers(len(rec.artifact.movies), size=pairs)
+    bulk = p50_ms(lambda: rec.predict(u, m), max(3, repeat // 10))
+    return {"recommender_load_s": round(load_s, 2), "top10_p50_ms": top, "pairs_per_s": round(pairs / bulk * 1e3)}
+
+
+def measure_served(store: Path, artifact: Path, repeat: int) -> dict:
+    """TorchServe on free ports in a temp run dir: worker start-up, worker RSS, top-10 p50 without batching."""
+    import psutil
+
+    from movierec import torchserve
+
+    users = json.loads((artifact / "users.json").read_text())
+    run_dir = Path(tempfile.mkdtemp(prefix="scale-run-", dir="/tmp"))
+    server = torchserve.start(run_dir, store, [], ports=torchserve.Ports.free())
+    try:
+        started = time.perf_counter()
+        with server.client(timeout=600) as api:
+            # batch size 1: a lone request is answered at once instead of waiting for a batch to fill
+            api.register(VERSION, model="movierec", batch_size=1, max_batch_delay=1, response_timeout=120)
+        startup = time.perf_counter() - started
+        workers = [
+            p
+            for p in psutil.Process(server.pid).children(recursive=True)
+            if "model_service_worker" in " ".join(p.cmdline())
+        ]
+        rss = sum(p.memory_info().rss for p in workers) / 2**20
+        url, headers = f"{server.inference_url}/predictions/movierec", server.auth()
+        rng = np.random.default_rng(1)
+        with requests.Session() as http:
+
+            def ask() -> None:
+                reply = http.post(
+                    url,
+                    json={"user_id": users[int(rng.integers(len(users)))], "top_k": TOP_K},
+                    headers=headers,
+                    timeout=60,
+                )
+                reply.raise_for_status()
+
+            p50 = p50_ms(ask, repeat)
+    finally:
+        torchserve.stop(run_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return {"worker_startup_s": round(startup, 1), "worker_rss_mb": round(rss), "served_top10_p50_ms": p50}
+
+
+def measure_size(n_ratings: int, work: Path, args: argparse.Namespace) -> dict:
+    """Every stage at one size; the size's folder is removed afterwards unless --keep."""
+    folder = work / f"r{n_ratings}"
+    cfg = shape_for(n_ratings)
+    cfg.seed = args.seed
+    print(f"== {n_ratings:,} ratings ({cfg.n_users:,} users, {cfg.n_movies:,} movies)", flush=True)
+    started = time.perf_counter()
+    gen = generate(cfg, folder / "data", quiet=True)
+    row = {"ratings": n_ratings, "users": cfg.n_users, "movies": cfg.n_movies, "rmse_floor": gen["rmse_floor"]}
+    row["generate_s"] = round(time.perf_counter() - started, 1)
+    row["csv_mb"] = round((folder / "data" / "ratings.csv").stat().st_size / 2**20, 1)
+    row.update(measure_load(folder / "data" / "ratings.csv"))
+    print(f"   load {row['load_s']} s, peak RSS {row['load_peak_rss_mb']} MB; training", flush=True)
+    row.update(measure_train(folder / "data" / "ratings.csv", folder / "artifact", args.train_args.split()))
+    row["gap_to_floor"] = round(row["val_rmse"] - row["rmse_floor"], 4)
+    row["load_avg"] = round(os.getloadavg()[1], 1)  # 5-minute, at the end of training: the CPU is shared
+    print(f"   val RMSE {row['val_rmse']:.4f} (floor {row['rmse_floor']:.4f}), {row['epoch_s']} s/epoch", flush=True)
+    store = folder / "model_store"
+    store.mkdir()
+    row.update(measure_mar(folder / "artifact", store))
+    row.update(measure_inprocess(folder / "artifact", args.repeat, args.pairs))
+    if args.serve:
+        row.update(measure_served(store, folder / "artifact", args.repeat))
+    if not args.keep:
+        shutil.rmtree(folder, ignore_errors=True)
+    return row
+
+
+COLUMNS = [  # (key, header, format)
+    ("ratings", "ratings", "{:,}"),
+    ("users", "users", "{:,}"),
+    ("movies", "movies", "{:,}"),
+    ("generate_s", "generate s", "{:.1f}"),
+    ("load_s", "load s", "{:.1f}"),
+    ("load_peak_rss_mb", "load peak RSS MB", "{:,.0f}"),
+    ("epoch_s", "train s/epoch", "{:.1f}"),
+    ("ratings_per_s", "ratings/s", "{:,}"),
+    ("train_peak_rss_mb", "train peak RSS MB", "{:,.0f}"),
+    ("val_rmse", "val RMSE", "{:.4f}"),
+    ("rmse_floor", "floor", "{:.4f}"),
+    ("gap_to_floor", "gap", "{:+.4f}"),
+    ("mar_s", ".mar s", "{:.1f}"),
+    ("mar_mb", ".mar MB", "{:.1f}"),
+    ("top10_p50_ms", "top-10 p50 ms", "{:.2f}"),
+    ("pairs_per_s", "pairs/s", "{:,}"),
+    ("worker_startup_s", "worker start s", "{:.1f}"),
+    ("worker_rss_mb", "worker RSS MB", "{:,}"),
+    ("served_top10_p50_ms", "served top-10 p50 ms", "{:.2f}"),
+    ("load_avg", "load avg", "{:.1f}"),
+]
+
+
+def render(result: dict) -> str:
+    """The "Scale" Markdown section: how it was run, one table row per size, the recipe per size."""
+    rows = sorted(result["sizes"], key=lambda r: r["ratings"])
+    cols = [c for c in COLUMNS if any(c[0] in r for r in rows)]
+    lines = [
+        "## Scale",
+        "",
+        f"Synthetic MovieLens-25M-shaped data (movierec.datagen; users and movies scaled with the ratings), "
+        f"`{result['command']}` on {result['machine']}, torch {result['torch']}, {result['threads']} torch threads "
+        f"for training unless --threads is in the train arguments; load average {result['load_before']} before, {result['load_after']} after. "
+        "Training is train.py's default recipe; `floor` is the generator's best possible RMSE "
+        "and `gap` how far the model's validation RMSE is above it. In-process scoring uses the handler's "
+        "one thread: top-10 over all movies, and bulk pairs/s of `Recommender.predict`.",
+        "",
+        "| " + " | ".join(c[1] for c in cols) + " |",
+        "|" + "|".join("---:" for _ in cols) + "|",
+    ]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt.format(r[k]) if k in r else "" for k, _, fmt in cols) + " |")
+    lines.append("")
+    for r in rows:
+        by_epoch = ", ".join(f"{v:.4f}" for v in r["val_rmse_by_epoch"])
+        recipe = ", ".join(f"{k} {v}" for k, v in r["recipe"].items())
+        lines.append(f"- {r['ratings']:,} ratings: {recipe}; val RMSE by epoch {by_epoch}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Cost vs data size (log-log): seconds, memory and latency per stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [r["ratings"] for r in rows]
+    panels = [
+        ("seconds", [("generate_s", "generate"), ("load_s", "load"), ("epoch_s", "train epoch"), ("mar_s", ".mar")]),
+        ("MB", [("load_peak_rss_mb", "load RSS"), ("train_peak_rss_mb", "train RSS"), ("mar_mb", ".mar size"),
+                ("worker_rss_mb", "worker RSS")]),
+        ("ms", [("top10_p50_ms", "top-10 in process"), ("served_top10_p50_ms", "top-10 served")]),
+    ]  # fmt: skip
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    for ax, (unit, series) in zip(axes, panels, strict=True):
+        for key, label in series:
+            if all(key in r for r in rows):
+                ax.plot(x, [max(r[key], 1e-3) for r in rows], marker="o", label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("ratings")
+        ax.set_ylabel(unit)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.suptitle("movierec cost vs data size")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The bench-scale command line."""
+    p = argparse.ArgumentParser(prog="python -m movierec.bench.scale", description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000, 25_000_095], help="ratings per run")
+    p.add_argument("--out", type=Path, default=REPO / "bench_scale", help="folder for scale.json/.md/.png")
+    p.add_argument("--train-args", default="", help="extra train.py arguments, e.g. '--epochs 3'")
+    p.add_argument("--serve", action="store_true", help="also start TorchServe per size (worker start-up, RSS, p50)")
+    p.add_argument("--repeat", type=int, default=200, help="timed calls per latency measurement")
+    p.add_argument("--pairs", type=int, default=100_000, help="pairs per bulk predict call")
+    p.add_argument("--seed", type=int, default=0, help="datagen seed")
+    p.add_argument("--work", type=Path, help="folder for generated data (default: a new one under /tmp)")
+    p.add_argument("--keep", action="store_true", help="keep the generated data and artifacts")
+    p.add_argument("--load-only", type=Path, help=argparse.SUPPRESS)  # the child of measure_load
+    args = p.parse_args(argv)
+    if min(args.sizes) < 1000:
+        p.error("--sizes: at least 1000 ratings each")
+    return args
+
+
+def write_results(result: dict, out: Path) -> str:
+    """OUT/scale.json, scale.md and scale.png from the sizes measured so far; returns the Markdown."""
+    result["load_after"] = round(os.getloadavg()[0], 2)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = render(result)
+    (out / "scale.md").write_text(text)
+    plot(sorted(result["sizes"], key=lambda r: r["ratings"]), out / "scale.png")
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure every size, then write OUT/scale.json, scale.md and scale.png."""
+    args = parse_args(argv)
+    if args.load_only:
+        load_only(args.load_only)
+        return 0
+    work = args.work or Path(tempfile.mkdtemp(prefix="movierec-scale-", dir="/tmp"))
+    result = {
+        "command": "python -m movierec.bench.scale " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "load_before": round(os.getloadavg()[0], 2),
+    }
+    result["sizes"] = []
+    try:
+        for n in args.sizes:  # in the order given: the one that matters most can go first
+            result["sizes"].append(measure_size(n, work, args))
+            write_results(result, args.out)  # after each size, so a long run shows what it has so far
+    finally:
+        if not args.keep and args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    text = write_results(result, args.out)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
