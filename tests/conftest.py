@@ -6,9 +6,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+import requests
 
 import train
 from movierec import torchserve
+from movierec.client.api import MovieRecClient, NotFound
 from movierec.torchserve.archive import build_mar
 from tests.synth import write_ratings
 
@@ -108,3 +110,22 @@ def server(tmp_path_factory, model_store):
     )
     yield srv
     torchserve.stop(run_dir)
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    """A requests session that sends the server's inference token."""
+    s = requests.Session()
+    s.headers.update(server.auth("inference"))
+    return s
+
+
+@pytest.fixture
+def batch_client(server):
+    """A client for batch jobs (score, recommend-all); their bulk registration is removed afterwards."""
+    with MovieRecClient(server.inference_url, server.management_url, server.key_file, retries=2) as c:
+        yield c
+        try:
+            c.unregister("1.0", model="movierec-batch")
+        except NotFound:
+            pass

@@ -14,18 +14,9 @@ import requests
 
 from model.arrow import ARROW_STREAM, read_answer
 from model.artifact import load_artifact
-from movierec.client import MovieRecClient, NotFound
 from movierec.client.scoring import BatchSettings, score_csv
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def http(server):
-    """A session that sends the inference token."""
-    s = requests.Session()
-    s.headers.update(server.auth("inference"))
-    return s
 
 
 @pytest.fixture(scope="module")
@@ -131,18 +122,7 @@ def test_arrow_and_json_requests_batched_together_each_get_their_own_answer(http
     assert got == [np.float32(r) for r in ratings]
 
 
-@pytest.fixture
-def scoring_client(server):
-    """A client for score jobs; the bulk registration is removed afterwards."""
-    with MovieRecClient(server.inference_url, server.management_url, server.key_file, retries=2) as c:
-        yield c
-        try:
-            c.unregister("1.0", model="movierec-batch")
-        except NotFound:
-            pass
-
-
-def test_score_parquet_round_trip_and_csv_equal_to_the_json_protocol(scoring_client, ids, tmp_path):
+def test_score_parquet_round_trip_and_csv_equal_to_the_json_protocol(batch_client, ids, tmp_path):
     users, movies = sample_pairs(ids, 2500, seed=4)
     users[7] = 99999
     pq.write_table(pa.table({"userId": users, "movieId": movies}), tmp_path / "in.parquet", row_group_size=700)
@@ -150,26 +130,26 @@ def test_score_parquet_round_trip_and_csv_equal_to_the_json_protocol(scoring_cli
         csv.writer(f).writerows([("user_id", "movie_id"), *zip(users, movies, strict=True)])
     settings = BatchSettings(batch_size=4, max_batch_delay=5, workers=1, idle_workers=0)
     common = {"chunk_size": 600, "concurrency": 3, "settings": settings, "progress": False}
-    summary = score_csv(scoring_client, tmp_path / "in.parquet", tmp_path / "out.parquet", **common)
+    summary = score_csv(batch_client, tmp_path / "in.parquet", tmp_path / "out.parquet", **common)
     assert summary.rows_scored == 2500 and summary.rows_with_errors == 1
     out = pq.read_table(tmp_path / "out.parquet")
     assert out["user_id"].to_pylist() == users and out["movie_id"].to_pylist() == movies
     assert out["error"].to_pylist()[7] == "unknown user_id 99999" and out["rating"].null_count == 1
-    score_csv(scoring_client, tmp_path / "in.csv", tmp_path / "arrow.csv", protocol="arrow", **common)
-    score_csv(scoring_client, tmp_path / "in.csv", tmp_path / "json.csv", protocol="json", **common)
+    score_csv(batch_client, tmp_path / "in.csv", tmp_path / "arrow.csv", protocol="arrow", **common)
+    score_csv(batch_client, tmp_path / "in.csv", tmp_path / "json.csv", protocol="json", **common)
     assert (tmp_path / "arrow.csv").read_bytes() == (tmp_path / "json.csv").read_bytes()
     with open(tmp_path / "arrow.csv", newline="") as f:
         rows = list(csv.reader(f))[1:]
     assert [r[2] for r in rows] == ["" if r is None else repr(r) for r in out["rating"].to_pylist()]
 
 
-def test_score_resumes_a_parquet_job_on_the_arrow_path(scoring_client, ids, tmp_path):
+def test_score_resumes_a_parquet_job_on_the_arrow_path(batch_client, ids, tmp_path):
     users, movies = sample_pairs(ids, 3000, seed=5)
     with open(tmp_path / "in.csv", "w", newline="") as f:
         csv.writer(f).writerows([("user_id", "movie_id"), *zip(users, movies, strict=True)])
     settings = BatchSettings(batch_size=4, max_batch_delay=5, workers=1, idle_workers=0)
     common = {"chunk_size": 400, "concurrency": 2, "settings": settings, "progress": False}
-    score_csv(scoring_client, tmp_path / "in.csv", tmp_path / "full.parquet", **common)
+    score_csv(batch_client, tmp_path / "in.csv", tmp_path / "full.parquet", **common)
     # As a crash leaves it: two finished part files and a half-written one, no merged output.
     parts = tmp_path / "out.parquet.parts"
     parts.mkdir()
@@ -177,6 +157,6 @@ def test_score_resumes_a_parquet_job_on_the_arrow_path(scoring_client, ids, tmp_
     pq.write_table(full.slice(0, 800), parts / "part-000000.parquet")
     pq.write_table(full.slice(800, 1000), parts / "part-000001.parquet")
     (parts / "part-000002.tmp").write_bytes(b"PAR1")
-    resumed = score_csv(scoring_client, tmp_path / "in.csv", tmp_path / "out.parquet", resume=True, **common)
+    resumed = score_csv(batch_client, tmp_path / "in.csv", tmp_path / "out.parquet", resume=True, **common)
     assert resumed.rows_skipped == 1800 and resumed.rows_scored == 1200
     assert pq.read_table(tmp_path / "out.parquet").equals(full) and not parts.exists()

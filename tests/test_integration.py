@@ -16,14 +16,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def http(server):
-    """A session that sends the inference token."""
-    s = requests.Session()
-    s.headers.update(server.auth("inference"))
-    return s
-
-
-@pytest.fixture(scope="module")
 def ref(tiny_artifact):
     """The in-process reference: the same artifact's TorchScript forward."""
     art = load_artifact(tiny_artifact)

@@ -14,23 +14,12 @@ from model.artifact import load_artifact
 from model.core import Recommender
 from model.protocol import ArrowBody
 from model.service import RatingService
-from movierec.client import MovieRecClient, NotFound
+from movierec.client import MovieRecClient
 from movierec.client.arrow_scoring import post_arrow
 from movierec.client.cli import main
 from movierec.client.recommend_all import NOTHING_LEFT, OUTPUT_HEADER, RecommendOptions, recommend_file
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def client(server):
-    """A client for recommend-all jobs; the bulk registration is removed afterwards."""
-    with MovieRecClient(server.inference_url, server.management_url, server.key_file, retries=2) as c:
-        yield c
-        try:
-            c.unregister("1.0", model="movierec-batch")
-        except NotFound:
-            pass
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +35,12 @@ def read_csv(path) -> list[list[str]]:
     return rows[1:]
 
 
-def served_post(client: MovieRecClient):
+def served_post(batch_client: MovieRecClient):
     """Arrow bodies to the default registration of movierec 1.0."""
-    return lambda body: post_arrow(client, body, model="movierec", version="1.0")
+    return lambda body: post_arrow(batch_client, body, model="movierec", version="1.0")
 
 
-def test_all_users_equal_per_user_recommend_requests(client, server, user_ids, tmp_path, capsys):
+def test_all_users_equal_per_user_recommend_requests(batch_client, server, user_ids, tmp_path, capsys):
     out = tmp_path / "all.csv"
     argv = ["recommend-all", str(out), "--top-k", "5", "--users-per-request", "17", "--concurrency", "3"]
     argv += ["--workers", "1", "--batch-size", "4", "--max-batch-delay", "5", "--no-progress"]
@@ -64,17 +53,17 @@ def test_all_users_equal_per_user_recommend_requests(client, server, user_ids, t
         by_user.setdefault(row[0], []).append(row)
     assert list(by_user) == user_ids  # every user once, in the model's order
     for user in random.Random(3).sample(user_ids, 12):
-        want = client.recommend(int(user), 5, version="1.0")["recommendations"]
+        want = batch_client.recommend(int(user), 5, version="1.0")["recommendations"]
         got = [(r[1], r[2], r[3], r[4], r[5]) for r in by_user[user]]
         assert got == [(str(i), str(w["movie_id"]), w["title"], repr(w["score"]), "") for i, w in enumerate(want, 1)]
 
 
-def test_listed_users_keep_their_spelling_and_unknown_ones_get_an_error_row(client, user_ids, tmp_path):
+def test_listed_users_keep_their_spelling_and_unknown_ones_get_an_error_row(batch_client, user_ids, tmp_path):
     listed = [user_ids[4], "99999", f" {user_ids[0]}", "", user_ids[4], user_ids[7]]
     with open(tmp_path / "users.csv", "w", newline="") as f:
         csv.writer(f).writerows([("userId", "note"), *((u, "x") for u in listed)])
     common = {"users_path": tmp_path / "users.csv", "options": RecommendOptions(3, False), "per_request": 2}
-    summary = recommend_file(tmp_path / "out.csv", served_post(client), progress=False, **common)
+    summary = recommend_file(tmp_path / "out.csv", served_post(batch_client), progress=False, **common)
     assert (summary.users_done, summary.users_with_errors) == (6, 2)
     rows = read_csv(tmp_path / "out.csv")
     assert [r[0] for r in rows] == [listed[0]] * 3 + [listed[1]] + [listed[2]] * 3 + [""] + [listed[4]] * 3 + [
@@ -82,11 +71,11 @@ def test_listed_users_keep_their_spelling_and_unknown_ones_get_an_error_row(clie
     ] * 3
     assert rows[3] == ["99999", "", "", "", "", "unknown user_id 99999"]
     assert rows[7][5].startswith("'user_id' must be an integer or a non-empty string")
-    spaced = client.recommend(int(user_ids[0]), 3, exclude_rated=False, version="1.0")["recommendations"]
+    spaced = batch_client.recommend(int(user_ids[0]), 3, exclude_rated=False, version="1.0")["recommendations"]
     assert [r[2] for r in rows[4:7]] == [str(w["movie_id"]) for w in spaced]
-    want = client.recommend(int(user_ids[4]), 3, exclude_rated=False, version="1.0")["recommendations"]
+    want = batch_client.recommend(int(user_ids[4]), 3, exclude_rated=False, version="1.0")["recommendations"]
     assert [r[2] for r in rows[:3]] == [str(w["movie_id"]) for w in want] == [r[2] for r in rows[8:11]]
-    recommend_file(tmp_path / "out.parquet", served_post(client), progress=False, **common)
+    recommend_file(tmp_path / "out.parquet", served_post(batch_client), progress=False, **common)
     table = pq.read_table(tmp_path / "out.parquet")
     assert table.column_names == list(OUTPUT_HEADER)
     as_text = [
@@ -96,8 +85,8 @@ def test_listed_users_keep_their_spelling_and_unknown_ones_get_an_error_row(clie
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
-def test_an_interrupted_job_resumes_to_an_identical_file(client, user_ids, tmp_path, suffix):
-    post = served_post(client)
+def test_an_interrupted_job_resumes_to_an_identical_file(batch_client, user_ids, tmp_path, suffix):
+    post = served_post(batch_client)
     common = {"options": RecommendOptions(4), "per_request": 7, "concurrency": 2, "progress": False}
     full = tmp_path / f"full{suffix}"
     recommend_file(full, post, **common)
