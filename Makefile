@@ -24,6 +24,7 @@ USER_ID ?= 196
 MOVIE_ID ?= 242
 TOP_K ?= 10
 PYTEST_ARGS ?=
+COLD_START ?=
 
 MAR := $(MODEL_STORE)/movierec-$(VERSION).mar
 SERVE_PORTS := --inference-port $(INFERENCE_PORT) --management-port $(MANAGEMENT_PORT) \
@@ -32,7 +33,7 @@ SERVE_PORTS := --inference-port $(INFERENCE_PORT) --management-port $(MANAGEMENT
 SERVER_FLAGS := --inference-url http://127.0.0.1:$(INFERENCE_PORT) \
 	--management-url http://127.0.0.1:$(MANAGEMENT_PORT) --key-file $(RUN_DIR)/key_file.json
 
-.PHONY: help install data datagen train mar serve stop status health predict recommend demo test test-fast lint bench bench-scale gpu-check kserve-layout clean
+.PHONY: help install data datagen train mar serve reload stop status health predict recommend demo test test-fast lint install-bench bench soak bench-scale gpu-check kserve-layout clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -64,11 +65,15 @@ train: $(STAMP) ## train and export an artifact: make train [ARTIFACTS=dir] [TRA
 $(ARTIFACTS)/metadata.json:
 	$(MAKE) train ARTIFACTS=$(ARTIFACTS) TRAIN_ARGS='$(TRAIN_ARGS)'
 
-mar: $(STAMP) $(ARTIFACTS)/metadata.json ## build model_store/movierec-VERSION.mar from ARTIFACTS (trained first if missing, with TRAIN_ARGS)
-	$(PY) -m movierec.torchserve.archive --artifacts $(ARTIFACTS) --version $(VERSION) --model-store $(MODEL_STORE)
+mar: $(STAMP) $(ARTIFACTS)/metadata.json ## build model_store/movierec-VERSION.mar from ARTIFACTS (trained first if missing, with TRAIN_ARGS) [COLD_START=fallback]
+	$(PY) -m movierec.torchserve.archive --artifacts $(ARTIFACTS) --version $(VERSION) --model-store $(MODEL_STORE) \
+		$(if $(COLD_START),--cold-start $(COLD_START))
 
-serve: $(STAMP) ## start TorchServe in the background and wait until ready (restores the last snapshot; FRESH=1 loads MODELS)
+serve: $(STAMP) ## start TorchServe in the background and wait until ready (first start or FRESH=1: MODELS; later: every .mar in MODEL_STORE, last snapshot's defaults)
 	$(SERVE) start --run-dir $(RUN_DIR) --model-store $(MODEL_STORE) --models $(MODELS) $(if $(FRESH),--fresh) $(SERVE_PORTS)
+
+reload: $(STAMP) ## restart TorchServe on the same ports serving every .mar now in MODEL_STORE (add/remove versions; keeps the default)
+	$(SERVE) reload --run-dir $(RUN_DIR)
 
 stop: ## stop TorchServe (no process left behind)
 	@if [ -x $(SERVE) ]; then $(SERVE) stop --run-dir $(RUN_DIR); fi
@@ -104,8 +109,22 @@ lint: $(STAMP) ## ruff check + format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-bench: $(STAMP) ## measure in-process vs served throughput and latency; writes BENCHMARKS.md
+BENCH_STAMP := $(VENV)/.installed-bench
+
+install-bench: $(BENCH_STAMP) ## benchmark-only dependencies (requirements-bench.txt: FastAPI + uvicorn for the peer)
+
+$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+	$(PY) -m pip install -q -r requirements-bench.txt
+	touch $@
+
+bench: $(BENCH_STAMP) ## in-process vs served vs a FastAPI peer; rewrites its sections of BENCHMARKS.md (keeps Scale, Soak)
 	$(VENV)/bin/movierec-bench --artifacts $(ARTIFACTS) --out BENCHMARKS.md
+
+MINUTES ?= 20
+SOAK_ARGS ?=
+
+soak: $(STAMP) $(ARTIFACTS)/metadata.json ## mixed traffic at c16 for MINUTES (20) on a fresh server, RSS every 30 s; writes the Soak section of BENCHMARKS.md [SOAK_ARGS='--run-dir run']
+	$(PY) -m movierec.bench.soak --artifacts $(ARTIFACTS) --minutes $(MINUTES) --out BENCHMARKS.md $(SOAK_ARGS)
 
 bench-scale: $(STAMP) ## generate -> load -> train -> .mar -> score -> serve at several sizes [SIZES='1000000 5000000'] [SCALE_ARGS='...']
 	$(PY) -m movierec.bench.scale --sizes $(or $(SIZES),1000000 5000000 25000095) --out bench_scale --serve $(SCALE_ARGS)

@@ -3,6 +3,7 @@
     python train.py --out artifacts/v1                      # MovieLens 100K (downloaded once)
     python train.py --ratings ratings.csv --movies movies.csv --out artifacts/v2 --epochs 10
     python train.py --resume artifacts/v2                   # continue a killed run from its last epoch
+    python train.py --out artifacts/cold --cold-users 0.05  # measure the cold-start fallback on unseen users
 
 Defaults were tuned on a validation slice of MovieLens 100K (see README, "Training"); from 1M
 ratings, --recipe auto switches to a recipe measured on ML-25M-shaped data (see SCALE_RECIPE).
@@ -16,14 +17,17 @@ import json
 import math
 import shutil
 import sys
+import tempfile
 import warnings
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
-from model.artifact import load_artifact, rated_csr, save_artifact
+from model.artifact import Artifact, ColdStart, load_artifact, rated_csr, save_artifact
+from model.cold_start import cold_user_metrics, hold_out_users
 from model.core import PARITY_TOL
 from model.data import (
     DEFAULT_NAME,
@@ -82,6 +86,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--p2", type=float, help="dropout after the hidden layer (default: from --recipe)")
     p.add_argument("--no-bias", dest="bias", action="store_false", help="no per-user/per-movie bias terms")
     p.add_argument("--val-frac", type=float, default=d.val_frac, help="random validation fraction (0 < f < 1)")
+    p.add_argument(
+        "--cold-users",
+        type=float,
+        default=0.0,
+        metavar="FRAC",
+        help="hold out this fraction of users with all their ratings, and report the cold-start fallback's "
+        "RMSE on them against the global-mean and movie-mean baselines (default 0: train on every user)",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: torch default)")
@@ -109,6 +121,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 < args.val_frac < 1:
         p.error("--val-frac must be between 0 and 1")
+    if not 0 <= getattr(args, "cold_users", 0.0) < 1:
+        p.error("--cold-users must be at least 0 and below 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
     return args
@@ -176,8 +190,10 @@ def id_rows(data: Ratings, column: str, index: IdIndex) -> np.ndarray:
     return index.rows(ids)[codes]
 
 
-def load_data(args: argparse.Namespace) -> tuple[Ratings, str, IdIndex, IdIndex, list[str | None]]:
-    """The ratings (from --ratings or MovieLens 100K), their source name, the ID indexes and titles."""
+def load_data(
+    args: argparse.Namespace,
+) -> tuple[Ratings, str, IdIndex, IdIndex, list[str | None], pd.DataFrame | None]:
+    """The ratings (from --ratings or MovieLens 100K), their source name, the ID indexes, titles and cold users."""
     default_titles = None
     if args.ratings:
         ratings_path = Path(args.ratings)
@@ -192,9 +208,13 @@ def load_data(args: argparse.Namespace) -> tuple[Ratings, str, IdIndex, IdIndex,
         raise DataError(f"{data.source}: only {len(frame)} ratings; need at least 10 to train and validate")
     if data.duplicates_dropped:
         print(f"note: {data.duplicates_dropped} duplicate (user, movie) rows dropped, kept the latest by timestamp")
+    cold = None
+    if getattr(args, "cold_users", 0.0) > 0:
+        data, cold = hold_out_users(data, args.cold_users, args.seed)
+        print(f"cold users: {cold['user_id'].nunique():,} users ({len(cold):,} ratings) held out of training")
     users, movies = IdIndex.from_ids(data.codes("user_id")[0]), IdIndex.from_ids(data.codes("movie_id")[0])
     titles = build_titles(movies, ratings_path if args.ratings else None, args.movies, default_titles)
-    return data, source, users, movies, titles
+    return data, source, users, movies, titles, cold
 
 
 def evaluate_and_export(model: torch.nn.Module, train_t: tuple, val_t: tuple) -> tuple[dict, torch.jit.ScriptModule]:
@@ -271,7 +291,7 @@ def train(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    data, source, users, movies, titles = load_data(args)
+    data, source, users, movies, titles, cold = load_data(args)
     frame = data.frame
     urows, mrows = id_rows(data, "user_id", users), id_rows(data, "movie_id", movies)
     ratings = frame["rating"].to_numpy(np.float32)
@@ -299,20 +319,18 @@ def train(args: argparse.Namespace) -> dict:
     train_seconds = sum(h["seconds"] for h in history)  # a resumed run counts its earlier epochs too
 
     metrics, scripted = evaluate_and_export(model, train_t, val_t)
-    diff = metrics.pop("export_max_abs_diff")
     # Same key order in metadata.json as before: timings and history, then the export parity.
     metrics.update(train_seconds=round(train_seconds, 2), device=str(device), recipe=recipe, history=history)
-    metrics["export_max_abs_diff"] = diff
-
-    save_artifact(
-        out,
-        scripted,
-        users,
-        movies,
-        titles,
-        rated_csr(urows, mrows, len(users)),
-        artifact_metadata(cfg, net_cfg, data, source, (len(tr_idx), len(va_idx)), metrics),
-    )
+    metrics.update(export_max_abs_diff=metrics.pop("export_max_abs_diff"), beats_global_mean=check_beats_mean(metrics))
+    meta = artifact_metadata(cfg, net_cfg, data, source, (len(tr_idx), len(va_idx)), metrics)
+    meta["data"]["cold_users"] = getattr(args, "cold_users", 0.0)
+    meta["cold_start"] = ColdStart.average_of(model.state_dict(), metrics["global_mean"]).to_dict()
+    rated = rated_csr(urows, mrows, len(users))
+    if cold is not None:
+        # Scored by the serving core on the artifact about to be written: what clients will get.
+        served = Artifact(out, scripted, users, movies, titles, *rated, meta)
+        metrics["cold_users"] = cold_user_metrics(served, cold, mrows[tr_idx], ratings[tr_idx])
+    save_artifact(out, scripted, users, movies, titles, rated, meta)
     plot_history(history, out / "loss.png")
     # The held-out rows, for `movierec ab-eval`: comparing two versions on rows
     # neither saw in training (same --seed and --val-frac give the same rows).
@@ -321,15 +339,56 @@ def train(args: argparse.Namespace) -> dict:
     shutil.rmtree(checkpoint)
     print(
         f"validation RMSE {metrics['val_rmse']:.4f} (global mean {metrics['val_rmse_global_mean']:.4f}); "
-        f"trained in {train_seconds:.1f}s; TorchScript parity {diff:.1e}\n"
-        f"artifacts: {out}/ (model.pt, index maps, metadata.json, loss.png, validation.csv)"
+        f"trained in {train_seconds:.1f}s; TorchScript parity {metrics['export_max_abs_diff']:.1e}"
     )
+    if cold is not None:
+        c = metrics["cold_users"]
+        print(
+            f"cold users ({c['users']:,} users, {c['ratings']:,} ratings): fallback RMSE {c['rmse_fallback']:.4f} "
+            f"(global mean {c['rmse_global_mean']:.4f}, movie mean {c['rmse_movie_mean']:.4f})"
+        )
+    print(f"artifacts: {out}/ (model.pt, index maps, metadata.json, loss.png, validation.csv)")
     return metrics
 
 
+def check_beats_mean(metrics: dict) -> bool:
+    """Whether validation RMSE beats predicting the training mean everywhere; warns on stderr if not."""
+    # A model no better than the training mean is a failed run, however it was configured.
+    beats = metrics["val_rmse"] < metrics["val_rmse_global_mean"]
+    if not beats:
+        print(
+            f"warning: validation RMSE {metrics['val_rmse']:.4f} is not better than predicting the training mean "
+            f"for every rating ({metrics['val_rmse_global_mean']:.4f}); see metrics.beats_global_mean",
+            file=sys.stderr,
+        )
+    return beats
+
+
+def out_problem(out: str) -> str | None:
+    """Why the artifact directory OUT cannot be written (None if it can), found before any loading or training."""
+    path = Path(out).absolute()
+    if path.exists() and not path.is_dir():
+        return f"--out {out}: exists and is not a directory"
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"--out {out}: {parent} is a file, not a directory"
+    # A real probe rather than os.access: /proc, read-only mounts and ACLs all say no only when tried.
+    try:
+        tempfile.TemporaryDirectory(dir=parent, prefix=".movierec-probe-").cleanup()
+    except OSError as exc:
+        return f"--out {out}: cannot create files in {parent} ({exc.strerror or exc})"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: exit 2 with a one-line message on bad data."""
+    """CLI entry point: exit 2 with a one-line message on a bad output location or bad data."""
     args = parse_args(argv)
+    problem = out_problem(args.out)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         train(args)
     except DataError as exc:

@@ -50,6 +50,7 @@ class MovierecHandler:
             max_instances=options.max_instances,
             max_top_k=options.max_top_k,
             max_users=options.max_users,
+            cold_start=options.cold_start,
         )
         # torch leaves ~176k GC-tracked objects; freezing them stops every large JSON parse from
         # triggering full collections over them (about 4x faster parsing of big bodies).

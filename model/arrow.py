@@ -15,6 +15,10 @@ request row or offset in the range), `user_id` (string), `rank` (int32, from 1),
 `title` (strings), `score` (float64, four decimals like JSON) and `error` (string, set only on the
 one row of a user that failed, whose other fields are null). A user with no movie left has one
 row with only `user` and `user_id`, so every user asked for is in the answer. Metadata: `model_version` and `n_users` (the model's user count).
+
+With the archive option cold_start: fallback, unknown IDs are answered from the average user or movie
+and both answers gain a `fallback` column (string): "unknown_user", "unknown_movie" or
+"unknown_both", null for a personal answer (and for a failed row).
 """
 
 from __future__ import annotations
@@ -27,7 +31,16 @@ import pyarrow.compute as pc
 
 from model.index import IdIndex
 from model.protocol import ARROW_STREAM as ARROW_STREAM  # the protocol's Content-Type, re-exported
-from model.protocol import MAX_TOP_K, MAX_USERS, RequestError, check_top_k, check_user_rows, id_problem, is_id
+from model.protocol import (
+    MAX_TOP_K,
+    MAX_USERS,
+    RequestError,
+    check_top_k,
+    check_user_rows,
+    fallback_kind,
+    id_problem,
+    is_id,
+)
 
 if TYPE_CHECKING:
     from model.core import Recommender
@@ -46,6 +59,7 @@ RECOMMENDATION_SCHEMA = pa.schema(
         pa.field("error", pa.string()),
     ]
 )
+FALLBACK_FIELD = pa.field("fallback", pa.string())  # only in answers of a cold_start: fallback archive
 DENSE_TABLE = 1 << 21  # int IDs spanning fewer values than this map through a direct table (16 MiB)
 
 
@@ -160,16 +174,25 @@ def _id_array(table: pa.Table, name: str) -> pa.Array:
     return column.cast(target).combine_chunks() if column.num_chunks != 1 else column.chunk(0).cast(target)
 
 
-def render_answer(ratings: np.ndarray, errors: list[str | None] | None, model_version: str) -> bytes:
-    """An IPC stream of (rating, error) rows; `errors` is None when every row succeeded."""
+def render_answer(
+    ratings: np.ndarray, errors: list[str | None] | None, model_version: str, fallbacks: list | None = None
+) -> bytes:
+    """An IPC stream of (rating, error[, fallback]) rows; `errors` is None when every row succeeded.
+
+    `fallbacks` (one kind or None per row) adds the fallback column; None leaves it out (cold_start: error).
+    """
     n = len(ratings)
     failed = None if errors is None else np.array([e is not None for e in errors], dtype=bool)
     rating = pa.array(ratings, type=pa.float32(), mask=failed)
     error = pa.nulls(n, pa.string()) if errors is None else pa.array(errors, type=pa.string())
-    schema = ANSWER_SCHEMA.with_metadata({VERSION_KEY: model_version.encode()})
+    columns, schema = [rating, error], ANSWER_SCHEMA
+    if fallbacks is not None:
+        columns.append(pa.array(fallbacks, type=pa.string()))
+        schema = schema.append(FALLBACK_FIELD)
+    schema = schema.with_metadata({VERSION_KEY: model_version.encode()})
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, schema) as writer:
-        writer.write_batch(pa.record_batch([rating, error], schema=schema))
+        writer.write_batch(pa.record_batch(columns, schema=schema))
     return sink.getvalue().to_pybytes()
 
 
@@ -188,8 +211,10 @@ class ArrowScorer:
         max_instances: int,
         max_top_k: int = MAX_TOP_K,
         max_users: int = MAX_USERS,
+        cold_start: str = "error",
     ):
         self.rec = recommender
+        self.fallback = cold_start == "fallback"
         self.users = ArrowIds(recommender.artifact.users)
         self.movies = ArrowIds(recommender.artifact.movies)
         self.titles = pa.array(recommender.artifact.titles, type=pa.string())
@@ -207,10 +232,20 @@ class ArrowScorer:
             raise RequestError(413, f"too many instances: more than {self.max_instances} rows; split the request")
         users, movies = pair_columns(table)
         urows, mrows = self.users.rows(users), self.movies.rows(movies)
+        fallbacks = None
+        if self.fallback:
+            # Only well-formed IDs fall back; a null or empty one stays an error, as in JSON.
+            valid = _valid_ids(users) & _valid_ids(movies)
+            unknown_user, unknown_movie = valid & (urows < 0), valid & (mrows < 0)
+            urows, mrows = urows.copy(), mrows.copy()  # may be read-only views of Arrow buffers
+            urows[unknown_user], mrows[unknown_movie] = self.rec.average_user, self.rec.average_movie
+            fallbacks = [None] * len(urows)
+            for i in np.flatnonzero(unknown_user | unknown_movie).tolist():
+                fallbacks[i] = fallback_kind(bool(unknown_user[i]), bool(unknown_movie[i]))
         bad = (urows < 0) | (mrows < 0)
         ratings = np.zeros(len(urows), dtype=np.float32)
         good = ~bad
-        predicted = self.rec.predict(urows[good], mrows[good])
+        predicted = self.rec.predict_or_fallback(urows[good], mrows[good])
         # The JSON path's four decimals, so both protocols give the same ratings.
         ratings[good] = np.round(predicted.astype(np.float64), 4)
         errors = None
@@ -218,7 +253,7 @@ class ArrowScorer:
             errors = [None] * len(urows)
             for i in np.flatnonzero(bad).tolist():
                 errors[i] = row_problem(users[i].as_py(), movies[i].as_py(), urows[i], mrows[i])
-        return render_answer(ratings, errors, self.model_version)
+        return render_answer(ratings, errors, self.model_version, fallbacks)
 
     def recommend(self, table: pa.Table) -> bytes:
         """The long-format recommendations answer to a request carrying `top_k` in its metadata."""
@@ -241,10 +276,22 @@ class ArrowScorer:
             rows, sent = self.users.rows(users), users.cast(pa.string())
         good = rows >= 0
         answers = self.rec.recommend_many(rows[good], top_k, exclude)
+        kinds = None
+        if self.fallback:
+            unknown = ~good & _valid_ids(sent)
+            if unknown.any():
+                # Every unknown user gets the average user's list, which ranks all eligible movies.
+                average = self.rec.recommend(self.rec.average_user, top_k, exclude_rated=False)
+                known = iter(answers)
+                answers = [average if unknown[i] else next(known) for i in np.flatnonzero(good | unknown).tolist()]
+                good = good | unknown
+            kinds = [fallback_kind(bool(u), False) for u in unknown]
         errors = [None if ok else _user_problem(user) for ok, user in zip(good, sent.to_pylist(), strict=True)]
-        return self._render(answers, good, sent, errors, {N_USERS_KEY: str(n_users).encode()})
+        return self._render(answers, good, sent, errors, {N_USERS_KEY: str(n_users).encode()}, kinds)
 
-    def _render(self, answers: list, good: np.ndarray, sent: pa.Array, errors: list, meta: dict) -> bytes:
+    def _render(
+        self, answers: list, good: np.ndarray, sent: pa.Array, errors: list, meta: dict, kinds: list | None = None
+    ) -> bytes:
         """One row per recommended movie, one per failed user and one per user with none, in request order."""
         lengths = np.zeros(len(good), dtype=np.int64)
         lengths[good] = [len(movies) for movies, _ in answers]
@@ -269,11 +316,23 @@ class ArrowScorer:
             pa.array(scores, mask=failed),
             pc.take(pa.array(errors, pa.string()), pa.array(user)),
         ]
-        schema = RECOMMENDATION_SCHEMA.with_metadata({VERSION_KEY: self.model_version.encode(), **meta})
+        schema = RECOMMENDATION_SCHEMA
+        if kinds is not None:
+            columns.append(pc.take(pa.array(kinds, pa.string()), pa.array(user)))
+            schema = schema.append(FALLBACK_FIELD)
+        schema = schema.with_metadata({VERSION_KEY: self.model_version.encode(), **meta})
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, schema) as writer:
             writer.write_batch(pa.record_batch(columns, schema=schema))
         return sink.getvalue().to_pybytes()
+
+
+def _valid_ids(column: pa.Array) -> np.ndarray:
+    """Where an ID column holds a well-formed ID (not null, not an empty string), as a bool array."""
+    valid = column.is_valid()
+    if pa.types.is_string(column.type):
+        valid = pc.and_(valid, pc.greater(pc.utf8_length(column), 0))
+    return pc.fill_null(valid, False).to_numpy(zero_copy_only=False)
 
 
 def _options(meta: dict[bytes, bytes]) -> dict[str, object]:

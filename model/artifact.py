@@ -1,4 +1,4 @@
-"""The artifact directory train.py writes and the handler serves (format `movierec-artifact` v1).
+"""The artifact directory train.py writes and the handler serves (format `movierec-artifact` v2).
 
     model.pt        TorchScript EmbeddingNet: forward(users int64[B], movies int64[B]) -> float32[B]
     users.json      ["196", "186", ...]   raw user IDs; position = embedding row
@@ -6,7 +6,11 @@
     titles.json     ["Toy Story (1995)", null, ...]   aligned with movies.json
     rated.npz       CSR of the movies each user rated: indptr int64[n_users+1], indices int32
     metadata.json   format, format_version, created_at, rating_range, counts, net, train,
-                    metrics, data (source, fingerprint, duplicates_dropped), files (sha256 each)
+                    metrics, data (source, fingerprint, duplicates_dropped), files (sha256 each),
+                    cold_start (v2): the average user and movie, for IDs the model never saw:
+                    {"method", "global_mean", "user": {"embedding": [n_factors floats], "bias"},
+                     "movie": {"embedding", "bias"}}
+Version 1 (no cold_start) still loads; it just cannot answer for unknown IDs.
 
 JSON and NumPy only (loaded with allow_pickle=False): nothing a user hands us is unpickled.
 """
@@ -28,7 +32,8 @@ from model.index import IdIndex
 from model.net import NetConfig
 
 FORMAT = "movierec-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MODEL_FILE = "model.pt"
 DATA_FILES = ("users.json", "movies.json", "titles.json", "rated.npz")
 FILES = (MODEL_FILE, *DATA_FILES)
@@ -36,6 +41,60 @@ FILES = (MODEL_FILE, *DATA_FILES)
 
 class ArtifactError(ValueError):
     """An artifact directory that cannot be served, with the reason."""
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    """The average user and movie of a trained model, and its training mean rating (format v2)."""
+
+    user_embedding: np.ndarray  # float32[n_factors]
+    user_bias: float
+    movie_embedding: np.ndarray  # float32[n_factors]
+    movie_bias: float
+    global_mean: float
+    method: str = "mean"
+
+    def to_dict(self) -> dict:
+        """metadata.json's cold_start entry."""
+        return {
+            "method": self.method,
+            "global_mean": self.global_mean,
+            "user": {"embedding": self.user_embedding.tolist(), "bias": self.user_bias},
+            "movie": {"embedding": self.movie_embedding.tolist(), "bias": self.movie_bias},
+        }
+
+    @classmethod
+    def average_of(cls, state: dict[str, torch.Tensor], global_mean: float) -> ColdStart:
+        """Plain means of a trained net's user rows and movie rows (embedding and bias).
+
+        On ML-100K with 5% of users held out this beat the rating-count-weighted mean (README, "Cold start").
+        """
+        w = {k: v.detach().cpu().float() for k, v in state.items()}
+        return cls(
+            w["u.weight"].mean(0).numpy(),
+            float(w["ub.weight"].mean()),
+            w["m.weight"].mean(0).numpy(),
+            float(w["mb.weight"].mean()),
+            float(global_mean),
+        )
+
+    @classmethod
+    def from_dict(cls, entry: object, n_factors: int) -> ColdStart:
+        """Parse and check metadata.json's cold_start entry; ValueError names what is wrong."""
+        try:
+            sides = [
+                (np.asarray(entry[k]["embedding"], dtype=np.float32), float(entry[k]["bias"]))
+                for k in ("user", "movie")
+            ]
+            global_mean, method = float(entry["global_mean"]), str(entry.get("method", "mean"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"cold_start is malformed ({type(exc).__name__}: {exc})") from None
+        for (embedding, bias), side in zip(sides, ("user", "movie"), strict=True):
+            if embedding.shape != (n_factors,) or not np.isfinite(embedding).all() or not np.isfinite(bias):
+                raise ValueError(f"cold_start.{side} must hold {n_factors} finite factors and a finite bias")
+        if not np.isfinite(global_mean):
+            raise ValueError("cold_start.global_mean must be finite")
+        return cls(sides[0][0], sides[0][1], sides[1][0], sides[1][1], global_mean, method)
 
 
 @dataclass
@@ -55,6 +114,12 @@ class Artifact:
     def net(self) -> NetConfig:
         """The network config the model was trained with."""
         return NetConfig(**self.metadata["net"])
+
+    @property
+    def cold_start(self) -> ColdStart | None:
+        """The average user and movie (None for a format v1 artifact, which predates them)."""
+        entry = self.metadata.get("cold_start")
+        return None if entry is None else ColdStart.from_dict(entry, self.net.n_factors)
 
     def rated_by(self, user_row: int) -> np.ndarray:
         """Movie rows the user rated."""
@@ -127,12 +192,14 @@ def load_metadata(path: str | os.PathLike) -> dict:
         raise ArtifactError(f"{meta_path}: not valid JSON: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ArtifactError(f"{meta_path}: not a {FORMAT} metadata file")
-    if meta.get("format_version") != FORMAT_VERSION:
+    version = meta.get("format_version")
+    if type(version) is not int or version not in READABLE_VERSIONS:
         raise ArtifactError(
-            f"{meta_path}: format_version {meta.get('format_version')!r} is not supported "
-            f"(this code reads version {FORMAT_VERSION})"
+            f"{meta_path}: format_version {version!r} is not supported "
+            f"(this code reads versions {', '.join(map(str, READABLE_VERSIONS))})"
         )
-    for key in ("net", "rating_range", "files", "counts"):
+    required = ("net", "rating_range", "files", "counts") + (("cold_start",) if version >= 2 else ())
+    for key in required:
         if key not in meta:
             raise ArtifactError(f"{meta_path}: missing key {key!r}")
     return meta
@@ -179,4 +246,9 @@ def load_artifact(path: str | os.PathLike, map_location: str | torch.device = "c
             got = tuple(state[key].shape) if key in state else "absent"
             raise ArtifactError(f"{path / MODEL_FILE}: {key} has shape {got}, index map has {rows} rows")
     module.eval()
-    return Artifact(path, module, users, movies, titles, indptr, indices, meta)
+    artifact = Artifact(path, module, users, movies, titles, indptr, indices, meta)
+    try:
+        artifact.cold_start  # noqa: B018 - parsed now so a bad entry fails the load, not a request
+    except ValueError as exc:
+        raise ArtifactError(f"{path}/metadata.json: {exc}") from None
+    return artifact

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from model.artifact import Artifact
+from model.artifact import Artifact, ColdStart
 
 PARITY_TOL = 1e-4
 CHUNK = 2048  # pairs scored per step: two [CHUNK, nh] float32 buffers stay in cache
 SCALE_WIDTH = 64  # scores are scaled in rows of whole multiples of this (see _top_k_block)
-TOPK_ELEMENTS = 1 << 20  # hidden units per top-K step (4 MiB): a few users x all movies at ML-100K size
+TOPK_ELEMENTS = 1 << 19  # hidden units per top-K step (2 MiB): one user x a slice of movies, in L2/L3
+TOPK_LOGITS = 1 << 20  # logits per block of users (4 MiB): ~17 users at 59k movies, ~600 at ML-100K
 
 
 class Recommender:
@@ -46,8 +47,42 @@ class Recommender:
         self.min_movie_ratings = min_movie_ratings
         self._rare_host = counts < min_movie_ratings
         self._rare = torch.from_numpy(self._rare_host).to(self.device)
-        self._topk_buffer: torch.Tensor | None = None
+        self._topk_buffer: torch.Tensor | None = None  # made by the first top-K call
+        self._topk_row = torch.empty(0)
         self._n_eligible = int((counts >= min_movie_ratings).sum())
+        # Rows for IDs the model never saw (None without cold-start data: a format v1 artifact).
+        self.average_user, self.average_movie = self._add_average_rows(artifact.cold_start)
+        self.global_mean = None if artifact.cold_start is None else artifact.cold_start.global_mean
+
+    @torch.inference_mode()
+    def _add_average_rows(self, cold: ColdStart | None) -> tuple[int | None, int | None]:
+        """Append the average user and movie as one extra row of each factorised table; return their rows.
+
+        Unknown IDs then score through the same gathers as known ones. The average movie is marked
+        rare, so top-K never recommends it; the parity check ran before, on the real rows only.
+        """
+        if cold is None:
+            return None, None
+        w = {k: v.detach().to(self.device).float() for k, v in self.module.state_dict().items()}
+        nf = w["u.weight"].shape[1]
+        user = torch.from_numpy(cold.user_embedding).to(self.device)[None]
+        movie = torch.from_numpy(cold.movie_embedding).to(self.device)[None]
+        rows = len(self.artifact.users), len(self.artifact.movies)
+        self._user_part = torch.cat([self._user_part, user @ w["lin1.weight"][:, :nf].T])
+        self._movie_part = torch.cat([self._movie_part, movie @ w["lin1.weight"][:, nf:].T + w["lin1.bias"]])
+        self._user_logit = torch.cat([self._user_logit, self._user_logit.new_tensor([cold.user_bias])])
+        movie_logit = self._movie_logit.new_tensor([cold.movie_bias]) + w["lin2.bias"]
+        self._movie_logit = torch.cat([self._movie_logit, movie_logit])
+        self._rare_host = np.append(self._rare_host, True)
+        self._rare = torch.from_numpy(self._rare_host).to(self.device)
+        return rows
+
+    def predict_or_fallback(self, user_rows: np.ndarray, movie_rows: np.ndarray) -> np.ndarray:
+        """Ratings where a row may be the average user or movie; a pair of both is the training mean."""
+        ratings = self.predict(user_rows, movie_rows)
+        if self.average_user is not None:
+            ratings[(user_rows == self.average_user) & (movie_rows == self.average_movie)] = self.global_mean
+        return ratings
 
     def _check_parity(self, n: int = 4096) -> float:
         """Max |factorised - TorchScript| over random pairs; the factorised path is only used if tiny."""
@@ -103,31 +138,36 @@ class Recommender:
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Top-k (movie rows, predicted ratings) for each of many users, best first, a block of users at a time.
 
-        Each user's logits are reduced row by row (mul + sum over the hidden units), which gives the same
-        bits whatever the block holds; a BLAS matmul does not (its kernels pick by shape), and
-        recommend() must equal this exactly, since it is this with one user.
+        recommend() must equal this exactly, since it is this with one user: every user's logits come
+        from the same calls on the same shapes and buffers (see _block_logits), whatever the block holds.
         """
         user_rows = np.asarray(user_rows, dtype=np.int64)
-        n_movies, nh = self._movie_part.shape
-        per_step = max(1, TOPK_ELEMENTS // (n_movies * nh))
+        per_step = max(1, TOPK_LOGITS // self._movie_part.shape[0])
         answers: list[tuple[np.ndarray, np.ndarray]] = []
         for start in range(0, len(user_rows), per_step):
             answers.extend(self._top_k_block(user_rows[start : start + per_step], k, exclude_rated))
         return answers
 
     def _block_logits(self, users: torch.Tensor) -> torch.Tensor:
-        """[users, movies] logits, through one scratch buffer of at most TOPK_ELEMENTS floats."""
+        """[users, movies] logits: per slice of movies and per user, add + ReLU into one buffer, then a BLAS mv.
+
+        The slices are fixed by the catalogue alone, and the mv always reads the same scratch buffer and
+        writes the same scratch row, so a user's bits do not depend on the block (a BLAS kernel may pick
+        its path by shape or alignment). Slices outside, users inside: a block reuses each slice from cache.
+        """
         n_movies, nh = self._movie_part.shape
-        logit = torch.empty(len(users), n_movies, device=self.device)
+        step = max(1, min(n_movies, TOPK_ELEMENTS // nh))
         if self._topk_buffer is None:
-            self._topk_buffer = torch.empty(TOPK_ELEMENTS, device=self.device)
-        step = max(1, min(n_movies, TOPK_ELEMENTS // (len(users) * nh)))
-        user_part = self._user_part.index_select(0, users)[:, None]
+            self._topk_buffer = torch.empty(step, nh, device=self.device)
+            self._topk_row = torch.empty(step, device=self.device)
+        logit = torch.empty(len(users), n_movies, device=self.device)
+        user_part = self._user_part.index_select(0, users)
         for start in range(0, n_movies, step):
             movies = self._movie_part[start : start + step]
-            hidden = self._topk_buffer[: len(users) * len(movies) * nh].view(len(users), len(movies), nh)
-            torch.add(movies[None], user_part, out=hidden).relu_().mul_(self._w_out)
-            torch.sum(hidden, -1, out=logit[:, start : start + len(movies)])
+            hidden, row = self._topk_buffer[: len(movies)], self._topk_row[: len(movies)]
+            for i in range(len(users)):
+                torch.add(movies, user_part[i], out=hidden).relu_()
+                logit[i, start : start + len(movies)] = torch.mv(hidden, self._w_out, out=row)
         return logit.add_(self._movie_logit).add_(self._user_logit.index_select(0, users)[:, None])
 
     def _top_k_block(self, user_rows: np.ndarray, k: int, exclude_rated: bool) -> list[tuple[np.ndarray, np.ndarray]]:

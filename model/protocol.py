@@ -14,6 +14,8 @@ MAX_TOP_K = 100
 MAX_USERS = 1000
 MIN_MOVIE_RATINGS = 20
 DEFAULT_TOP_K = 10
+COLD_START_MODES = ("error", "fallback")  # unknown IDs: a 404 / an answer from the average user or movie
+FALLBACK_KINDS = ("unknown_user", "unknown_movie", "unknown_both")  # the "fallback" field of such an answer
 
 PAIR_FIELDS = frozenset(("user_id", "movie_id"))
 RECOMMEND_FIELDS = frozenset(("user_id", "top_k", "exclude_rated"))
@@ -22,6 +24,8 @@ MANY_FIELDS = frozenset(("users", "user_rows", "top_k", "exclude_rated"))
 
 JSON_CONTENT_TYPE = "application/json"
 ARROW_STREAM = "application/vnd.apache.arrow.stream"  # model/arrow.py: many pairs as Arrow IPC
+
+NOT_UTF8 = f"body must be UTF-8 JSON (or an Arrow IPC stream with Content-Type {ARROW_STREAM})"
 
 REASONS = {
     200: "OK",
@@ -42,6 +46,7 @@ class ServiceOptions:
     max_users: int = MAX_USERS  # users per multi-user recommendation request; more gets 413
     min_movie_ratings: int = MIN_MOVIE_RATINGS  # recommend only movies rated at least this often
     worker_metrics: bool = False  # the worker's per-batch PredictionTime gauge (costs throughput)
+    cold_start: str = "error"  # unknown IDs: "error" (404) or "fallback" (the average user/movie answers)
 
     @classmethod
     def from_config(cls, handler_section: dict | None) -> ServiceOptions:
@@ -60,6 +65,11 @@ class ServiceOptions:
             if name == "worker_metrics":
                 if type(value) is not bool:
                     raise ValueError(f"model-config.yaml handler: {name} must be true or false, got {value!r}")
+            elif name == "cold_start":
+                if value not in COLD_START_MODES or type(value) is not str:
+                    raise ValueError(
+                        f"model-config.yaml handler: {name} must be one of {', '.join(COLD_START_MODES)}, got {value!r}"
+                    )
             elif type(value) is not int or value < lowest[name]:
                 raise ValueError(
                     f"model-config.yaml handler: {name} must be an integer >= {lowest[name]}, got {value!r}"
@@ -105,7 +115,29 @@ def id_problem(name: str, value: object) -> str:
     """What is wrong with a raw ID field, phrased for the error answer."""
     if value is None:
         return f"missing field '{name}'"
+    if type(value) is float and value.is_integer() and abs(value) >= 2**63:
+        # orjson reads integers beyond 64 bits as floats: name the real problem, not the float.
+        return f"'{name}' is out of range: integer IDs must fit in 64 bits; send larger ones as strings"
     return f"'{name}' must be an integer or a non-empty string, got {type(value).__name__} {value!r:.40}"
+
+
+def undecodable_body(body: bytes | bytearray | memoryview | str) -> RequestError | None:
+    """The 400 for a body that is not UTF-8 text (binary, gzip, another charset), or None if it is."""
+    try:
+        if isinstance(body, str):
+            body.encode("utf-8")  # TorchServe's surrogate-escaped decoding of bad bytes fails here
+        else:
+            bytes(body).decode("utf-8")
+    except UnicodeError:
+        return RequestError(400, NOT_UTF8)
+    return None
+
+
+def fallback_kind(unknown_user: bool, unknown_movie: bool) -> str | None:
+    """The "fallback" value of a pair answered from the average user and/or movie (None: a personal answer)."""
+    if unknown_user:
+        return FALLBACK_KINDS[2] if unknown_movie else FALLBACK_KINDS[0]
+    return FALLBACK_KINDS[1] if unknown_movie else None
 
 
 def check_fields(obj: dict, allowed: frozenset, where: str = "") -> None:

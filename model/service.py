@@ -10,6 +10,9 @@ Request shapes (raw IDs are ints or strings and are echoed as given):
 Every answer is a compact JSON object carrying "model_version"; errors are {"error": "..."}
 with a 4xx status. One bad request never affects the others in its batch. Bodies sent with
 Content-Type application/vnd.apache.arrow.stream take the columnar protocol of model/arrow.py.
+With the archive option cold_start: fallback, an unknown ID is answered from the model's average
+user or movie, and that answer (or instance, or user entry) carries
+"fallback": "unknown_user" | "unknown_movie" | "unknown_both".
 """
 
 from __future__ import annotations
@@ -37,8 +40,10 @@ from model.protocol import (
     check_top_k,
     check_user_rows,
     error_reply,
+    fallback_kind,
     id_problem,
     is_id,
+    undecodable_body,
 )
 
 if TYPE_CHECKING:  # the client imports the caps below without loading torch
@@ -52,6 +57,7 @@ class Job:
     kind: str  # "pair" | "instances" | "recommend" | "users" | "error"
     items: list = field(default_factory=list)  # the request's own objects, answered in place
     errors: dict[int, str] = field(default_factory=dict)  # item index -> per-item error
+    fallbacks: dict[int, str] = field(default_factory=dict)  # item index -> fallback kind (cold_start: fallback)
     user_rows: np.ndarray | None = None
     movie_rows: np.ndarray | None = None
     start: int = 0  # offset of this job's pairs in the batch-wide arrays
@@ -72,8 +78,16 @@ class RatingService:
         max_instances: int = MAX_INSTANCES,
         max_top_k: int = MAX_TOP_K,
         max_users: int = MAX_USERS,
+        cold_start: str = "error",
     ):
         self.rec = recommender
+        self.fallback = cold_start == "fallback"
+        if self.fallback and recommender.average_user is None:
+            raise ValueError(
+                f"cold_start: fallback needs the average user and movie that train.py stores in format v2 artifacts; "
+                f"{recommender.artifact.path} is format {recommender.artifact.metadata.get('format_version')}: "
+                f"retrain it, or set cold_start: error"
+            )
         self.users = recommender.artifact.users
         self.movies = recommender.artifact.movies
         self.titles = recommender.artifact.titles
@@ -84,7 +98,9 @@ class RatingService:
         # Imported here: model.arrow builds on this module's errors and ID checks.
         from model.arrow import ArrowScorer
 
-        self.arrow = ArrowScorer(recommender, model_version, max_instances, max_top_k=max_top_k, max_users=max_users)
+        self.arrow = ArrowScorer(
+            recommender, model_version, max_instances, max_top_k=max_top_k, max_users=max_users, cold_start=cold_start
+        )
 
     def handle_batch(self, bodies: list[object]) -> list[Reply]:
         """Answer every request body of a batch (JSON, or an ArrowBody); never raises for a bad request.
@@ -132,7 +148,7 @@ class RatingService:
             try:
                 body = orjson.loads(body)
             except orjson.JSONDecodeError as exc:
-                raise RequestError(400, f"request body is not valid JSON: {exc}") from None
+                raise undecodable_body(body) or RequestError(400, f"request body is not valid JSON: {exc}") from None
         if not isinstance(body, dict):
             raise RequestError(400, f"request body must be a JSON object, got {type(body).__name__}")
         if "instances" in body:
@@ -217,6 +233,8 @@ class RatingService:
             if not is_id(value):
                 return -1, -1, id_problem(name, value)
         u, m = self.users.get(user), self.movies.get(movie)
+        if self.fallback:
+            return (u if u >= 0 else self.rec.average_user), (m if m >= 0 else self.rec.average_movie), None
         if u < 0:
             return -1, -1, f"unknown user_id {user}"
         if m < 0:
@@ -229,9 +247,12 @@ class RatingService:
             raise RequestError(400, id_problem("user_id", user))
         top_k, exclude = check_top_k(body, self.max_top_k)
         row = self.users.get(user)
-        if row < 0:
+        if row < 0 and not self.fallback:
             raise RequestError(404, f"unknown user_id {user}")
-        return Job("recommend", items=[body], user_rows=np.array([row]), top_k=top_k, exclude_rated=exclude)
+        job = Job("recommend", items=[body], user_rows=np.array([row]), top_k=top_k, exclude_rated=exclude)
+        if row < 0:
+            job.user_rows[0], job.exclude_rated, job.fallbacks = self.rec.average_user, False, {0: "unknown_user"}
+        return job
 
     def _parse_many(self, body: dict) -> Job:
         """{"users": [...]} or {"user_rows": [start, stop]}: one top-K list per user, a bad user failing alone."""
@@ -251,13 +272,17 @@ class RatingService:
         rows = self.users.rows_exact(users)
         if rows is None:
             rows = np.full(len(users), -1, dtype=np.int64)
-        errors = {}
+        errors, fallbacks = {}, {}
         for i in np.flatnonzero(rows < 0).tolist():
             user = users[i]
             rows[i] = self.users.get(user) if is_id(user) else -1
-            if rows[i] < 0:
+            if rows[i] < 0 and is_id(user) and self.fallback:
+                fallbacks[i] = "unknown_user"
+            elif rows[i] < 0:
                 errors[i] = f"unknown user_id {user}" if is_id(user) else id_problem("user_id", user)
-        return Job("users", items=users, errors=errors, user_rows=rows, top_k=top_k, exclude_rated=exclude)
+        return Job(
+            "users", items=users, errors=errors, fallbacks=fallbacks, user_rows=rows, top_k=top_k, exclude_rated=exclude
+        )
 
     # -- infer -------------------------------------------------------------------------------------
 
@@ -273,11 +298,13 @@ class RatingService:
             mrows = np.concatenate([j.movie_rows for j in scored])
             known = urows >= 0
             ratings = np.full(len(urows), np.nan, dtype=np.float32)
-            ratings[known] = self.rec.predict(urows[known], mrows[known])
+            ratings[known] = self.rec.predict_or_fallback(urows[known], mrows[known])
             # Four decimals is far below the model's error and keeps answers short.
             rounded = np.round(ratings.astype(np.float64), 4).tolist()
             for job in scored:
                 job.result = rounded[job.start : job.start + len(job.items)]
+                if self.fallback:
+                    job.fallbacks = self._fallback_kinds(job.user_rows, job.movie_rows)
         for job in jobs:
             if job.kind == "recommend":
                 job.result = self.rec.recommend(int(job.user_rows[0]), job.top_k, job.exclude_rated)
@@ -285,6 +312,17 @@ class RatingService:
                 known = job.user_rows >= 0
                 answers = iter(self.rec.recommend_many(job.user_rows[known], job.top_k, job.exclude_rated))
                 job.result = [next(answers) if ok else None for ok in known.tolist()]
+                if job.fallbacks:
+                    # Every unknown user gets the average user's list, which ranks all eligible movies.
+                    average = self.rec.recommend(self.rec.average_user, job.top_k, exclude_rated=False)
+                    for i in job.fallbacks:
+                        job.result[i] = average
+
+    def _fallback_kinds(self, user_rows: np.ndarray, movie_rows: np.ndarray) -> dict[int, str]:
+        """Item index -> fallback kind, for the pairs scored with the average user and/or movie."""
+        unknown_user, unknown_movie = user_rows == self.rec.average_user, movie_rows == self.rec.average_movie
+        flagged = np.flatnonzero(unknown_user | unknown_movie).tolist()
+        return {i: fallback_kind(bool(unknown_user[i]), bool(unknown_movie[i])) for i in flagged}
 
     # -- render ------------------------------------------------------------------------------------
 
@@ -298,12 +336,10 @@ class RatingService:
                 replies.append(Reply(job.error.status, orjson.dumps(body)))
             elif job.kind == "pair":
                 pair = job.items[0]
-                body = {
-                    "user_id": pair["user_id"],
-                    "movie_id": pair["movie_id"],
-                    "rating": job.result[0],
-                    "model_version": version,
-                }
+                body = {"user_id": pair["user_id"], "movie_id": pair["movie_id"], "rating": job.result[0]}
+                if job.fallbacks:
+                    body["fallback"] = job.fallbacks[0]
+                body["model_version"] = version
                 replies.append(Reply(200, orjson.dumps(body)))
             elif job.kind == "instances":
                 replies.append(
@@ -313,7 +349,10 @@ class RatingService:
                 replies.append(Reply(200, orjson.dumps(self._many_answer(job))))
             else:
                 recs = self._recommendations(*job.result)
-                body = {"user_id": job.items[0]["user_id"], "recommendations": recs, "model_version": version}
+                body = {"user_id": job.items[0]["user_id"], "recommendations": recs}
+                if job.fallbacks:
+                    body["fallback"] = job.fallbacks[0]
+                body["model_version"] = version
                 replies.append(Reply(200, orjson.dumps(body)))
         return replies
 
@@ -332,6 +371,8 @@ class RatingService:
                 entry = {"user_id": user, "error": job.errors[i]} if is_id(user) else {"error": job.errors[i]}
             else:
                 entry = {"user_id": user, "recommendations": self._recommendations(*result)}
+                if i in job.fallbacks:
+                    entry["fallback"] = job.fallbacks[i]
             entries.append(entry)
         body = {"recommendations": entries, "model_version": self.model_version}
         if job.paged:
@@ -345,6 +386,8 @@ class RatingService:
         if not errors:
             for item, rating in zip(items, job.result, strict=False):
                 item["rating"] = rating
+            for i, kind in job.fallbacks.items():
+                items[i]["fallback"] = kind
             return items
         for i, (item, rating) in enumerate(zip(items, job.result, strict=False)):
             if i in errors:
@@ -352,6 +395,8 @@ class RatingService:
                 items[i] = {**echo, "error": errors[i]}
             else:
                 item["rating"] = rating
+                if i in job.fallbacks:
+                    item["fallback"] = job.fallbacks[i]
         return items
 
 

@@ -10,7 +10,7 @@ import requests
 
 import train
 from movierec import torchserve
-from movierec.client.api import MovieRecClient, NotFound
+from movierec.client.api import MovieRecClient
 from movierec.torchserve.archive import build_mar
 from tests.synth import write_ratings
 
@@ -122,10 +122,9 @@ def http(server):
 
 @pytest.fixture
 def batch_client(server):
-    """A client for batch jobs (score, recommend-all); their bulk registration is removed afterwards."""
+    """A client for batch jobs (score, recommend-all); the bulk registration is back at 0 workers afterwards."""
     with MovieRecClient(server.inference_url, server.management_url, server.key_file, retries=2) as c:
         yield c
-        try:
-            c.unregister("1.0", model="movierec-batch")
-        except NotFound:
-            pass
+        # movierec-serve registered it at start with 0 workers; leave it so for the next test.
+        for version in c.versions("movierec-batch"):
+            c.scale(version, 0, model="movierec-batch")

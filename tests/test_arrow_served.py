@@ -128,7 +128,7 @@ def test_score_parquet_round_trip_and_csv_equal_to_the_json_protocol(batch_clien
     pq.write_table(pa.table({"userId": users, "movieId": movies}), tmp_path / "in.parquet", row_group_size=700)
     with open(tmp_path / "in.csv", "w", newline="") as f:
         csv.writer(f).writerows([("user_id", "movie_id"), *zip(users, movies, strict=True)])
-    settings = BatchSettings(batch_size=4, max_batch_delay=5, workers=1, idle_workers=0)
+    settings = BatchSettings(workers=1, idle_workers=0)
     common = {"chunk_size": 600, "concurrency": 3, "settings": settings, "progress": False}
     summary = score_csv(batch_client, tmp_path / "in.parquet", tmp_path / "out.parquet", **common)
     assert summary.rows_scored == 2500 and summary.rows_with_errors == 1
@@ -147,7 +147,7 @@ def test_score_resumes_a_parquet_job_on_the_arrow_path(batch_client, ids, tmp_pa
     users, movies = sample_pairs(ids, 3000, seed=5)
     with open(tmp_path / "in.csv", "w", newline="") as f:
         csv.writer(f).writerows([("user_id", "movie_id"), *zip(users, movies, strict=True)])
-    settings = BatchSettings(batch_size=4, max_batch_delay=5, workers=1, idle_workers=0)
+    settings = BatchSettings(workers=1, idle_workers=0)
     common = {"chunk_size": 400, "concurrency": 2, "settings": settings, "progress": False}
     score_csv(batch_client, tmp_path / "in.csv", tmp_path / "full.parquet", **common)
     # As a crash leaves it: two finished part files and a half-written one, no merged output.

@@ -1,12 +1,15 @@
-"""Sticky A/B split, arm statistics and the promotion rule; no server needed."""
+"""Sticky A/B split, arm statistics, the promotion rule; ab-eval, ab and ab-report against a real TorchServe."""
 
 from __future__ import annotations
 
+import csv
 import math
+import random
 
+import orjson
 import pytest
 
-from movierec.client.ab import ABRouter, ArmStats, Decision, EvalRow, bucket, decide, read_heldout
+from movierec.client.ab import ABRouter, ArmStats, EvalRow, bucket, decide, evaluate, evaluate_paired, read_heldout
 from movierec.client.api import MovieRecClient, ServerError
 from movierec.client.scoring import InputError
 
@@ -61,58 +64,47 @@ def test_router_rejects_bad_settings(client):
         ABRouter(client, "../1.0", "2.0")
 
 
-def arm(version: str, errors: list[float], row_errors: int = 0) -> ArmStats:
+def arm(version: str, errors_by_user: dict[str, list[float]], row_errors: int = 0) -> ArmStats:
+    """An arm whose scored rows have these prediction errors, user by user."""
     s = ArmStats(version)
-    for e in errors:
-        s.rows += 1
-        s.scored += 1
-        s.sum_sq += e * e
-        s.sum_sq2 += e**4
+    for user, errors in errors_by_user.items():
+        for e in errors:
+            s.rows += 1
+            s.users.add(user, e * e)
     for _ in range(row_errors):
         s.rows += 1
         s.add_error("unknown user_id 99999")
     return s
 
 
+def users_with_errors(n_users: int, rows_each: int, scale: float, seed: int, spread: float = 0.0) -> dict:
+    """Gaussian prediction errors; with `spread`, each user's own error scale varies around `scale`."""
+    rng = random.Random(seed)
+    out = {}
+    for u in range(n_users):
+        own = scale * math.exp(rng.gauss(0, spread))
+        out[f"{seed}-{u}"] = [rng.gauss(0, own) for _ in range(rows_each)]
+    return out
+
+
 def test_arm_stats_rmse_and_latency_percentiles():
-    s = arm("1.0", [1.0, -1.0, 2.0, 0.0])
-    assert s.rmse == pytest.approx(math.sqrt(6 / 4))
+    s = arm("1.0", {"1": [1.0, -1.0], "2": [2.0, 0.0]})
+    assert s.rmse == pytest.approx(math.sqrt(6 / 4)) and s.scored == 4 and s.users.users == 2
     s.latencies_ms = [float(x) for x in range(1, 101)]
     assert (s.latency(50), s.latency(90), s.latency(99)) == (50.0, 90.0, 99.0)
     assert math.isnan(ArmStats("2.0").rmse) and math.isnan(ArmStats("2.0").latency(50))
 
 
-def test_rmse_standard_error_known_answer():
-    """Errors 1, -1, 2, 0: squares 1, 1, 4, 0 with mean 3/2 and sample variance 9/3 = 3, so
-    SE(mean square) = sqrt(3/4) and SE(RMSE) = sqrt(3/4) / (2 sqrt(3/2)) = sqrt(1/8)."""
-    assert arm("1.0", [1.0, -1.0, 2.0, 0.0]).rmse_se == pytest.approx(math.sqrt(1 / 8), rel=1e-12)
-    # Halved errors: every square / 4, so RMSE and its SE halve.
-    assert arm("2.0", [0.5, -0.5, 1.0, 0.0]).rmse_se == pytest.approx(math.sqrt(1 / 8) / 2, rel=1e-12)
-    # Twice the rows: sample variance 2.25 * 8/7 over 8 rows, so SE(mean square) = 1.5 / sqrt(7).
-    twice = arm("1.0", [1.0, -1.0, 2.0, 0.0] * 2)
-    assert twice.rmse_se == pytest.approx(1.5 / math.sqrt(7) / (2 * math.sqrt(1.5)), rel=1e-12)
-    assert math.isnan(arm("1.0", [1.0]).rmse_se) and math.isnan(arm("1.0", [0.0, 0.0]).rmse_se)
-
-
-def test_decide_noise_is_two_standard_errors_of_the_difference_known_answer():
-    """RMSE 1.2247 vs 0.6124, gap 0.6124. Four rows each: 2 SE = 2 sqrt(1/8 + 1/32) = 0.7906, too
-    noisy. Eight rows each: 2 SE = 2 sqrt(0.375 + 0.09375) / sqrt(7) = 0.5175, so 2.0 wins."""
-    a, b = [1.0, -1.0, 2.0, 0.0], [0.5, -0.5, 1.0, 0.0]
-    d = decide(arm("1.0", a), arm("2.0", b), min_rows=4)
-    assert d == Decision(None, "RMSE gap 0.6124 (2.0 better) is within noise (2 SE = 0.7906)")
-    d = decide(arm("1.0", a * 2), arm("2.0", b * 2), min_rows=4)
-    assert d == Decision("2.0", "2.0 RMSE 0.6124 beats 1.0 1.2247 by 0.6124 (> 0.005 and > 2 SE = 0.5175)")
-
-
-def test_add_answer_counts_squared_errors_failures_and_latency():
+def test_add_answer_returns_squared_errors_and_counts_failures_and_latency():
     rows = [EvalRow(2, "1", "10", 4.0), EvalRow(3, "1", "11", 2.0), EvalRow(4, "2", "10", 5.0)]
     s = ArmStats("1.0")
     answer = {"predictions": [{"rating": 3.0}, {"rating": 2.5}, {"error": "unknown user_id 2"}]}
-    s.add_answer(rows, 12.5, answer)
-    assert (s.rows, s.scored, s.row_errors, s.request_errors) == (3, 2, 1, 0)
-    assert (s.sum_sq, s.sum_sq2, s.latencies_ms) == (1.25, 1.0625, [12.5])  # errors 1 and 0.5
-    s.add_answer(rows[:1], 99.0, ServerError(503, "busy"))  # a failed request: no latency, rows fail
-    s.add_answer(rows[:2], 7.0, {"predictions": [{"rating": 3.0}]})  # one answer short: both rows fail
+    assert s.add_answer(rows, 12.5, answer) == [1.0, 0.25, None]
+    assert (s.rows, s.scored, s.row_errors, s.request_errors, s.latencies_ms) == (3, 2, 1, 0, [12.5])
+    sse, n = s.users.arrays()
+    assert (sse.tolist(), n.tolist()) == ([[1.25]], [2])  # both scored rows are user 1's
+    assert s.add_answer(rows[:1], 99.0, ServerError(503, "busy")) == [None]  # no latency, rows fail
+    assert s.add_answer(rows[:2], 7.0, {"predictions": [{"rating": 3.0}]}) == [None, None]  # one answer short
     assert (s.rows, s.scored, s.row_errors, s.request_errors) == (6, 2, 4, 2)
     assert s.latencies_ms == [12.5, 7.0] and s.error_examples == [
         "unknown user_id 2",
@@ -122,38 +114,40 @@ def test_add_answer_counts_squared_errors_failures_and_latency():
 
 
 def test_error_examples_are_distinct_and_few():
-    s = arm("1.0", [], row_errors=10)
+    s = arm("1.0", {}, row_errors=10)
     s.add_error("other")
     assert s.row_errors == 11 and s.error_examples == ["unknown user_id 99999", "other"]
 
 
-def errors(n: int, scale: float, seed: int) -> list[float]:
-    import random
-
-    rng = random.Random(seed)
-    return [rng.gauss(0, scale) for _ in range(n)]
+def test_decide_on_split_arms_promotes_a_clear_winner():
+    d = decide(arm("1.0", users_with_errors(200, 10, 1.0, 1)), arm("2.0", users_with_errors(200, 10, 0.8, 2)))
+    assert (d.verdict, d.winner) == ("b-better", "2.0") and "2.0 beats 1.0" in d.reason
 
 
-def test_decide_promotes_a_clear_winner():
-    d = decide(arm("1.0", errors(2000, 1.0, 1)), arm("2.0", errors(2000, 0.8, 2)))
-    assert d.winner == "2.0" and "beats" in d.reason
+def test_decide_on_split_arms_counts_users_not_rows():
+    """Two arms of equal quality whose users differ in how well they are predicted. Grouped by
+    user, the verdict rarely names a winner; the same errors with every row its own "user"
+    (rows taken as independent) name one half of the time."""
+    winners_by_user = winners_by_row = 0
+    for trial in range(12):
+        a = users_with_errors(30, 50, 1.0, 2 * trial + 1, spread=0.3)
+        b = users_with_errors(30, 50, 1.0, 2 * trial + 2, spread=0.3)
+        winners_by_user += decide(arm("1.0", a), arm("2.0", b)).winner is not None
+        winners_by_row += decide(arm("1.0", one_user_per_row(a)), arm("2.0", one_user_per_row(b))).winner is not None
+    assert winners_by_user <= 2 and winners_by_row >= 5  # measured 1 and 6; 5% of 12 expected by chance
 
 
-def test_decide_refuses_too_few_rows():
-    d = decide(arm("1.0", errors(100, 1.0, 1)), arm("2.0", errors(2000, 0.5, 2)), min_rows=500)
-    assert d.winner is None and "fewer than the 500" in d.reason
+def one_user_per_row(errors_by_user: dict[str, list[float]]) -> dict[str, list[float]]:
+    """The same errors, each row under a user of its own."""
+    return {f"{user}-{i}": [e] for user, errors in errors_by_user.items() for i, e in enumerate(errors)}
 
 
-def test_decide_refuses_gap_within_noise_or_margin():
-    d = decide(arm("1.0", errors(600, 1.0, 1)), arm("2.0", errors(600, 0.97, 2)))
-    assert d.winner is None and "within noise" in d.reason  # gap 0.011 > 0.005, but 2 SE = 0.082
-    d = decide(arm("1.0", [1.0] * 1000), arm("2.0", [0.998] * 1000))
-    assert d.winner is None and "minimum improvement" in d.reason
-
-
-def test_decide_refuses_winner_that_fails_more_rows():
-    d = decide(arm("1.0", errors(2000, 1.0, 1)), arm("2.0", errors(2000, 0.8, 2), row_errors=200))
-    assert d.winner is None and "fails more rows" in d.reason
+def test_decide_refuses_too_few_rows_and_a_winner_that_fails_more_rows():
+    d = decide(arm("1.0", users_with_errors(10, 10, 1.0, 1)), arm("2.0", users_with_errors(200, 10, 0.5, 2)))
+    assert d.verdict == "too-few-rows" and "1.0 has 100 scored rows, fewer than the 500" in d.reason
+    a = arm("1.0", users_with_errors(200, 10, 1.0, 1))
+    d = decide(a, arm("2.0", users_with_errors(200, 10, 0.8, 2), row_errors=200))
+    assert d.verdict == "more-errors" and "fails more rows" in d.reason
 
 
 def test_read_heldout_reports_bad_rows_by_line(tmp_path):
@@ -170,18 +164,140 @@ def test_read_heldout_reports_bad_rows_by_line(tmp_path):
         list(read_heldout(tmp_path / "bad.csv"))
 
 
-def test_plot_report_writes_png(tmp_path):
-    from movierec.client.ab import plot_report
-
-    a, b = arm("1.0", errors(50, 1.0, 1)), arm("2.0", [])
-    a.latencies_ms = [5.0, 7.0, 30.0]
-    plot_report(a, b, tmp_path / "ab.png")
-    assert (tmp_path / "ab.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
 def test_read_heldout_accepts_movielens_column_names(tmp_path):
     path = tmp_path / "ratings.csv"
     path.write_text("userId,movieId,rating,timestamp\n1,31,2.5,1260759144\n1,2\n")
     items = list(read_heldout(path))
     assert (items[0].user_id, items[0].movie_id, items[0].rating) == ("1", "31", 2.5)
     assert items[1] == "line 3: expected at least 3 columns, got 2"
+
+
+def test_report_table_and_png_show_the_difference_and_its_interval(tmp_path):
+    from movierec.client.ab import compare_split
+    from movierec.client.cli_ab import format_report, plot_report
+
+    a, b = arm("1.0", users_with_errors(50, 4, 1.0, 1)), arm("2.0", {})
+    a.latencies_ms = [5.0, 7.0, 30.0]
+    cmp = compare_split(a, b, seed=5, reps=200)
+    plot_report(cmp, ("A 1.0", "B 2.0"), tmp_path / "ab.png", latency=(a, b))
+    assert (tmp_path / "ab.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    a2 = arm("2.0", users_with_errors(50, 4, 0.9, 2))
+    cmp = compare_split(a, a2, seed=5, reps=200)
+    table = format_report(a, a2, cmp, ("50%", "50%")).splitlines()
+    assert table[0].split()[:8] == ["arm", "version", "share", "rows", "scored", "users", "RMSE", "95%"]
+    assert table[1].split()[:7] == ["A", "1.0", "50%", "200", "200", "50", f"{a.rmse:.4f}"]
+    assert f"[{cmp.ci_a.low:.4f}, {cmp.ci_a.high:.4f}]" in table[1]
+    assert table[3] == cmp.describe() and f"{cmp.diff:+.4f}" in table[3] and "seed 5, " not in table[3]
+    assert "200 resamples, seed 5)" in table[3] and "split: disjoint users per arm" in table[3]
+
+
+# --- against a real TorchServe serving 1.0 (default) and 2.0 ---
+
+
+@pytest.fixture(scope="module")
+def served(server):
+    """A client of the fixture server, and the CLI flags that reach it."""
+    flags = ["--inference-url", server.inference_url, "--management-url", server.management_url]
+    flags += ["--key-file", str(server.key_file)]
+    with MovieRecClient(server.inference_url, server.management_url, server.key_file, retries=2) as c:
+        yield c, flags
+
+
+def served_rmse(client: MovieRecClient, path, version: str) -> float:
+    """RMSE of one version on a ratings file, straight from predict_many."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    answer = client.predict_many([{"user_id": r["userId"], "movie_id": r["movieId"]} for r in rows], version=version)
+    errors = [(p["rating"] - float(r["rating"])) ** 2 for p, r in zip(answer["predictions"], rows, strict=True)]
+    return math.sqrt(sum(errors) / len(errors))
+
+
+@pytest.mark.integration
+def test_paired_eval_scores_every_row_with_both_versions(served, synth_data):
+    client, _ = served
+    ratings, _ = synth_data
+    result = evaluate_paired(ABRouter(client, "1.0", "2.0", percent_b=10), ratings, chunk_size=700)
+    cmp = result.comparison(seed=1, reps=500)
+    assert result.bad_input == [] and result.a.scored == result.b.scored == result.pairs.rows == 3000
+    assert (result.a.request_errors, len(result.a.latencies_ms), len(result.b.latencies_ms)) == (0, 5, 5)
+    assert (cmp.rows_a, cmp.users_a, cmp.paired) == (3000, 60, True)
+    assert cmp.rmse_a == pytest.approx(served_rmse(client, ratings, "1.0"), rel=1e-6)
+    assert cmp.rmse_b == pytest.approx(served_rmse(client, ratings, "2.0"), rel=1e-6)
+    assert cmp.ci_diff.covers(cmp.diff) and cmp.ci_diff.low < cmp.ci_diff.high
+
+
+@pytest.mark.integration
+def test_ab_eval_cli_paired_null_case_and_promote_gate(served, synth_data, tmp_path, capsys):
+    from movierec.client.cli import main
+
+    client, flags = served
+    ratings, _ = synth_data
+    png = tmp_path / "ab.png"
+    assert main(["ab-eval", str(ratings), "--a", "1.0", "--b", "1.0", "--promote", "--plot", str(png), *flags]) == 0
+    out = capsys.readouterr().out
+    assert "RMSE B - A = +0.0000, 95% interval [+0.0000, +0.0000] (paired" in out
+    assert "verdict: no-difference" in out and "not promoting: default stays 1.0" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and client.default_version() == "1.0"
+    assert main(["ab-eval", str(ratings), "--a", "1.0", "--b", "2.0", "--split", "--promote", *flags]) == 2
+    assert "--promote needs the paired comparison" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_ab_eval_cli_split_keeps_sticky_routing(served, synth_data, capsys):
+    from movierec.client.cli import main
+
+    client, flags = served
+    ratings, _ = synth_data
+    router = ABRouter(client, "1.0", "2.0", percent_b=30)
+    a, b, bad = evaluate(router, ratings, chunk_size=200)
+    users_b = {r.user_id for r in read_heldout(ratings) if router.arm(r.user_id) == "b"}
+    assert bad == [] and a.scored + b.scored == 3000 and b.users.users == len(users_b) > 0
+    argv = ["ab-eval", str(ratings), "--a", "1.0", "--b", "2.0", "--split", "30", "--seed", "9", *flags]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:5] == ["A", "1.0", "70%", str(a.rows), str(a.scored)]
+    assert lines[2].split()[:6] == ["B", "2.0", "30%", str(b.rows), str(b.scored), str(len(users_b))]
+    assert "split: disjoint users per arm" in lines[3] and "seed 9" in lines[3]
+    assert lines[-1].startswith("verdict: ")
+
+
+@pytest.mark.integration
+def test_ab_logs_exposures_that_ab_report_joins_to_later_ratings(served, tiny_artifact, tmp_path, capsys):
+    from model.artifact import load_artifact
+    from movierec.client.cli import main
+
+    client, flags = served
+    art = load_artifact(tiny_artifact)
+    users, movies = list(art.users.ids)[:12], list(art.movies.ids)
+    log = tmp_path / "exposures.jsonl"
+    answers = []
+    for i, user in enumerate(users):
+        what = ["--movie", str(movies[i])] if i % 4 else ["--top-k", "5"]
+        assert (
+            main(["ab", "--a", "1.0", "--b", "2.0", "--user", str(user), *what, "--exposures", str(log), *flags]) == 0
+        )
+        answers.append(orjson.loads(capsys.readouterr().out))
+    with ABRouter(client, "1.0", "2.0", exposures=log) as router:  # the library path: a log named by the caller
+        answers.append(router.predict(users[1], movies[20]))
+    logged = [orjson.loads(line) for line in log.read_bytes().splitlines()]
+    assert [(e["user_id"], e["arm"], e["version"]) for e in logged] == [
+        (a["user_id"], a["arm"], a["served_by"]) for a in answers
+    ]
+    # Later, every user rates one movie they were shown: one point above the prediction (or the score).
+    lines, expected = ["userId,movieId,rating"], {"a": [], "b": []}
+    for a in answers:
+        shown = a["recommendations"][1] if "recommendations" in a else a
+        predicted = shown["score"] if "recommendations" in a else a["rating"]
+        lines.append(f"{a['user_id']},{shown['movie_id']},{predicted + 1.0}")
+        expected[a["arm"]].append(1.0)
+    (tmp_path / "later.csv").write_text("\n".join(lines) + "\n")
+    argv = ["ab-report", "--exposures", str(log), "--outcomes", str(tmp_path / "later.csv"), "--min-rows", "1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "13 outcome rows read, 13 matched an exposure" in out
+    for name, arm_letter in (("A", "a"), ("B", "b")):
+        row = next(line.split() for line in out.splitlines() if line.startswith(f"{name} "))
+        n = len(expected[arm_letter])
+        if n:  # every matched outcome is off by exactly 1.0: RMSE 1
+            assert row[4] == row[5] == str(n) and row[7] == "1.0000"
+    assert "verdict: no-difference" in out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import shlex
 import socket
 from pathlib import Path
 
@@ -14,10 +16,15 @@ from movierec.client.api import (
     Endpoints,
     KeyFile,
     MovieRecClient,
+    RecoveryTimeout,
+    ServerError,
     ServerUnreachable,
+    WorkerDied,
     archive_name,
     error_message,
     is_token_rejection,
+    is_worker_death,
+    recovering,
 )
 
 
@@ -85,8 +92,7 @@ def test_retry_policy_covers_503_and_idempotent_posts(tmp_path):
     retry = client.session.get_adapter("http://127.0.0.1:8080").max_retries
     assert retry.total == 4 and 503 in retry.status_forcelist
     assert {"POST", "PUT", "GET", "DELETE"} <= set(retry.allowed_methods)
-    once = client.register_session.get_adapter("http://127.0.0.1:8081").max_retries
-    assert once.read == 0 and once.status == 0 and once.connect == 4
+    assert retry.read == 4 and retry.connect == 4
 
 
 def free_port() -> int:
@@ -123,16 +129,6 @@ class StubClient(MovieRecClient):
     def _request(self, method, api, path, **kw):
         self.sent.append((method, path))
         return {"status": "ok"}
-
-
-def test_unregister_of_the_default_is_refused_while_others_exist(tmp_path):
-    client = StubClient(tmp_path, ["1.0", "2.0"], "1.0")
-    with pytest.raises(ConfigError, match="1.0 is the default version of movierec and 2.0 is still registered"):
-        client.unregister("1.0")
-    assert client.sent == []
-    client.unregister("2.0")
-    assert client.sent == [("DELETE", "/models/movierec/2.0")]
-    StubClient(tmp_path, ["1.0"], "1.0").unregister("1.0")
 
 
 def test_promote_then_rollback_restores_the_previous_default(tmp_path):
@@ -175,11 +171,53 @@ def test_version_table_flags_the_default():
     assert "* 2.0" in table and "  1.0" in table
 
 
-def test_register_with_more_workers_than_the_archive_allows_scales_after(tmp_path):
-    """TorchServe caps initial_workers at the archive's maxWorkers, so register must scale explicitly."""
-    client = StubClient(tmp_path, [], "1.0")
-    client.register("2.0", model="movierec-batch", initial_workers=3)
-    assert client.sent == [("POST", "/models"), ("PUT", "/models/movierec-batch/2.0")]
-    client.sent.clear()
-    client.register("2.0", initial_workers=1)
-    assert client.sent == [("POST", "/models")]
+def test_worker_death_is_told_apart_from_the_handlers_own_errors():
+    """TorchServe's {"code","type","message"} 500/507 is a lost worker; the handler's {"error"} never is."""
+    died = {"code": 500, "type": "InternalServerException", "message": "Worker died."}
+    assert is_worker_death(500, died) and is_worker_death(507, {**died, "code": 507})
+    assert not is_worker_death(507, {"error": "batch too big for memory", "model_version": "1.0"})
+    assert not is_worker_death(500, {"error": "internal error", "model_version": "1.0"})
+    assert not is_worker_death(503, {**died, "code": 503})  # overload: urllib3 retries it, briefly
+    assert not is_worker_death(500, None) and not is_worker_death(400, died)
+
+
+def test_recovering_resends_only_after_lost_workers_and_gives_up_in_time():
+    """WorkerDied and dropped connections are sent again with growing waits; other errors raise at once."""
+    waits: list[float] = []
+    answers = iter([WorkerDied(500, "Worker died."), ServerUnreachable("reset"), "scored"])
+
+    def call():
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert recovering(call, sleep=waits.append) == "scored"
+    assert waits == [0.5, 1.0]
+    handler_507 = ServerError(507, "batch too big for memory")
+    with pytest.raises(ServerError) as raised:
+        recovering(lambda: (_ for _ in ()).throw(handler_507), sleep=waits.append)
+    assert raised.value is handler_507 and len(waits) == 2
+
+    def always_dies():
+        raise WorkerDied(500, "Worker died.")
+
+    with pytest.raises(RecoveryTimeout, match="Worker died.*after 2 s of retries"):
+        recovering(always_dies, patience_s=2, sleep=lambda s: None)
+
+
+def test_a_failed_job_names_the_exact_command_that_resumes_it(tmp_path, capsys, monkeypatch):
+    """One line on stderr: the reason, then `movierec score ... --resume` to continue."""
+    from movierec.client import scoring
+    from movierec.client.cli import main
+
+    (tmp_path / "in file.csv").write_text("user_id,movie_id\n1,2\n")
+    url = f"http://127.0.0.1:{free_port()}"
+    argv = ["score", str(tmp_path / "in file.csv"), str(tmp_path / "out.csv"), "--no-manage", "--version", "1.0"]
+    argv += ["--inference-url", url, "--management-url", url, "--key-file", str(tmp_path / "k.json")]
+    argv += ["--retries", "0", "--no-progress"]
+    monkeypatch.setattr(scoring, "recovering", functools.partial(recovering, patience_s=1))
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: cannot reach")
+    assert err.rstrip().endswith("continue with: " + shlex.join(["movierec", *argv, "--resume"]))

@@ -15,13 +15,12 @@ SUBCOMMANDS = [
     ["recommend-all"],
     ["versions"],
     ["versions", "list"],
-    ["versions", "register"],
     ["versions", "set-default"],
-    ["versions", "unregister"],
     ["promote"],
     ["rollback"],
     ["ab"],
     ["ab-eval"],
+    ["ab-report"],
 ]
 
 
@@ -35,7 +34,7 @@ def test_every_subcommand_has_help(words, capsys):
 
 def test_module_entry_point_prints_help():
     done = subprocess.run([sys.executable, "-m", "movierec", "--help"], capture_output=True, text=True, check=True)
-    for name in ("score", "recommend-all", "versions", "promote", "rollback", "ab", "ab-eval"):
+    for name in ("score", "recommend-all", "versions", "promote", "rollback", "ab", "ab-eval", "ab-report"):
         assert name in done.stdout
 
 
@@ -50,12 +49,7 @@ def test_score_defaults_and_server_flags():
         scoring.DEFAULT_CONCURRENCY,
         scoring.DEFAULT_WORKERS,
     )
-    assert (args.batch_size, args.max_batch_delay, args.idle_workers, args.resume) == (
-        scoring.DEFAULT_BATCH_SIZE,
-        scoring.DEFAULT_MAX_BATCH_DELAY_MS,
-        scoring.DEFAULT_IDLE_WORKERS,
-        False,
-    )
+    assert (args.idle_workers, args.resume) == (scoring.DEFAULT_IDLE_WORKERS, False)
     assert args.key_file == "k.json" and args.inference_url is None
 
 
@@ -67,7 +61,10 @@ def test_score_defaults_and_server_flags():
         ["recommend-all", "out.csv", "--users-per-request", "0"],
         ["ab", "--a", "1.0", "--b", "2.0", "--user", "1", "--split", "101"],
         ["ab", "--a", "1.0", "--b", "2.0", "--user", "1", "--movie", "2", "--top-k", "3"],
-        ["versions", "register"],
+        # Registration is the server's (movierec-serve start/reload), so the client offers none.
+        ["versions", "register", "--version", "2.0"],
+        ["versions", "unregister", "2.0"],
+        ["score", "in.csv", "out.csv", "--batch-size", "4"],
     ],
 )
 def test_bad_arguments_exit_with_usage(argv, capsys):

@@ -77,29 +77,23 @@ def test_a_stale_key_is_reread_once(server, tmp_path, ids):
     assert c.predict(users[0], movies[0])["model_version"] == "1.0"
 
 
-def test_versions_and_client_side_unregister_refusal(client):
+def test_versions_and_the_batch_registration_waiting_at_zero_workers(client):
+    """movierec-serve registers movierec-batch for each version at start: batch size 1, no workers."""
     infos = {i.version: i for i in list_versions(client)}
     assert infos["1.0"].is_default and not infos["2.0"].is_default
-    with pytest.raises(ConfigError, match="default version"):
-        client.unregister("1.0")
+    batch = {i.version: i for i in list_versions(client, model="movierec-batch")}
+    assert sorted(batch) == ["1.0", "2.0"] and batch["1.0"].is_default
+    for info in batch.values():
+        assert (info.min_workers, info.batch_size, info.max_batch_delay) == (0, 1, 1)
+        assert info.url == f"movierec-{info.version}.mar"
 
 
-def test_register_under_another_name_keeps_archive_batching_and_starts_all_workers(client, ids, model_store):
-    """initial_workers alone is capped by the archive's maxWorkers: 1; register must still give 2."""
-    from movierec.torchserve.archive import archive_file, load_model_config
-
-    users, movies = ids
-    config = load_model_config(model_store / archive_file("1.0"))
-    assert config["maxWorkers"] < 2  # else this test no longer shows the cap being lifted
-    try:
-        client.register("1.0", model="movierec-extra", initial_workers=2)
-        [info] = list_versions(client, model="movierec-extra")
-        assert (info.workers, info.batch_size, info.url) == (2, config["batchSize"], archive_file("1.0"))
-        answer = client.predict(users[0], movies[0], model="movierec-extra")
-        assert answer["rating"] == client.predict(users[0], movies[0])["rating"]
-    finally:
-        client.unregister("1.0", model="movierec-extra")
-    assert "movierec-extra" not in [m["modelName"] for m in client.list_models()]
+def test_a_version_missing_from_the_store_cannot_be_scored_and_says_how_to_add_it(client, tmp_path):
+    """Nothing registers over the API: the job stops before touching files and names the reload."""
+    (tmp_path / "in.csv").write_text("user_id,movie_id\n1,2\n")
+    with pytest.raises(ConfigError, match="movierec-9.9.mar there and run movierec-serve reload"):
+        score_csv(client, tmp_path / "in.csv", tmp_path / "out.csv", version="9.9", progress=False)
+    assert not (tmp_path / "out.csv").exists()
 
 
 def test_promote_and_rollback(client, tmp_path, ids):
@@ -136,45 +130,94 @@ def test_score_csv_end_to_end_with_resume(client, ids, tmp_path, protocol):
         w = csv.writer(f)
         w.writerow(["user_id", "movie_id", "extra"])
         w.writerows([u, m, "x"] for u, m in pairs)
-    settings = BatchSettings(batch_size=4, max_batch_delay=5, workers=1, idle_workers=0)
-    try:
-        summary = score_csv(
-            client,
-            tmp_path / "in.csv",
-            tmp_path / "out.csv",
-            chunk_size=400,
-            concurrency=3,
-            settings=settings,
-            progress=False,
-            protocol=protocol,
-        )
-        assert summary.rows_scored == 3000 and summary.rows_with_errors == 1
-        full = (tmp_path / "out.csv").read_bytes()
-        with open(tmp_path / "out.csv", newline="") as f:
-            rows = list(csv.reader(f))[1:]
-        assert [(r[0], r[1]) for r in rows] == pairs and "99999" in rows[10][3]
-        direct = client.predict_many([{"user_id": u, "movie_id": m} for u, m in pairs[:50]], version="1.0")
-        assert [float(r[2]) for r in rows[11:50]] == [p["rating"] for p in direct["predictions"][11:50]]
-        lines = full.splitlines(keepends=True)
-        (tmp_path / "out.csv").write_bytes(b"".join(lines[:1234]) + lines[1234][:3])
-        resumed = score_csv(
-            client,
-            tmp_path / "in.csv",
-            tmp_path / "out.csv",
-            concurrency=2,
-            settings=settings,
-            resume=True,
-            progress=False,
-            protocol=protocol,
-        )
-        assert resumed.rows_skipped == 1233 and resumed.rows_scored == 3000 - 1233
-        assert (tmp_path / "out.csv").read_bytes() == full
-        assert all(len(v.get("workers", [])) == 0 for v in client.describe("movierec-batch"))
-    finally:
+    settings = BatchSettings(workers=1, idle_workers=0)
+    summary = score_csv(
+        client,
+        tmp_path / "in.csv",
+        tmp_path / "out.csv",
+        chunk_size=400,
+        concurrency=3,
+        settings=settings,
+        progress=False,
+        protocol=protocol,
+    )
+    assert summary.rows_scored == 3000 and summary.rows_with_errors == 1
+    full = (tmp_path / "out.csv").read_bytes()
+    with open(tmp_path / "out.csv", newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    assert [(r[0], r[1]) for r in rows] == pairs and "99999" in rows[10][3]
+    direct = client.predict_many([{"user_id": u, "movie_id": m} for u, m in pairs[:50]], version="1.0")
+    assert [float(r[2]) for r in rows[11:50]] == [p["rating"] for p in direct["predictions"][11:50]]
+    lines = full.splitlines(keepends=True)
+    (tmp_path / "out.csv").write_bytes(b"".join(lines[:1234]) + lines[1234][:3])
+    resumed = score_csv(
+        client,
+        tmp_path / "in.csv",
+        tmp_path / "out.csv",
+        concurrency=2,
+        settings=settings,
+        resume=True,
+        progress=False,
+        protocol=protocol,
+    )
+    assert resumed.rows_skipped == 1233 and resumed.rows_scored == 3000 - 1233
+    assert (tmp_path / "out.csv").read_bytes() == full
+    assert all(len(v.get("workers", [])) == 0 for v in client.describe("movierec-batch"))
+
+
+def test_score_survives_its_workers_being_killed_twice(server, batch_client, ids, tmp_path):
+    """SIGKILL the movierec-batch workers twice mid-job: it waits for TorchServe to restart them and its
+    output is byte-identical to a clean run's."""
+    import threading
+    import time
+
+    import psutil
+
+    users, movies = ids
+    rng = random.Random(11)
+    with open(tmp_path / "in.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["user_id", "movie_id"])
+        w.writerows((rng.choice(users), rng.choice(movies)) for _ in range(6000))
+    job = {"chunk_size": 10, "concurrency": 2, "settings": BatchSettings(workers=1), "progress": False}
+    out, results = tmp_path / "killed.csv", {}
+
+    def run() -> None:
         try:
-            client.unregister("1.0", model="movierec-batch")
-        except NotFound:
-            pass
+            results["summary"] = score_csv(batch_client, tmp_path / "in.csv", out, **job)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            results["error"] = exc
+
+    def batch_pids() -> list[int]:
+        workers = batch_client.describe("movierec-batch", "1.0")[0]["workers"]
+        return [w["pid"] for w in workers if w["status"] == "READY"]
+
+    def wait_for(what: str, condition) -> None:
+        deadline = time.monotonic() + 120
+        while not condition():
+            assert "error" not in results, f"the job failed: {results['error']!r}"
+            assert runner.is_alive(), f"the job ended before {what}: make it longer"
+            assert time.monotonic() < deadline, f"still waiting for {what}"
+            time.sleep(0.02)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    killed: list[int] = []
+    try:
+        for kill in (1, 2):
+            size = out.stat().st_size if out.exists() else 0
+            wait_for(f"rows before kill {kill}", lambda s=size: out.exists() and out.stat().st_size > s + 2_000)
+            wait_for(f"a new worker before kill {kill}", lambda: set(batch_pids()) - set(killed))
+            for pid in batch_pids():
+                psutil.Process(pid).kill()
+                killed.append(pid)
+    finally:
+        runner.join(300)
+    assert "error" not in results, results.get("error")
+    assert len(killed) >= 2 and results["summary"].rows_scored == 6000
+    clean = score_csv(batch_client, tmp_path / "in.csv", tmp_path / "clean.csv", **job)
+    assert clean.rows_with_errors == results["summary"].rows_with_errors
+    assert out.read_bytes() == (tmp_path / "clean.csv").read_bytes()
 
 
 def test_concurrent_score_jobs_do_not_scale_each_other_down(server, ids, tmp_path):
@@ -227,10 +270,6 @@ def test_concurrent_score_jobs_do_not_scale_each_other_down(server, ids, tmp_pat
             assert c.describe("movierec-batch", "1.0")[0]["workers"] == []
         finally:
             runner.join(300)
-            try:
-                c.unregister("1.0", model="movierec-batch")
-            except NotFound:
-                pass
 
 
 def test_ab_eval_scores_each_arm(client, ids, synth_data, tmp_path):
@@ -242,7 +281,7 @@ def test_ab_eval_scores_each_arm(client, ids, synth_data, tmp_path):
     assert decide(a, b, min_rows=10**9).winner is None
 
 
-def test_cli_reaches_the_server_through_flags(server, client, ids, capsys):
+def test_cli_reaches_the_server_through_flags(server, client, ids, capsys, tmp_path):
     from movierec.client.cli import main
 
     users, movies = ids
@@ -254,8 +293,9 @@ def test_cli_reaches_the_server_through_flags(server, client, ids, capsys):
     answer = orjson.loads(capsys.readouterr().out)
     assert answer["served_by"] == answer["model_version"] == ("2.0" if bucket(users[0]) < 5_000 else "1.0")
     assert answer["rating"] == client.predict(users[0], movies[0], version=answer["served_by"])["rating"]
-    assert main(["versions", "unregister", "1.0", *flags]) == 2
-    assert "default version" in capsys.readouterr().err
+    (tmp_path / "in.csv").write_text(f"user_id,movie_id\n{users[0]},{movies[0]}\n")
+    assert main(["score", str(tmp_path / "in.csv"), str(tmp_path / "out.csv"), "--version", "9.9", *flags]) == 2
+    assert "movierec-serve reload" in capsys.readouterr().err
 
 
 def wait_until(condition, timeout: float, what: str) -> None:

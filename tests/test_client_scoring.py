@@ -235,10 +235,8 @@ class RecordingClient(MovieRecClient):
         return "1.0"
 
     def versions(self, model=None):
-        return ["1.0"] if model == "movierec" else []
-
-    def register(self, version, **kw):
-        self.calls.append(("register", version, kw["model"], kw["batch_size"], kw["initial_workers"]))
+        # movierec-serve registers movierec-batch for every version of movierec at start.
+        return ["1.0"] if model in ("movierec", "movierec-batch") else []
 
     def scale(self, version, min_worker, max_worker=None, *, model=None):
         self.calls.append(("scale", version, min_worker, model))
@@ -250,13 +248,12 @@ class RecordingClient(MovieRecClient):
         return {"predictions": scorer()(instances), "model_version": version}
 
 
-def test_score_csv_registers_scales_up_and_back_down(tmp_path):
+def test_score_csv_scales_the_batch_registration_up_and_back_down(tmp_path):
     write_input(tmp_path / "in.csv", 10)
     client = RecordingClient(tmp_path)
-    settings = BatchSettings(batch_size=4, max_batch_delay=5, workers=3, idle_workers=0)
+    settings = BatchSettings(workers=3, idle_workers=0)
     score_csv(client, tmp_path / "in.csv", tmp_path / "out.csv", settings=settings, progress=False, protocol="json")
     assert client.calls == [
-        ("register", "1.0", "movierec-batch", 4, 3),
         ("scale", "1.0", 3, "movierec-batch"),
         ("predict", "movierec-batch", "1.0"),
         ("scale", "1.0", 0, "movierec-batch"),

@@ -9,6 +9,7 @@ import orjson
 import pytest
 import torch
 
+import model.core as core
 from model.artifact import load_artifact
 from model.core import PARITY_TOL, Recommender
 from model.protocol import ServiceOptions
@@ -487,6 +488,22 @@ def test_recommend_many_is_top_k_of_the_exact_model(tiny_artifact, rec):
         eligible = [m for m in range(len(exact)) if m not in rated and counts[m] >= strict.min_movie_ratings]
         assert len(rows) == min(8, len(eligible)) and set(rows.tolist()) <= set(eligible)
         np.testing.assert_allclose(scores, np.sort(exact[eligible])[::-1][: len(rows)], atol=1e-5, rtol=0)
+
+
+def test_top_k_over_many_movie_slices_and_user_blocks(rec, monkeypatch):
+    """Catalogue in slices of 3 movies and blocks of 2 users (as at 59k movies): same bits, exact model's ranks."""
+    monkeypatch.setattr(core, "TOPK_ELEMENTS", 3 * rec.artifact.net.nh)
+    monkeypatch.setattr(core, "TOPK_LOGITS", 2 * len(rec.artifact.movies))
+    sliced = Recommender(rec.artifact)
+    users = np.arange(len(rec.artifact.users))
+    for user, (rows, scores) in zip(users.tolist(), sliced.recommend_many(users, 6), strict=True):
+        single_rows, single_scores = sliced.recommend(user, 6)
+        np.testing.assert_array_equal(rows, single_rows)
+        np.testing.assert_array_equal(scores, single_scores)
+        exact = exact_row(rec, user)
+        exact[rec.artifact.rated_by(user)] = -np.inf
+        np.testing.assert_allclose(scores, exact[rows], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(scores, np.sort(exact)[::-1][: len(rows)], atol=1e-5, rtol=0)
 
 
 def test_recommend_many_of_no_users(rec):

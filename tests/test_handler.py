@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 
@@ -11,6 +12,7 @@ import pytest
 from handler.movierec_handler import MovierecHandler
 from model.artifact import load_artifact
 from model.core import Recommender
+from model.protocol import NOT_UTF8
 from movierec.testing import LocalContext
 
 
@@ -152,3 +154,58 @@ def test_mismatched_artifact_fails_to_load_with_a_clear_error(model_dir, tmp_pat
     (bad / "artifact" / "rated.npz").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="rated.npz"):
         MovierecHandler().initialize(LocalContext(bad))
+
+
+def test_an_integer_id_beyond_64_bits_is_out_of_range_not_a_float(handler, tiny_artifact):
+    art = load_artifact(tiny_artifact)
+    u, m = int(art.users.ids[0]), int(art.movies.ids[0])
+    huge = 2**70
+    answers = run(
+        handler,
+        [
+            {"user_id": huge, "movie_id": m},
+            {"user_id": u, "movie_id": -huge},
+            {"user_id": huge, "top_k": 3},
+            {"instances": [{"user_id": u, "movie_id": m}, {"user_id": huge, "movie_id": m}]},
+            {"users": [u, huge], "top_k": 2},
+        ],
+    )
+    assert [s for s, _ in answers] == [400, 400, 400, 200, 200]
+    errors = [
+        answers[0][1]["error"],
+        answers[1][1]["error"],
+        answers[2][1]["error"],
+        answers[3][1]["predictions"][1]["error"],
+        answers[4][1]["recommendations"][1]["error"],
+    ]
+    for error, field in zip(errors, ["user_id", "movie_id", "user_id", "user_id", "user_id"], strict=True):
+        assert f"'{field}' is out of range" in error and "float" not in error, error
+    assert "rating" in answers[3][1]["predictions"][0]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        gzip.compress(b'{"user_id": 1, "movie_id": 1}'),
+        '{"user_id": "Jos\u00e9", "movie_id": 1}'.encode("latin-1"),
+        b"\xff\xfe{\x00}\x00",
+    ],
+    ids=["gzip", "latin-1", "utf-16"],
+)
+def test_a_body_that_is_not_utf8_is_named_as_such(handler, body):
+    [(status, answer)] = run(handler, [body])
+    assert status == 400
+    assert answer["error"] == NOT_UTF8
+    assert "application/vnd.apache.arrow.stream" in answer["error"]
+
+
+def test_a_surrogate_escaped_text_body_is_named_as_not_utf8(handler):
+    """A str carrying undecodable bytes as surrogates (a lenient decoder's output) gets the same answer."""
+    text = '{"user_id": "\udce9", "movie_id": 1}'
+    [(status, answer)] = run(handler, [text], as_dict=True)
+    assert (status, answer["error"]) == (400, NOT_UTF8)
+
+
+def test_invalid_json_in_utf8_still_names_the_json_error(handler):
+    [(status, answer)] = run(handler, [b'{"user_id": 1,'])
+    assert status == 400 and answer["error"].startswith("request body is not valid JSON")

@@ -183,3 +183,16 @@ def test_instances_cap_comes_from_the_archive_config(http, server, model_store):
 def test_prometheus_metrics_are_exported(server):
     text = requests.get(server.metrics_url + "/metrics", timeout=10).text
     assert "ts_inference_requests_total" in text
+
+
+def test_a_huge_integer_id_and_a_non_utf8_body_get_clear_400s(http, server):
+    """Issue 10: 2**70 is out of range (not "float 1.18e+21"); gzip or Latin-1 bytes are not UTF-8 JSON."""
+    import gzip
+
+    from model.protocol import NOT_UTF8
+
+    r = post(http, server, {"user_id": 2**70, "movie_id": 101})  # json.dumps writes the integer literal
+    assert r.status_code == 400 and "'user_id' is out of range" in r.json()["error"], r.text
+    for body in (gzip.compress(b'{"user_id": 1, "movie_id": 101}'), '{"user_id": "Jos\u00e9"}'.encode("latin-1")):
+        r = post(http, server, body)
+        assert r.status_code == 400 and r.json()["error"] == NOT_UTF8, r.text

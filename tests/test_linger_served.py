@@ -9,7 +9,7 @@ import time
 import pytest
 
 from model.artifact import load_artifact
-from movierec.client.api import MovieRecClient, NotFound
+from movierec.client.api import MovieRecClient
 from movierec.client.jobs import JobLeases
 from movierec.client.scoring import BatchSettings, score_csv
 
@@ -62,7 +62,4 @@ def test_a_second_job_within_the_linger_finds_the_workers_ready_and_they_go_down
             time.sleep(0.5)
         assert batch_workers(client) == []
     finally:
-        try:
-            client.unregister("1.0", model="movierec-batch")
-        except NotFound:
-            pass
+        client.scale("1.0", 0, model="movierec-batch")

@@ -20,6 +20,7 @@ import requests
 
 from movierec import torchserve
 from movierec.paths import REPO as ROOT
+from movierec.torchserve import registry
 
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs Java")
 
@@ -72,12 +73,6 @@ def server(tmp_path_factory, store):
     torchserve.stop(run_dir)
 
 
-def register(srv: torchserve.Server, url: str) -> requests.Response:
-    """Ask the management API to register a model archive URL."""
-    params = {"url": url, "initial_workers": 1, "synchronous": "true"}
-    return requests.post(f"{srv.management_url}/models", params=params, headers=srv.auth("management"))
-
-
 def instance_pids(srv: torchserve.Server) -> set[int]:
     """The frontend pid and its worker pids."""
     frontend = psutil.Process(srv.pid)
@@ -120,41 +115,76 @@ def test_read_properties_java_syntax(tmp_path):
     assert props == {"a": "1", "b": "2", "c": "long value", "d": "x\\.y", "e=k": "v"}
 
 
-def test_store_url_pattern_only_matches_files_in_store(tmp_path):
-    """The allowed_urls regex admits store/*.mar and nothing beside or below it."""
-    store = tmp_path / "my-store"
-    pattern = re.compile(torchserve.store_url_pattern(store))
-    assert pattern.fullmatch(f"file://{store}/movierec-1.0.mar")
-    for url in (
-        f"file://{store}/sub/x.mar",
-        f"file://{store}/x.py",
-        f"file://{store}-evil/x.mar",
-        "https://example.com/x.mar",
-        f"file://{tmp_path}/x.mar",
-    ):
-        assert not pattern.fullmatch(url), url
-
-
-def test_render_config_snapshot_replaces_load_models(tmp_path):
-    """A restored snapshot goes into model_snapshot and load_models is dropped."""
+def test_render_config_serves_the_snapshot_and_closes_every_other_door(tmp_path):
+    """The rendered config holds the snapshot, no load_models, the model API off and nothing downloadable."""
     store = tmp_path / "store"
     store.mkdir()
     snapshot = '{"name": "s", "modelCount": 1, "models": {"echo": {"2.0": {}}}}'
     path = torchserve.render_config(
-        torchserve.DEFAULT_CONFIG, tmp_path, store, torchserve.Ports(1, 2, 3, 4, 5), None, snapshot
+        torchserve.DEFAULT_CONFIG, tmp_path, store, torchserve.Ports(1, 2, 3, 4, 5), snapshot
     )
     props = torchserve.read_properties(path)
     assert props["model_snapshot"] == snapshot
     assert "load_models" not in props
+    assert props["enable_model_api"] == "false"
+    assert props["allowed_urls"] == "^$" and not re.fullmatch(props["allowed_urls"], "file:///x.mar")
+    workflows = Path(props["workflow_store"])
+    assert workflows.is_dir() and not any(workflows.iterdir()) and workflows != store
     assert props["model_store"] == str(store.resolve())
     assert props["grpc_management_port"] == "5"
     log4j = re.search(r"-Dlog4j\.configurationFile=(\S+)", props["vmargs"]).group(1)
     assert Path(log4j).is_absolute() and Path(log4j).is_file()
 
 
+def test_only_regular_mar_files_directly_in_the_store_are_served(store, tmp_path):
+    """check_archive refuses symlinks (even to a real archive), directories, paths and other names."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "evil.mar").write_bytes((store / "echo-1.0.mar").read_bytes())
+    mixed = tmp_path / "store"
+    mixed.mkdir()
+    shutil.copy(store / "echo-1.0.mar", mixed / "echo-1.0.mar")
+    (mixed / "link.mar").symlink_to(outside / "evil.mar")
+    (mixed / "inner.mar").symlink_to(mixed / "echo-1.0.mar")
+    (mixed / "dir.mar").mkdir()
+    assert registry.check_archive(mixed, "echo-1.0.mar") == mixed.resolve() / "echo-1.0.mar"
+    for name in ("link.mar", "inner.mar", "dir.mar", "../outside/evil.mar", str(outside / "evil.mar"), "x.py"):
+        with pytest.raises(torchserve.ServeError):
+            registry.check_archive(mixed, name)
+    with pytest.raises(torchserve.ServeError, match="dir.mar is not a regular file"):
+        torchserve.start(tmp_path / "run", mixed, None, torchserve.Ports.free())
+    assert not (tmp_path / "run" / "serve.json").exists()
+
+
+def test_plan_keeps_defaults_and_workers_and_adds_batch_registrations_at_zero_workers():
+    """New archives join, removed ones go, kept versions keep their settings; movierec-batch mirrors movierec."""
+    settings = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 32, "maxBatchDelay": 1, "responseTimeout": 30}
+    archives = [registry.Archive(f"movierec-{v}.mar", "movierec", v, settings) for v in ("2.0", "3.0")]
+    previous = {
+        "movierec": {
+            "1.0": {"defaultVersion": False, "minWorkers": 1},
+            "2.0": {"defaultVersion": True, "minWorkers": 3, "maxWorkers": 3},
+        },
+        "movierec-batch": {"2.0": {"defaultVersion": True, "minWorkers": 2, "maxWorkers": 2}},
+    }
+    models = registry.plan_models(archives, previous)
+    assert sorted(models) == ["movierec", "movierec-batch"]
+    served = models["movierec"]
+    assert sorted(served) == ["2.0", "3.0"]
+    assert served["2.0"]["defaultVersion"] and not served["3.0"]["defaultVersion"]
+    assert (served["2.0"]["minWorkers"], served["3.0"]["minWorkers"]) == (3, 1)
+    assert served["3.0"]["marName"] == "movierec-3.0.mar"
+    for version, entry in models["movierec-batch"].items():
+        assert (entry["minWorkers"], entry["batchSize"], entry["maxBatchDelay"]) == (0, 1, 1)
+        assert entry["marName"] == f"movierec-{version}.mar"
+        assert entry["defaultVersion"] == (version == "2.0")
+    fresh = registry.plan_models(archives)
+    assert fresh["movierec"]["2.0"]["defaultVersion"] and fresh["movierec"]["2.0"]["minWorkers"] == 1
+
+
 def test_cli_help():
     """Every subcommand answers --help."""
-    for command in ([], ["start"], ["stop"], ["status"], ["health"]):
+    for command in ([], ["start"], ["reload"], ["stop"], ["status"], ["health"]):
         result = subprocess.run(
             [sys.executable, str(ROOT / "serve.py"), *command, "--help"],
             capture_output=True,
@@ -218,68 +248,38 @@ def test_status_lists_versions_workers_and_the_default(server, tmp_path, capsys)
     assert capsys.readouterr().out.startswith("not running")
 
 
+@needs_java
 @pytest.mark.integration
-def test_health_probe_fails_while_a_model_has_no_ready_worker(server, store, tmp_path):
-    """A registered version whose worker cannot load makes the instance unhealthy until removed."""
-    handler = tmp_path / "broken_handler.py"
-    handler.write_text("def handle(data, context):\n    raise RuntimeError('cannot load')\n")
+def test_health_probe_fails_while_a_model_has_no_ready_worker(tmp_path):
+    """A version whose worker cannot load (again) makes the instance unhealthy until it loads."""
+    flag = tmp_path / "fail-to-load"
+    handler = tmp_path / "gated_handler.py"
+    handler.write_text(
+        "import os\n\n\ndef handle(data, context):\n"
+        f"    if data is None and os.path.exists({str(flag)!r}):\n"
+        "        raise RuntimeError('cannot load')\n"
+        "    return None if data is None else ['{}' for _ in data]\n"
+    )
+    gated_store = tmp_path / "store"
+    gated_store.mkdir()
     subprocess.run(
-        [sys.executable, "-m", "model_archiver.model_packaging", "--model-name", "broken", "--version", "1.0"]
-        + ["--handler", str(handler), "--export-path", str(store)],
+        [sys.executable, "-m", "model_archiver.model_packaging", "--model-name", "gated", "--version", "1.0"]
+        + ["--handler", str(handler), "--export-path", str(gated_store)],
         check=True,
         capture_output=True,
     )
-    params = {"url": "broken.mar", "initial_workers": 1, "synchronous": "false"}
-    url = f"{server.management_url}/models"
-    assert requests.post(url, params=params, headers=server.auth("management")).status_code == 202
+    run_dir = tmp_path / "run"
+    srv = torchserve.start(run_dir, gated_store, None, torchserve.Ports.free(), timeout=90)
     try:
-        assert torchserve.health(server.run_dir) == "waiting for a READY worker for broken version 1.0"
+        assert torchserve.health(run_dir) == ""
+        flag.touch()
+        psutil.Process(srv.describe("gated")[0]["workers"][0]["pid"]).kill()
+        wait_for(lambda: torchserve.health(run_dir) != "", 30, "health to notice the lost worker")
+        assert torchserve.health(run_dir) == "waiting for a READY worker for gated version 1.0"
+        flag.unlink()
+        wait_for(lambda: torchserve.health(run_dir) == "", 90, "health after the worker loads again")
     finally:
-        requests.delete(f"{url}/broken/1.0", headers=server.auth("management"))
-        (store / "broken.mar").unlink()
-    wait_for(lambda: torchserve.health(server.run_dir) == "", 60, "health after unregistering broken")
-
-
-@pytest.mark.integration
-def test_registration_urls_outside_the_store_are_refused(server, tmp_path):
-    """Remote URLs, '..' paths and files outside the store cannot be registered."""
-    outside = tmp_path / "outside.mar"
-    shutil.copy(server.model_store / "echo-2.0.mar", outside)
-    for url in (
-        "https://example.com/echo.mar",
-        "http://127.0.0.1:1/echo.mar",
-        f"file://{outside}",
-        f"file://{server.model_store}/../{tmp_path.name}/outside.mar",
-        f"../{server.model_store.name}/echo-2.0.mar",
-        str(outside),
-    ):
-        answer = register(server, url)
-        assert answer.status_code in (400, 404), (url, answer.status_code, answer.text)
-    assert [d["modelVersion"] for d in server.describe("echo")] == ["1.0"]
-
-
-@needs_java
-@pytest.mark.integration
-def test_bare_file_name_registers_from_the_store(server):
-    """A bare file name resolves inside the store (allowed_urls is not consulted for it)."""
-    headers = server.auth("management")
-    try:
-        answer = register(server, "echo-2.0.mar")
-        assert answer.status_code == 200, answer.text
-        versions = sorted(d["modelVersion"] for d in server.describe("echo"))
-        assert versions == ["1.0", "2.0"]
-    finally:
-        requests.delete(f"{server.management_url}/models/echo/2.0", headers=headers)
-
-
-@needs_java
-@pytest.mark.integration
-def test_store_file_url_passes_allowed_urls_but_is_not_copied_onto_itself(server):
-    """0.12 'downloads' a file:// URL into the store, so one pointing there fails (500)."""
-    answer = register(server, f"file://{server.model_store}/echo-2.0.mar")
-    assert answer.status_code == 500
-    assert "already exists" in answer.json()["message"]
-    assert [d["modelVersion"] for d in server.describe("echo")] == ["1.0"]
+        torchserve.stop(run_dir)
 
 
 @needs_java
@@ -313,14 +313,16 @@ def test_start_and_status_outlive_expired_keys(store, tmp_path):
         assert torchserve.stop(run_dir) is True
 
 
+@needs_java
 @pytest.mark.integration
-def test_restart_keeps_versions_and_default_and_stop_leaves_nothing(store, tmp_path):
-    """Restart without models restores both versions and the chosen default; stop is clean."""
+def test_restart_keeps_versions_default_and_workers_and_stop_leaves_nothing(store, tmp_path):
+    """Restart without models restores both versions, the chosen default and worker counts; stop is clean."""
     run_dir = tmp_path / "run"
-    server = torchserve.start(run_dir, store, ["echo=echo-1.0.mar"], torchserve.Ports.free(), timeout=90)
-    assert register(server, "echo-2.0.mar").status_code == 200
-    url = f"{server.management_url}/models/echo/2.0/set-default"
-    assert requests.put(url, headers=server.auth("management")).status_code == 200
+    models = ["echo=echo-1.0.mar", "echo=echo-2.0.mar"]
+    server = torchserve.start(run_dir, store, models, torchserve.Ports.free(), timeout=90)
+    with server.client() as api:
+        api.set_default("2.0", model="echo")
+        api.scale("1.0", 2, model="echo")
     assert torchserve.stop(run_dir) is True
     assert torchserve.latest_snapshot(run_dir).name.endswith("-shutdown.cfg")
 
@@ -328,16 +330,48 @@ def test_restart_keeps_versions_and_default_and_stop_leaves_nothing(store, tmp_p
     try:
         described = {d["modelVersion"]: d for d in srv.describe("echo")}
         assert sorted(described) == ["1.0", "2.0"]
+        assert [len(described[v]["workers"]) for v in ("1.0", "2.0")] == [2, 1]
         assert all(any(w["status"] == "READY" for w in d["workers"]) for d in described.values())
         default = requests.get(f"{srv.management_url}/models/echo", headers=srv.auth("management"))
         assert default.json()[0]["modelVersion"] == "2.0"
         answer = requests.post(f"{srv.inference_url}/predictions/echo", headers=srv.auth())
         assert json.loads(answer.text) == {"version": "2.0"}
         pids = instance_pids(srv)
-        assert len(pids) == 3  # the frontend and one worker per version
+        assert len(pids) == 4  # the frontend and three workers
     finally:
         assert torchserve.stop(run_dir) is True
     assert not [pid for pid in pids if alive(pid)]
     assert torchserve.running(run_dir) is None
     assert not (run_dir / "key_file.json").exists()
     assert torchserve.stop(run_dir) is False
+
+
+@needs_java
+@pytest.mark.integration
+def test_reload_serves_what_the_store_holds_and_keeps_the_default(store, tmp_path, capsys):
+    """A version added to the store is served after reload, a removed one is gone; the default stays."""
+    own_store = tmp_path / "store"
+    own_store.mkdir()
+    shutil.copy(store / "echo-1.0.mar", own_store)
+    run_dir = tmp_path / "run"
+    srv = torchserve.start(run_dir, own_store, None, torchserve.Ports.free(), timeout=90)
+    try:
+        shutil.copy(store / "echo-2.0.mar", own_store)
+        assert torchserve.main(["reload", "--run-dir", str(run_dir)]) == 0
+        assert "model echo 2.0: READY" in capsys.readouterr().out
+        again = torchserve.running(run_dir)
+        assert again.ports == srv.ports and again.pid != srv.pid
+        assert sorted(d["modelVersion"] for d in again.describe("echo")) == ["1.0", "2.0"]
+        with again.client() as api:
+            assert api.default_version("echo") == "1.0"
+            api.set_default("2.0", model="echo")
+        (own_store / "echo-1.0.mar").unlink()
+        torchserve.reload(run_dir)
+        assert [d["modelVersion"] for d in srv.describe("echo")] == ["2.0"]
+        # A bad store never takes the serving instance down.
+        (own_store / "bad.mar").symlink_to(store / "echo-1.0.mar")
+        with pytest.raises(torchserve.ServeError, match="bad.mar is not a regular file"):
+            torchserve.reload(run_dir)
+        assert torchserve.health(run_dir) == ""
+    finally:
+        torchserve.stop(run_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -289,3 +290,63 @@ def test_compiled_training_learns_the_same_model(tmp_path, synth_data):
     assert load_artifact(compiled).metadata["train"]["compile"] is True
     # Same steps, same data order; only the kernels' rounding may differ.
     torch.testing.assert_close(all_predictions(compiled), all_predictions(eager), atol=1e-3, rtol=0)
+
+
+def refused_out(tmp_path: Path, out: Path, capsys, monkeypatch) -> str:
+    """Run train.main with --out OUT, expecting exit 2 before any data is read; return its stderr."""
+
+    def no_loading(args):
+        raise AssertionError("train loaded data despite an unusable --out")
+
+    monkeypatch.setattr(train, "load_data", no_loading)
+    assert train.main(["--ratings", str(tmp_path / "never-read.csv"), "--out", str(out), *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(out) in err, err
+    return err
+
+
+def test_out_under_a_regular_file_is_refused_before_loading(tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    err = refused_out(tmp_path, tmp_path / "file" / "sub" / "v1", capsys, monkeypatch)
+    assert "is a file, not a directory" in err
+
+
+def test_out_that_is_an_existing_file_is_refused_before_loading(tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    err = refused_out(tmp_path, tmp_path / "file", capsys, monkeypatch)
+    assert "not a directory" in err
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_out_in_a_read_only_directory_is_refused_before_loading(tmp_path, capsys, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as root: a read-only directory is still writable")
+        err = refused_out(tmp_path, locked / "v1", capsys, monkeypatch)
+        assert "cannot create files" in err
+    finally:
+        locked.chmod(0o700)
+
+
+def test_out_under_proc_is_refused_before_loading(tmp_path, capsys, monkeypatch):
+    if not Path("/proc").is_dir():
+        pytest.skip("no /proc here")
+    refused_out(tmp_path, Path("/proc/movierec/v1"), capsys, monkeypatch)
+
+
+def test_a_model_no_better_than_the_mean_is_flagged(tmp_path, synth_data, capsys):
+    # At lr 1e-7 the net stays at its initial output (the middle of the rating range, 3), while the
+    # synthetic ratings average about 3.4: the training mean predicts better.
+    out = quick_run(synth_data[0], tmp_path / "flat", "--lr", "1e-7", "--epochs", "1")
+    metrics = json.loads((out / "metadata.json").read_text())["metrics"]
+    assert metrics["val_rmse"] >= metrics["val_rmse_global_mean"]
+    assert metrics["beats_global_mean"] is False
+    assert "not better than predicting the training mean" in capsys.readouterr().err
+
+
+def test_a_model_that_learned_is_not_flagged(tiny_artifact):
+    metrics = json.loads((tiny_artifact / "metadata.json").read_text())["metrics"]
+    assert metrics["beats_global_mean"] is True

@@ -1,6 +1,6 @@
 """Client for the movierec TorchServe deployment: inference, batch scoring, all-users top-K, versions and A/B tests."""
 
-from movierec.client.ab import ABRouter, ArmStats, Decision, decide, evaluate
+from movierec.client.ab import ABRouter, ArmStats, Decision, PairedEval, decide, evaluate, evaluate_paired
 from movierec.client.api import (
     AuthError,
     ConfigError,
@@ -11,6 +11,7 @@ from movierec.client.api import (
     ServerError,
     ServerUnreachable,
 )
+from movierec.client.exposures import ExposureLog, join_outcomes, read_exposures
 from movierec.client.recommend_all import RecommendOptions, RecommendSummary
 from movierec.client.scoring import (
     BatchSettings,
@@ -29,10 +30,12 @@ __all__ = [
     "ConfigError",
     "Decision",
     "Endpoints",
+    "ExposureLog",
     "InputError",
     "MovieRecClient",
     "MovieRecError",
     "NotFound",
+    "PairedEval",
     "RecommendOptions",
     "RecommendSummary",
     "ScoreSummary",
@@ -40,8 +43,11 @@ __all__ = [
     "ServerUnreachable",
     "decide",
     "evaluate",
+    "evaluate_paired",
+    "join_outcomes",
     "list_versions",
     "promote",
+    "read_exposures",
     "rollback",
     "score_csv",
     "score_file",

@@ -7,21 +7,31 @@ import hashlib
 import math
 import os
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from movierec.client import abstats
+from movierec.client.abstats import (
+    DEFAULT_MAX_ERROR_RATE_INCREASE,
+    DEFAULT_MIN_IMPROVEMENT,
+    DEFAULT_MIN_ROWS,
+    DEFAULT_REPS,
+    DEFAULT_SEED,
+    Comparison,
+    UserErrors,
+)
+from movierec.client.abstats import Decision as Decision  # the verdict type, re-exported for callers
 from movierec.client.api import DEFAULT_MODEL, MovieRecClient, MovieRecError, check_version
+from movierec.client.exposures import ExposureLog
 from movierec.client.scoring import InputError, find_columns
 
 BUCKETS = 10_000
 DEFAULT_SALT = "movierec-ab"
 DEFAULT_EVAL_CHUNK = 500
 DEFAULT_EVAL_CONCURRENCY = 4
-DEFAULT_MIN_ROWS = 500
-DEFAULT_MIN_IMPROVEMENT = 0.005
-DEFAULT_MAX_ERROR_RATE_INCREASE = 0.01
 
 
 def bucket(user_id: int | str, salt: str = DEFAULT_SALT) -> int:
@@ -31,7 +41,10 @@ def bucket(user_id: int | str, salt: str = DEFAULT_SALT) -> int:
 
 
 class ABRouter:
-    """Routes each user to version A or B by a stable hash, so one user always sees one version."""
+    """Routes each user to version A or B by a stable hash, so one user always sees one version.
+
+    With `exposures` (a path or an ExposureLog) every answered request is logged for `ab-report`.
+    """
 
     def __init__(
         self,
@@ -42,6 +55,7 @@ class ABRouter:
         *,
         model: str = DEFAULT_MODEL,
         salt: str = DEFAULT_SALT,
+        exposures: ExposureLog | str | os.PathLike[str] | None = None,
     ) -> None:
         if not 0 <= percent_b <= 100:
             raise ValueError(f"percent_b must be within 0..100, got {percent_b}")
@@ -50,6 +64,8 @@ class ABRouter:
         self.percent_b = percent_b
         self.model = model
         self.salt = salt
+        self._owns_log = exposures is not None and not isinstance(exposures, ExposureLog)
+        self.exposures = ExposureLog(exposures) if self._owns_log else exposures
 
     def arm(self, user_id: int | str) -> str:
         """'a' or 'b'. Buckets below the cut go to B, so raising percent_b only moves users A -> B."""
@@ -59,16 +75,18 @@ class ABRouter:
         """The model version that serves this user."""
         return self.versions[self.arm(user_id)]
 
-    def _tag(self, answer: dict[str, Any], arm: str) -> dict[str, Any]:
+    def _served(self, user_id: int | str, answer: dict[str, Any], arm: str) -> dict[str, Any]:
         answer["arm"] = arm
         answer["served_by"] = answer.get("model_version", self.versions[arm])
+        if self.exposures is not None:
+            self.exposures.record(user_id, arm, answer["served_by"], answer, model=self.model)
         return answer
 
     def predict(self, user_id: int | str, movie_id: int | str) -> dict[str, Any]:
         """Predict a rating with the user's arm; the answer carries "arm" and "served_by"."""
         arm = self.arm(user_id)
         answer = self.client.predict(user_id, movie_id, model=self.model, version=self.versions[arm])
-        return self._tag(answer, arm)
+        return self._served(user_id, answer, arm)
 
     def recommend(self, user_id: int | str, top_k: int = 10, *, exclude_rated: bool = True) -> dict[str, Any]:
         """Top-k recommendations from the user's arm; the answer carries "arm" and "served_by"."""
@@ -80,20 +98,43 @@ class ABRouter:
             model=self.model,
             version=self.versions[arm],
         )
-        return self._tag(answer, arm)
+        return self._served(user_id, answer, arm)
+
+    def close(self) -> None:
+        """Flush the exposure log, and close it if the router opened it."""
+        if self.exposures is None:
+            return
+        if self._owns_log:
+            self.exposures.close()
+        else:
+            self.exposures.flush()
+
+    def __enter__(self) -> ABRouter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class EvalRow:
+    """One held-out rating as read."""
+
+    line: int
+    user_id: str
+    movie_id: str
+    rating: float
 
 
 @dataclass
 class ArmStats:
-    """Running totals of one arm during an evaluation."""
+    """Running totals of one arm during an evaluation: rows, per-user squared errors, latency, failures."""
 
     version: str
     rows: int = 0
-    scored: int = 0
     row_errors: int = 0
     request_errors: int = 0
-    sum_sq: float = 0.0
-    sum_sq2: float = 0.0
+    users: UserErrors = field(default_factory=UserErrors)
     latencies_ms: list[float] = field(default_factory=list)
     error_examples: list[str] = field(default_factory=list)
 
@@ -103,43 +144,43 @@ class ArmStats:
         if len(self.error_examples) < 3 and text not in self.error_examples:
             self.error_examples.append(text)
 
-    def add_answer(self, rows: list[EvalRow], ms: float, answer: dict[str, Any] | Exception) -> None:
-        """Count one request of `rows`: its latency and squared errors, or why rows got no rating."""
+    def add_answer(self, rows: list[EvalRow], ms: float, answer: dict[str, Any] | Exception) -> list[float | None]:
+        """Count one request of `rows`; returns each row's squared error, None where it got no rating."""
         self.rows += len(rows)
+        failed = None
         if isinstance(answer, Exception):
+            failed = str(answer)
+        else:
+            self.latencies_ms.append(ms)
+            predictions = answer.get("predictions", [])
+            if len(predictions) != len(rows):
+                failed = f"{len(predictions)} predictions for {len(rows)} instances"
+        if failed is not None:
             self.request_errors += 1
             for _ in rows:
-                self.add_error(str(answer))
-            return
-        self.latencies_ms.append(ms)
-        predictions = answer.get("predictions", [])
-        if len(predictions) != len(rows):
-            self.request_errors += 1
-            for _ in rows:
-                self.add_error(f"{len(predictions)} predictions for {len(rows)} instances")
-            return
-        for row, p in zip(rows, predictions, strict=False):
+                self.add_error(failed)
+            return [None] * len(rows)
+        squared: list[float | None] = []
+        for row, p in zip(rows, predictions, strict=True):
             if p.get("rating") is None:
                 self.add_error(p.get("error", "no rating in the answer"))
+                squared.append(None)
                 continue
             sq = (float(p["rating"]) - row.rating) ** 2
-            self.scored += 1
-            self.sum_sq += sq
-            self.sum_sq2 += sq * sq
+            self.users.add(row.user_id, sq)
+            squared.append(sq)
+        return squared
+
+    @property
+    def scored(self) -> int:
+        """Rows that got a rating."""
+        return self.users.rows
 
     @property
     def rmse(self) -> float:
         """Root mean squared error over scored rows (nan if none)."""
-        return math.sqrt(self.sum_sq / self.scored) if self.scored else math.nan
-
-    @property
-    def rmse_se(self) -> float:
-        """Standard error of the RMSE (delta method on the squared errors)."""
-        if self.scored < 2 or self.sum_sq == 0:
-            return math.nan
-        mean = self.sum_sq / self.scored
-        var = max(self.sum_sq2 / self.scored - mean * mean, 0.0) * self.scored / (self.scored - 1)
-        return math.sqrt(var / self.scored) / (2 * math.sqrt(mean))
+        sse, rows = self.users.arrays()
+        return math.sqrt(sse.sum() / rows.sum()) if len(rows) else math.nan
 
     @property
     def error_rate(self) -> float:
@@ -154,67 +195,31 @@ class ArmStats:
         return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
-@dataclass
-class Decision:
-    """Which version should be the default after an evaluation, and why."""
-
-    winner: str | None
-    reason: str
+def compare_split(a: ArmStats, b: ArmStats, *, seed: int = DEFAULT_SEED, reps: int = DEFAULT_REPS) -> Comparison:
+    """RMSE of two arms with disjoint users, with intervals from resampling users within each arm."""
+    (sse_a, rows_a), (sse_b, rows_b) = a.users.arrays(), b.users.arrays()
+    return abstats.split_comparison(sse_a, rows_a, sse_b, rows_b, seed=seed, reps=reps)
 
 
 def decide(
     a: ArmStats,
     b: ArmStats,
     *,
+    comparison: Comparison | None = None,
     min_rows: int = DEFAULT_MIN_ROWS,
     min_improvement: float = DEFAULT_MIN_IMPROVEMENT,
     max_error_rate_increase: float = DEFAULT_MAX_ERROR_RATE_INCREASE,
 ) -> Decision:
-    """Pick the lower-RMSE version only if the gap is clear of noise and both arms have enough rows.
-
-    A gap counts when it exceeds both `min_improvement` and two standard errors
-    of the difference (arms hold disjoint users, so their errors are independent).
-    """
-    for arm in (a, b):
-        if arm.scored < min_rows:
-            return Decision(
-                None,
-                f"{arm.version} has {arm.scored} scored rows, fewer than the {min_rows} required",
-            )
-    best, other = (a, b) if a.rmse <= b.rmse else (b, a)
-    gap = other.rmse - best.rmse
-    noise = 2 * math.sqrt(best.rmse_se**2 + other.rmse_se**2)
-    if gap <= min_improvement:
-        return Decision(
-            None,
-            f"RMSE gap {gap:.4f} ({best.version} better) is not above the minimum improvement {min_improvement}",
-        )
-    if not gap > noise:
-        return Decision(
-            None,
-            f"RMSE gap {gap:.4f} ({best.version} better) is within noise (2 SE = {noise:.4f})",
-        )
-    if best.error_rate > other.error_rate + max_error_rate_increase:
-        return Decision(
-            None,
-            f"{best.version} has lower RMSE but fails more rows "
-            f"({best.error_rate:.2%} vs {other.error_rate:.2%}, allowed +{max_error_rate_increase:.2%})",
-        )
-    return Decision(
-        best.version,
-        f"{best.version} RMSE {best.rmse:.4f} beats {other.version} {other.rmse:.4f} by {gap:.4f} "
-        f"(> {min_improvement} and > 2 SE = {noise:.4f})",
+    """The verdict on two evaluated arms: on `comparison` (paired or split), else on a split comparison of them."""
+    return abstats.decide(
+        comparison if comparison is not None else compare_split(a, b),
+        a.version,
+        b.version,
+        min_rows=min_rows,
+        min_improvement=min_improvement,
+        error_rates=(a.error_rate, b.error_rate),
+        max_error_rate_increase=max_error_rate_increase,
     )
-
-
-@dataclass
-class EvalRow:
-    """One held-out rating as read."""
-
-    line: int
-    user_id: str
-    movie_id: str
-    rating: float
 
 
 def read_heldout(path: str | os.PathLike[str]) -> Iterator[EvalRow | str]:
@@ -240,6 +245,37 @@ def read_heldout(path: str | os.PathLike[str]) -> Iterator[EvalRow | str]:
             yield EvalRow(reader.line_num, fields[u], fields[m], rating)
 
 
+Sent = tuple[str, list[EvalRow], float, Any]  # arm, rows, latency ms, answer or MovieRecError
+
+
+def _send_all(
+    router: ABRouter,
+    jobs: Iterator[list[tuple[str, list[EvalRow]]]],
+    record: Callable[[list[Sent]], None],
+    concurrency: int,
+) -> None:
+    """Send each job's (arm, rows) requests; hand a job's answers to `record` together, in job order."""
+
+    def send(arm: str, rows: list[EvalRow]) -> Sent:
+        instances = [{"user_id": r.user_id, "movie_id": r.movie_id} for r in rows]
+        t0 = time.perf_counter()
+        try:
+            answer: Any = router.client.predict_many(instances, model=router.model, version=router.versions[arm])
+        except MovieRecError as exc:
+            answer = exc
+        return arm, rows, (time.perf_counter() - t0) * 1000, answer
+
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ab-eval") as pool:
+        pending: deque[list[Future[Sent]]] = deque()
+        for job in jobs:
+            pending.append([pool.submit(send, arm, rows) for arm, rows in job])
+            # Record finished jobs as we go so memory stays bounded on big files.
+            while pending and (all(f.done() for f in pending[0]) or len(pending) > 4 * concurrency):
+                record([f.result() for f in pending.popleft()])
+        for job_futures in pending:
+            record([f.result() for f in job_futures])
+
+
 def evaluate(
     router: ABRouter,
     heldout_path: str | os.PathLike[str],
@@ -247,30 +283,15 @@ def evaluate(
     chunk_size: int = DEFAULT_EVAL_CHUNK,
     concurrency: int = DEFAULT_EVAL_CONCURRENCY,
 ) -> tuple[ArmStats, ArmStats, list[str]]:
-    """Score held-out ratings through the live endpoint, each user on its sticky arm.
+    """Split evaluation: score held-out ratings through the live endpoint, each user on its sticky arm.
 
     Returns the stats of arm A, arm B and the input rows that could not be read.
     """
     stats = {arm: ArmStats(version) for arm, version in router.versions.items()}
     bad_input: list[str] = []
-    client = router.client
 
-    def send(arm: str, rows: list[EvalRow]) -> tuple[str, list[EvalRow], float, Any]:
-        instances = [{"user_id": r.user_id, "movie_id": r.movie_id} for r in rows]
-        t0 = time.perf_counter()
-        try:
-            answer: Any = client.predict_many(instances, model=router.model, version=router.versions[arm])
-        except MovieRecError as exc:
-            answer = exc
-        return arm, rows, (time.perf_counter() - t0) * 1000, answer
-
-    def record(result: tuple[str, list[EvalRow], float, Any]) -> None:
-        arm, rows, ms, answer = result
-        stats[arm].add_answer(rows, ms, answer)
-
-    buffers: dict[str, list[EvalRow]] = {"a": [], "b": []}
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ab-eval") as pool:
-        futures = []
+    def jobs() -> Iterator[list[tuple[str, list[EvalRow]]]]:
+        buffers: dict[str, list[EvalRow]] = {"a": [], "b": []}
         for item in read_heldout(heldout_path):
             if isinstance(item, str):
                 bad_input.append(item)
@@ -278,59 +299,63 @@ def evaluate(
             arm = router.arm(item.user_id)
             buffers[arm].append(item)
             if len(buffers[arm]) == chunk_size:
-                futures.append(pool.submit(send, arm, buffers[arm]))
+                yield [(arm, buffers[arm])]
                 buffers[arm] = []
-            # Record finished requests as we go so memory stays bounded on big files.
-            while futures and (futures[0].done() or len(futures) > 4 * concurrency):
-                record(futures.pop(0).result())
-        for arm, rows in buffers.items():
-            if rows:
-                futures.append(pool.submit(send, arm, rows))
-        for fut in futures:
-            record(fut.result())
+        yield from ([(arm, rows)] for arm, rows in buffers.items() if rows)
+
+    def record(sent: list[Sent]) -> None:
+        for arm, rows, ms, answer in sent:
+            stats[arm].add_answer(rows, ms, answer)
+
+    _send_all(router, jobs(), record, concurrency)
     return stats["a"], stats["b"], bad_input
 
 
-def format_report(a: ArmStats, b: ArmStats, percent_b: float) -> str:
-    """A text table of RMSE, latency and errors per arm."""
-    head = (
-        f"{'arm':<4}{'version':<10}{'share':>7}{'rows':>9}{'scored':>9}{'RMSE':>8}{'±2SE':>8}"
-        f"{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'row err':>9}{'req err':>9}"
-    )
-    lines = [head]
-    for name, s, share in (("A", a, 100 - percent_b), ("B", b, percent_b)):
-        lines.append(
-            f"{name:<4}{s.version:<10}{share:>6.0f}%{s.rows:>9}{s.scored:>9}{s.rmse:>8.4f}{2 * s.rmse_se:>8.4f}"
-            f"{s.latency(50):>9.1f}{s.latency(90):>9.1f}{s.latency(99):>9.1f}{s.row_errors:>9}{s.request_errors:>9}"
-        )
-    for name, s in (("A", a), ("B", b)):
-        for example in s.error_examples:
-            lines.append(f"  {name} error example: {example}")
-    return "\n".join(lines)
+@dataclass
+class PairedEval:
+    """Both versions on every held-out row: per-arm request stats and per-user paired squared errors."""
+
+    a: ArmStats
+    b: ArmStats
+    pairs: UserErrors = field(default_factory=lambda: UserErrors(arms=2))
+    bad_input: list[str] = field(default_factory=list)
+
+    def comparison(self, *, seed: int = DEFAULT_SEED, reps: int = DEFAULT_REPS) -> Comparison:
+        """RMSE of A and B on the rows both scored, and B - A with a paired user-bootstrap interval."""
+        sse, rows = self.pairs.arrays()
+        return abstats.paired_comparison(sse, rows, seed=seed, reps=reps)
 
 
-def plot_report(a: ArmStats, b: ArmStats, path: str | os.PathLike[str]) -> None:
-    """Save a PNG comparing RMSE (with ±2 SE) and latency percentiles of both arms."""
-    import matplotlib
+def evaluate_paired(
+    router: ABRouter,
+    heldout_path: str | os.PathLike[str],
+    *,
+    chunk_size: int = DEFAULT_EVAL_CHUNK,
+    concurrency: int = DEFAULT_EVAL_CONCURRENCY,
+) -> PairedEval:
+    """Paired evaluation: every held-out row is scored by both versions (the split is ignored)."""
+    result = PairedEval(ArmStats(router.versions["a"]), ArmStats(router.versions["b"]))
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def jobs() -> Iterator[list[tuple[str, list[EvalRow]]]]:
+        chunk: list[EvalRow] = []
+        for item in read_heldout(heldout_path):
+            if isinstance(item, str):
+                result.bad_input.append(item)
+                continue
+            chunk.append(item)
+            if len(chunk) == chunk_size:
+                yield [("a", chunk), ("b", chunk)]
+                chunk = []
+        if chunk:
+            yield [("a", chunk), ("b", chunk)]
 
-    fig, (ax_rmse, ax_lat) = plt.subplots(1, 2, figsize=(10, 4))
-    labels = [f"A {a.version}", f"B {b.version}"]
-    rmse = [0.0 if math.isnan(s.rmse) else s.rmse for s in (a, b)]
-    err = [0.0 if math.isnan(s.rmse_se) else 2 * s.rmse_se for s in (a, b)]
-    ax_rmse.bar(labels, rmse, yerr=err, capsize=6, color=["tab:blue", "tab:orange"])
-    ax_rmse.set_title("RMSE on held-out ratings (±2 SE)")
-    ax_rmse.set_ylabel("RMSE")
-    width = 0.25
-    for i, q in enumerate((50, 90, 99)):
-        values = [0.0 if math.isnan(s.latency(q)) else s.latency(q) for s in (a, b)]
-        ax_lat.bar([x + (i - 1) * width for x in range(2)], values, width, label=f"p{q}")
-    ax_lat.set_xticks(range(2), labels)
-    ax_lat.set_title("Latency per request")
-    ax_lat.set_ylabel("ms")
-    ax_lat.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    def record(sent: list[Sent]) -> None:
+        (_, rows, ms_a, answer_a), (_, _, ms_b, answer_b) = sent
+        sq_a = result.a.add_answer(rows, ms_a, answer_a)
+        sq_b = result.b.add_answer(rows, ms_b, answer_b)
+        for row, ea, eb in zip(rows, sq_a, sq_b, strict=True):
+            if ea is not None and eb is not None:
+                result.pairs.add(row.user_id, ea, eb)
+
+    _send_all(router, jobs(), record, concurrency)
+    return result

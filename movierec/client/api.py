@@ -16,8 +16,10 @@ from movierec.torchserve.errors import (
     NotFound,
     ServerError,
     ServerUnreachable,
+    WorkerDied,
     error_message,
     is_token_rejection,
+    is_worker_death,
     raise_for_response,
 )
 from movierec.torchserve.management import (
@@ -32,8 +34,10 @@ from movierec.torchserve.management import (
     Endpoints,
     KeyFile,
     ManagementClient,
+    RecoveryTimeout,
     archive_name,
     check_version,
+    recovering,
 )
 
 __all__ = [
@@ -52,13 +56,17 @@ __all__ = [
     "MovieRecClient",
     "MovieRecError",
     "NotFound",
+    "RecoveryTimeout",
     "ServerError",
     "ServerUnreachable",
+    "WorkerDied",
     "archive_name",
     "check_version",
     "error_message",
     "is_token_rejection",
+    "is_worker_death",
     "raise_for_response",
+    "recovering",
 ]
 
 

@@ -7,9 +7,9 @@ import sys
 from collections.abc import Sequence
 
 from movierec.client.api import ConfigError, MovieRecError
-from movierec.client.cli_ab import add_ab, add_ab_eval, add_predict_and_recommend
+from movierec.client.cli_ab import add_ab, add_ab_eval, add_ab_report, add_predict_and_recommend
 from movierec.client.cli_common import make_client as make_client  # re-exported for callers of the old module
-from movierec.client.cli_common import server_options
+from movierec.client.cli_common import resume_command, server_options
 from movierec.client.cli_score import add_recommend_all, add_score
 from movierec.client.cli_versions import add_promote_and_rollback, add_versions
 
@@ -26,12 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_promote_and_rollback(sub, server)
     add_ab(sub, server)
     add_ab_eval(sub, server)
+    add_ab_report(sub, server)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `movierec`; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # bulk jobs print the exact command that resumes them
     try:
         return args.func(args)
     except ConfigError as exc:
@@ -41,5 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; rerun with --resume to continue a score job", file=sys.stderr)
+        if args.command in ("score", "recommend-all"):
+            print(f"interrupted; continue with: {resume_command(args)}", file=sys.stderr)
+        else:
+            print("interrupted", file=sys.stderr)
         return 130

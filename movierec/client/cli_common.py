@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from movierec.client.api import (
     DEFAULT_KEY_FILE,
@@ -11,7 +14,14 @@ from movierec.client.api import (
     ENV_KEY_FILE,
     ENV_MANAGEMENT_URL,
     MovieRecClient,
+    MovieRecError,
+    ServerError,
+    ServerUnreachable,
 )
+
+
+class JobFailed(MovieRecError):
+    """A bulk job stopped on a server error; the message says how to resume it."""
 
 
 def server_options() -> argparse.ArgumentParser:
@@ -34,7 +44,8 @@ def server_options() -> argparse.ArgumentParser:
         "--retries",
         type=int,
         default=5,
-        help="retries on 503 and connection errors (default 5)",
+        help="quick retries on 503 and connection errors (default 5); bulk jobs also wait up to 2 min for "
+        "lost workers to restart",
     )
     return parent
 
@@ -80,3 +91,19 @@ def make_client(args: argparse.Namespace, pool_size: int = 16) -> MovieRecClient
         retries=args.retries,
         pool_size=pool_size,
     )
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The exact command line that continues this bulk job where it stopped."""
+    argv = list(getattr(args, "argv", None) or [args.command, "..."])
+    return shlex.join(["movierec", *argv, *([] if "--resume" in argv else ["--resume"])])
+
+
+@contextmanager
+def resumable(args: argparse.Namespace) -> Iterator[None]:
+    """Turn a server failure during a bulk job into one line ending with the command that resumes it."""
+    try:
+        yield
+    except (ServerError, ServerUnreachable) as exc:
+        reason = " ".join(str(exc).split())
+        raise JobFailed(f"{reason}; finished rows are kept, continue with: {resume_command(args)}") from exc

@@ -6,7 +6,7 @@ import argparse
 
 from model.protocol import MAX_TOP_K, MAX_USERS
 from movierec.client import recommend_all, scoring
-from movierec.client.cli_common import make_client, model_option, non_negative, positive
+from movierec.client.cli_common import make_client, model_option, non_negative, positive, resumable
 
 
 def add_score(sub: argparse._SubParsersAction, server: argparse.ArgumentParser) -> None:
@@ -48,7 +48,7 @@ def add_score(sub: argparse._SubParsersAction, server: argparse.ArgumentParser) 
     p.add_argument(
         "--no-manage",
         action="store_true",
-        help="use the batch registration as is: no register/scale",
+        help="use the batch registration as is: no scaling",
     )
     p.add_argument(
         "--protocol",
@@ -82,21 +82,10 @@ def _add_batch_registration_options(p: argparse.ArgumentParser) -> None:
         help="workers after the last running job ends (default %(default)s)",
     )
     p.add_argument(
-        "--batch-size",
-        type=positive,
-        default=scoring.DEFAULT_BATCH_SIZE,
-        help="TorchServe batch size (default %(default)s)",
-    )
-    p.add_argument(
-        "--max-batch-delay",
-        type=non_negative,
-        default=scoring.DEFAULT_MAX_BATCH_DELAY_MS,
-        help="batch delay, ms (default %(default)s)",
-    )
-    p.add_argument(
         "--batch-model",
         default=scoring.BATCH_MODEL,
-        help="name of the bulk-scoring registration (default %(default)s)",
+        help="name of the bulk-scoring registration; movierec-serve registers it with batch size 1 and a 1 ms "
+        "delay for every version (default %(default)s)",
     )
     p.add_argument(
         "--linger",
@@ -110,10 +99,8 @@ def _add_batch_registration_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Run `score`."""
-    settings = scoring.BatchSettings(
-        args.batch_size, args.max_batch_delay, args.workers, args.idle_workers, args.linger
-    )
-    with make_client(args, pool_size=args.concurrency) as client:
+    settings = scoring.BatchSettings(args.workers, args.idle_workers, args.linger)
+    with make_client(args, pool_size=args.concurrency) as client, resumable(args):
         summary = scoring.score_csv(
             client,
             args.input,
@@ -167,17 +154,15 @@ def add_recommend_all(sub: argparse._SubParsersAction, server: argparse.Argument
     )
     _add_batch_registration_options(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted job after its last whole user")
-    p.add_argument("--no-manage", action="store_true", help="use the batch registration as is: no register/scale")
+    p.add_argument("--no-manage", action="store_true", help="use the batch registration as is: no scaling")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (or, off a terminal, progress lines)")
     p.set_defaults(func=cmd_recommend_all)
 
 
 def cmd_recommend_all(args: argparse.Namespace) -> int:
     """Run `recommend-all`."""
-    settings = scoring.BatchSettings(
-        args.batch_size, args.max_batch_delay, args.workers, args.idle_workers, args.linger
-    )
-    with make_client(args, pool_size=args.concurrency) as client:
+    settings = scoring.BatchSettings(args.workers, args.idle_workers, args.linger)
+    with make_client(args, pool_size=args.concurrency) as client, resumable(args):
         summary = recommend_all.recommend_all(
             client,
             args.output,

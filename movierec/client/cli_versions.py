@@ -5,31 +5,22 @@ from __future__ import annotations
 import argparse
 
 from movierec.client import versions
-from movierec.client.cli_common import make_client, model_option, non_negative, positive
+from movierec.client.cli_common import make_client, model_option
 
 
 def add_versions(sub: argparse._SubParsersAction, server: argparse.ArgumentParser) -> None:
-    """`movierec versions list|register|set-default|unregister`."""
-    p = sub.add_parser("versions", help="list, register, set-default, unregister model versions")
+    """`movierec versions list|set-default`; versions come and go with the model store (movierec-serve reload)."""
+    p = sub.add_parser(
+        "versions",
+        help="list versions, set the default",
+        description="List the registered versions or set the default. To add or remove a version, put its "
+        "movierec-VERSION.mar into (or take it out of) the server's model store and run "
+        "`movierec-serve reload --run-dir RUN_DIR`: the model API is off, so nothing registers over HTTP.",
+    )
     vsub = p.add_subparsers(dest="versions_command", required=True, metavar="ACTION")
     v = vsub.add_parser("list", parents=[server], help="list registered versions")
     model_option(v)
     v.set_defaults(func=cmd_versions_list)
-    v = vsub.add_parser(
-        "register",
-        parents=[server],
-        help="register movierec-VERSION.mar from the model store",
-    )
-    model_option(v)
-    v.add_argument(
-        "--version",
-        required=True,
-        help="archive version, e.g. 2.0 for movierec-2.0.mar",
-    )
-    v.add_argument("--batch-size", type=positive, help="TorchServe batch size (default: the archive's YAML)")
-    v.add_argument("--max-batch-delay", type=non_negative, help="batch delay, ms (default: the archive's YAML)")
-    v.add_argument("--workers", type=non_negative, default=1, help="initial workers (default %(default)s)")
-    v.set_defaults(func=cmd_versions_register)
     v = vsub.add_parser(
         "set-default",
         parents=[server],
@@ -38,14 +29,6 @@ def add_versions(sub: argparse._SubParsersAction, server: argparse.ArgumentParse
     model_option(v)
     v.add_argument("version")
     v.set_defaults(func=cmd_versions_set_default)
-    v = vsub.add_parser(
-        "unregister",
-        parents=[server],
-        help="unregister a version (not the default while others exist)",
-    )
-    model_option(v)
-    v.add_argument("version")
-    v.set_defaults(func=cmd_versions_unregister)
 
 
 def add_promote_and_rollback(sub: argparse._SubParsersAction, server: argparse.ArgumentParser) -> None:
@@ -83,32 +66,10 @@ def cmd_versions_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_versions_register(args: argparse.Namespace) -> int:
-    """Run `versions register`."""
-    with make_client(args) as client:
-        answer = client.register(
-            args.version,
-            model=args.model,
-            batch_size=args.batch_size,
-            max_batch_delay=args.max_batch_delay,
-            initial_workers=args.workers,
-        )
-    print(answer.get("status", answer) if isinstance(answer, dict) else answer)
-    return 0
-
-
 def cmd_versions_set_default(args: argparse.Namespace) -> int:
     """Run `versions set-default` (no rollback record; use promote for that)."""
     with make_client(args) as client:
         answer = client.set_default(args.version, model=args.model)
-    print(answer.get("status", answer) if isinstance(answer, dict) else answer)
-    return 0
-
-
-def cmd_versions_unregister(args: argparse.Namespace) -> int:
-    """Run `versions unregister`."""
-    with make_client(args) as client:
-        answer = client.unregister(args.version, model=args.model)
     print(answer.get("status", answer) if isinstance(answer, dict) else answer)
     return 0
 

@@ -70,7 +70,7 @@ class JobLeases:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the server's job lock: registering and scaling happen one job at a time.
+        """Hold the server's job lock: scaling happens one job at a time.
 
         flock is released by the kernel when its holder dies, so a killed job never wedges it.
         """
@@ -213,5 +213,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             jobs.end_linger(f"{args.model}/{args.version}", args.token, scale_down)
         except MovieRecError:
-            return 1  # the server went away or the version was unregistered: nothing left to scale
+            return 1  # the server went away or no longer serves the version: nothing left to scale
     return 0

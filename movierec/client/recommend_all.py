@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from model.arrow import RECOMMENDATION_SCHEMA
 from model.protocol import DEFAULT_TOP_K, MAX_USERS
-from movierec.client.api import DEFAULT_MODEL, MovieRecClient, ServerError
+from movierec.client.api import DEFAULT_MODEL, MovieRecClient, ServerError, recovering
 from movierec.client.arrow_scoring import post_arrow, wire_ids
 from movierec.client.columnar import InputError, ParquetOutput, find_columns, is_parquet
 from movierec.client.jobs import JobLeases
@@ -347,7 +347,8 @@ def recommend_all(
 
     def run(version: str) -> RecommendSummary:
         def post(body: bytes) -> bytes:
-            return post_arrow(client, body, model=batch_model, version=version)
+            # Idempotent: a request lost with its worker is sent again once workers are back.
+            return recovering(lambda: post_arrow(client, body, model=batch_model, version=version))
 
         return recommend_file(output_path, post, **job)
 

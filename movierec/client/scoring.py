@@ -21,9 +21,12 @@ from tqdm import tqdm
 from model.protocol import MAX_INSTANCES  # the server's default cap: a bigger chunk would get 413
 from movierec.client.api import (
     DEFAULT_MODEL,
+    ConfigError,
     MovieRecClient,
     NotFound,
     ServerError,
+    archive_name,
+    recovering,
 )
 
 # Re-exported too: callers import InputError, OUTPUT_HEADER and the CSV helpers from here.
@@ -49,8 +52,6 @@ DEFAULT_CHUNK = 5000  # JSON bodies
 DEFAULT_ARROW_CHUNK = MAX_INSTANCES
 DEFAULT_CONCURRENCY = 8
 DEFAULT_WORKERS = 2
-DEFAULT_BATCH_SIZE = 1
-DEFAULT_MAX_BATCH_DELAY_MS = 1
 DEFAULT_IDLE_WORKERS = 0
 DEFAULT_LINGER_S = 120.0  # the CLI's default; library callers get 0 (scale down at once) unless they ask
 PROTOCOLS = ("arrow", "json")
@@ -225,10 +226,8 @@ def score_file(
 
 @dataclass
 class BatchSettings:
-    """Throughput settings of the bulk-scoring registration."""
+    """How a job sizes the bulk-scoring registration (its batching is fixed when the server starts)."""
 
-    batch_size: int = DEFAULT_BATCH_SIZE
-    max_batch_delay: int = DEFAULT_MAX_BATCH_DELAY_MS
     workers: int = DEFAULT_WORKERS
     idle_workers: int = DEFAULT_IDLE_WORKERS
     linger_s: float = 0.0  # seconds the last job leaves its workers up before scaling to idle_workers
@@ -245,22 +244,22 @@ def ensure_batch_registration(
     model: str = DEFAULT_MODEL,
     version: str | None = None,
     batch_model: str = BATCH_MODEL,
-    settings: BatchSettings | None = None,
 ) -> str:
-    """Make sure `batch_model` serves the wanted version of `model`'s archive; return that version."""
-    settings = settings or BatchSettings()
+    """The version of `model` to run a bulk job on, after checking `batch_model` serves it.
+
+    `movierec-serve start` registers `batch_model` for every version in the model store (0 workers);
+    nothing can be registered over the API, so a missing one is a ConfigError saying what to do.
+    """
     version = version or client.default_version(model)
     try:
         present = version in client.versions(batch_model)
     except NotFound:
         present = False
     if not present:
-        client.register(
-            version,
-            model=batch_model,
-            batch_size=settings.batch_size,
-            max_batch_delay=settings.max_batch_delay,
-            initial_workers=settings.workers,
+        raise ConfigError(
+            f"{batch_model} has no version {version}: the server registers it at start for every "
+            f"movierec-VERSION.mar in its model store; put {archive_name(version)} there and run "
+            f"movierec-serve reload --run-dir RUN_DIR"
         )
     return version
 
@@ -324,16 +323,13 @@ def leased_batch_version(
     settings: BatchSettings,
     jobs: JobLeases | None = None,
 ) -> Iterator[str]:
-    """Register `batch_model` if needed and hold a worker lease on it for one job (score, recommend-all).
+    """Check `batch_model` serves the version and hold a worker lease on it for one job (score, recommend-all).
 
     Yields the version the job runs against.
     """
     jobs = jobs or JobLeases.for_server(client.endpoints.management_url)
     with jobs.locked():
-        # Under the lock, so two jobs starting together do not both register.
-        version = ensure_batch_registration(
-            client, model=model, version=version, batch_model=batch_model, settings=settings
-        )
+        version = ensure_batch_registration(client, model=model, version=version, batch_model=batch_model)
         target = f"{batch_model}/{version}"
         lease = jobs.add(target, settings.workers)
     try:
@@ -384,11 +380,15 @@ def _score(
         from movierec.client.arrow_scoring import post_arrow, score_file_arrow
 
         def post(body: bytes) -> bytes:
-            return post_arrow(client, body, model=batch_model, version=version, route=route)
+            return recovering(lambda: post_arrow(client, body, model=batch_model, version=version, route=route))
 
         return score_file_arrow(input_path, output_path, post, **job)
 
     def score_chunk(instances: list[Instance]) -> list[Prediction]:
+        # Scoring is idempotent: a request lost with its worker is sent again once workers are back.
+        return recovering(lambda: send_chunk(instances))
+
+    def send_chunk(instances: list[Instance]) -> list[Prediction]:
         if route == "v1":
             body = orjson.dumps({"instances": instances})
             answer = client.send("POST", "inference", v1_path(batch_model), data=body, headers=JSON_HEADERS)

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from movierec.client.api import ConfigError, MovieRecClient, check_version
+from movierec.client.api import ConfigError, MovieRecClient, archive_name, check_version
 
 STATE_FILE_NAME = "ab_state.json"
 HISTORY_LIMIT = 20
@@ -100,7 +100,7 @@ def promote(
     if version not in registered:
         raise ConfigError(
             f"{model} has no version {version} (registered: {', '.join(registered)}); "
-            f"register it first: movierec versions register --version {version}"
+            f"put {archive_name(version)} into the server's model store and run movierec-serve reload first"
         )
     previous = client.default_version(model)
     if previous == version:

@@ -2,7 +2,7 @@
 
 properties (java.util.Properties files) -> config (ports, rendered config.properties, snapshots)
 -> processes (launch and end the OS processes) -> instance (Server, start/stop/running/health)
--> cli (movierec-serve). management (the API client with key renewal) and errors stand apart;
+-> cli (movierec-serve). registry decides which store archives an instance serves. management (the API client with key renewal) and errors stand apart;
 archive builds the .mar and reads its model config.
 """
 
@@ -14,10 +14,9 @@ from movierec.torchserve.config import (
     free_ports,
     latest_snapshot,
     render_config,
-    store_url_pattern,
 )
 from movierec.torchserve.errors import ServeError
-from movierec.torchserve.instance import Server, health, launch, running, start, stop, wait_ready
+from movierec.torchserve.instance import Server, health, launch, reload, running, start, stop, wait_ready
 from movierec.torchserve.management import ManagementClient
 from movierec.torchserve.processes import MAX_TMPDIR_LEN, torchserve_env
 from movierec.torchserve.properties import read_properties, write_properties
@@ -36,11 +35,11 @@ __all__ = [
     "launch",
     "main",
     "read_properties",
+    "reload",
     "render_config",
     "running",
     "start",
     "stop",
-    "store_url_pattern",
     "torchserve_env",
     "wait_ready",
     "write_properties",

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from model.artifact import FILES, load_artifact
+from model.protocol import COLD_START_MODES, ServiceOptions
 from movierec.paths import HANDLER, MODEL_CONFIG, REPO
 
 MODEL_NAME = "movierec"
@@ -34,12 +35,27 @@ def archive_file(version: str) -> str:
     return f"{MODEL_NAME}-{version}.mar"
 
 
-def build_mar(artifacts: str | Path, version: str, model_store: str | Path, model_config: Path = MODEL_CONFIG) -> Path:
-    """Validate ARTIFACTS and write MODEL_STORE/movierec-VERSION.mar; return its path."""
+def build_mar(
+    artifacts: str | Path,
+    version: str,
+    model_store: str | Path,
+    model_config: Path = MODEL_CONFIG,
+    cold_start: str | None = None,
+) -> Path:
+    """Validate ARTIFACTS and write MODEL_STORE/movierec-VERSION.mar; return its path.
+
+    cold_start ("error" or "fallback") overrides the model config's handler.cold_start for this archive.
+    """
     artifacts, model_store = Path(artifacts), Path(model_store)
-    load_artifact(artifacts)  # refuse a broken artifact before TorchServe ever sees it
+    artifact = load_artifact(artifacts)  # refuse a broken artifact before TorchServe ever sees it
     model_store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mar-") as work:
+        if cold_start is not None:
+            model_config = _with_cold_start(model_config, cold_start, Path(work) / "model-config.yaml")
+            if cold_start == "fallback" and artifact.cold_start is None:
+                raise ArchiveError(
+                    f"cold_start fallback: {artifacts} has no average user and movie (format v1); retrain it"
+                )
         extra = Path(work) / "extra"
         # The handler imports `model` and reads `artifact/` beside itself in the unpacked archive.
         shutil.copytree(REPO / "model", extra / "model", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
@@ -54,6 +70,16 @@ def build_mar(artifacts: str | Path, version: str, model_store: str | Path, mode
             raise ArchiveError(f"torch-model-archiver failed:\n{done.stdout}{done.stderr}")
         out = model_store / archive_file(version)
         shutil.move(Path(work) / f"{MODEL_NAME}.mar", out)
+    return out
+
+
+def _with_cold_start(model_config: Path, cold_start: str, out: Path) -> Path:
+    """Write a copy of the model config with handler.cold_start set; a bad value is a ValueError."""
+    config = yaml.safe_load(model_config.read_text()) or {}
+    config["handler"] = {**(config.get("handler") or {}), "cold_start": cold_start}
+    ServiceOptions.from_config(config["handler"])
+    header = f"# {model_config.name} with handler.cold_start: {cold_start} (set by build_mar)\n"
+    out.write_text(header + yaml.safe_dump(config, sort_keys=False))
     return out
 
 
@@ -79,9 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifacts", type=Path, required=True, help="artifact directory written by train.py")
     parser.add_argument("--version", required=True, help="model version (also the archive's file name)")
     parser.add_argument("--model-store", type=Path, default=Path("model_store"), help="where the .mar goes")
+    parser.add_argument(
+        "--cold-start",
+        choices=COLD_START_MODES,
+        help="unknown IDs in this archive: error (404) or fallback (average user/movie); default: the model config's",
+    )
     args = parser.parse_args(argv)
     try:
-        print(f"wrote {build_mar(args.artifacts, args.version, args.model_store)}")
+        print(f"wrote {build_mar(args.artifacts, args.version, args.model_store, cold_start=args.cold_start)}")
     except (ArchiveError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -1,6 +1,6 @@
 """Start, stop and inspect a local TorchServe instance that serves movierec (`movierec-serve`).
 
-`movierec-serve start|stop|status|health --help` for the command line; `python serve.py` is an alias.
+`movierec-serve start|reload|stop|status|health --help` for the command line; `python serve.py` is an alias.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from movierec.torchserve.config import DEFAULT_CONFIG, Ports, latest_snapshot
 from movierec.torchserve.errors import MovieRecError, ServeError
-from movierec.torchserve.instance import Server, health, leftovers, running, start, stop
+from movierec.torchserve.instance import Server, health, leftovers, reload, running, start, stop
 
 
 def _print_status(server: Server | None, run_dir: Path) -> int:
@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     p_start.add_argument("--model-store", default="model_store", help="directory of .mar files")
     p_start.add_argument(
         "--models",
-        help="NAME=FILE.mar,... to load when RUN_DIR has no snapshot yet (or with --fresh)",
+        help="NAME=FILE.mar,... to serve when RUN_DIR has no snapshot yet (or with --fresh); "
+        "otherwise every .mar in the model store",
     )
     p_start.add_argument(
         "--fresh",
@@ -61,6 +62,14 @@ def _parser() -> argparse.ArgumentParser:
         p_start.add_argument(flag, dest=field, type=int, default=port, metavar="PORT", help=f"(default {port})")
     p_start.add_argument("--config", default=str(DEFAULT_CONFIG), help="base config.properties")
     p_start.add_argument("--timeout", type=float, default=180, help="seconds to wait for READY")
+
+    p_reload = sub.add_parser(
+        "reload",
+        help="restart on the same ports serving every .mar now in the model store (how versions are added "
+        "or removed); defaults and worker counts are kept",
+    )
+    p_reload.add_argument("--run-dir", default="run")
+    p_reload.add_argument("--timeout", type=float, default=180, help="seconds to wait for READY")
 
     p_stop = sub.add_parser("stop", help="stop TorchServe and all its workers")
     p_stop.add_argument("--run-dir", default="run")
@@ -92,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                 models = None
             server = start(run_dir, args.model_store, models, ports, args.config, args.timeout)
             return _print_status(server, run_dir)
+        if args.command == "reload":
+            return _print_status(reload(run_dir, args.timeout), run_dir)
         if args.command == "stop":
             print("stopped" if stop(run_dir, args.timeout) else f"not running ({run_dir})")
             return 0

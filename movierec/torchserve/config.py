@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import re
 import socket
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from movierec.paths import CONFIG_PROPERTIES
 from movierec.torchserve.errors import ServeError
@@ -16,6 +16,8 @@ from movierec.torchserve.properties import read_properties, write_properties
 DEFAULT_CONFIG = CONFIG_PROPERTIES
 HOST = "127.0.0.1"
 LOG4J_FLAG = "-Dlog4j.configurationFile="
+# allowed_urls that no URL matches: nothing is ever downloaded or copied into a store.
+NO_URL = "^$"
 
 
 @dataclass(frozen=True)
@@ -49,18 +51,8 @@ def free_ports(n: int) -> list[int]:
 
 
 def parse_models(spec: str | None) -> list[str]:
-    """Split "NAME=FILE.mar,FILE2.mar" into TorchServe load_models entries."""
+    """Split "NAME=FILE.mar,FILE2.mar" into entries naming archives in the model store."""
     return [part.strip() for part in (spec or "").split(",") if part.strip()]
-
-
-def model_name(entry: str, model_store: Path) -> str:
-    """The model name a load_models entry registers ("name=file.mar" or the manifest's)."""
-    if "=" in entry:
-        return entry.split("=", 1)[0]
-    mar = model_store / entry
-    with zipfile.ZipFile(mar) as archive:
-        manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
-    return manifest["model"]["modelName"]
 
 
 def latest_snapshot(run_dir: Path) -> Path | None:
@@ -71,26 +63,20 @@ def latest_snapshot(run_dir: Path) -> Path | None:
     return max(found, key=lambda p: p.name) if found else None
 
 
-def snapshot_models(snapshot_json: str) -> dict[str, list[str]]:
-    """Model name -> versions held in a model_snapshot JSON value."""
-    models = json.loads(snapshot_json).get("models", {})
-    return {name: sorted(versions) for name, versions in models.items()}
+def snapshot_models(snapshot: str) -> dict[str, Any]:
+    """The "models" of a model_snapshot JSON value (name -> version -> settings)."""
+    return json.loads(snapshot).get("models", {})
 
 
-def store_url_pattern(model_store: Path) -> str:
-    """A regex matching file:// URLs of .mar files directly inside model_store, nothing else."""
-    return f"file://{re.escape(str(model_store))}/[A-Za-z0-9._-]+\\.mar"
+def workflow_store(run_dir: Path) -> Path:
+    """An empty directory that TorchServe takes as its workflow store (nothing is ever put there)."""
+    path = Path(run_dir) / "workflow_store"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
-def render_config(
-    config: Path,
-    run_dir: Path,
-    model_store: Path,
-    ports: Ports,
-    models: list[str] | None = None,
-    model_snapshot: str | None = None,
-) -> Path:
-    """Write RUN_DIR/config.properties: the base config with this instance's paths and ports."""
+def render_config(config: Path, run_dir: Path, model_store: Path, ports: Ports, model_snapshot: str) -> Path:
+    """Write RUN_DIR/config.properties: the base config with this instance's paths, ports and models."""
     config, run_dir, model_store = (Path(p).resolve() for p in (config, run_dir, model_store))
     props = read_properties(config)
     props.update(
@@ -103,19 +89,17 @@ def render_config(
             "grpc_management_address": HOST,
             "grpc_management_port": str(ports.grpc_management),
             "model_store": str(model_store),
-            "allowed_urls": store_url_pattern(model_store),
+            "workflow_store": str(workflow_store(run_dir)),
+            # The model API is off; this only narrows what a workflow archive could name.
+            "allowed_urls": NO_URL,
+            # Every registration is in this snapshot (see registry.py); load_models would be ignored.
+            "model_snapshot": model_snapshot,
         }
     )
     if "vmargs" in props:
         props["vmargs"] = _absolute_log4j(props["vmargs"], config.parent)
-    # TorchServe restores model_snapshot and then ignores load_models, so keep exactly one.
-    props.pop("model_snapshot", None)
-    props.pop("tsConfigFile", None)
-    if models:
-        props["load_models"] = ",".join(models)
-    elif model_snapshot is not None:
-        props.pop("load_models", None)
-        props["model_snapshot"] = model_snapshot
+    for ignored in ("load_models", "tsConfigFile", "models"):
+        props.pop(ignored, None)
     out = run_dir / "config.properties"
     write_properties(out, props, f"Rendered by movierec-serve from {config.name}; edit that file.")
     return out

@@ -39,6 +39,13 @@ class NotFound(ServerError):
     """HTTP 404: unknown model or version."""
 
 
+class WorkerDied(ServerError):
+    """TorchServe's own 500/507: the worker died (or ran out of memory) before answering; it restarts by itself.
+
+    Safe to send again for idempotent calls. The handler's own 500/507 (body {"error": ...}) is not this.
+    """
+
+
 class AuthError(ServerError):
     """The token was refused even after re-reading the key file and rotating an expired key."""
 
@@ -60,12 +67,27 @@ def error_message(status: int, content: bytes) -> tuple[str, Any]:
     return text or f"HTTP {status} with an empty body", body
 
 
+def is_worker_death(status: int, body: Any) -> bool:
+    """Whether an error answer is TorchServe's own for a lost worker, not one our handler wrote.
+
+    The frontend answers {"code", "type", "message"} (e.g. 500 "Worker died.", 507 when the worker
+    ran out of memory); the handler answers {"error": ..., "model_version": ...} (model.protocol).
+    """
+    if status not in (500, 507) or not isinstance(body, dict):
+        return False
+    return {"code", "type", "message"} <= body.keys() and "error" not in body
+
+
 def raise_for_response(resp: requests.Response) -> None:
     """Raise the matching ServerError when a response is not 2xx."""
     if resp.status_code < 400:
         return
     message, body = error_message(resp.status_code, resp.content)
-    cls = NotFound if resp.status_code == 404 else ServerError
+    cls = ServerError
+    if resp.status_code == 404:
+        cls = NotFound
+    elif is_worker_death(resp.status_code, body):
+        cls = WorkerDied
     raise cls(resp.status_code, message, body, resp.url)
 
 

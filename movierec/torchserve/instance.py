@@ -18,7 +18,6 @@ from movierec.torchserve.config import (
     HOST,
     Ports,
     latest_snapshot,
-    model_name,
     parse_models,
     render_config,
     snapshot_models,
@@ -37,6 +36,7 @@ from movierec.torchserve.processes import (
 )
 from movierec.torchserve.processes import launch as run_launcher
 from movierec.torchserve.properties import read_properties
+from movierec.torchserve.registry import plan_models, read_archive, snapshot_json, store_archives
 
 STATE_FILE = "serve.json"
 KEY_FILE = "key_file.json"
@@ -112,31 +112,31 @@ def start(
 ) -> Server:
     """Start TorchServe in the background and wait until every model has a READY worker.
 
-    With models ("NAME=FILE.mar" entries) it loads those. Without, it restores the newest
-    snapshot in RUN_DIR/logs/config (all versions, batch settings, default version).
+    It serves exactly what plan() returns: with models ("NAME=FILE.mar" entries) those archives,
+    without every .mar in the store, keeping the defaults and worker counts of RUN_DIR's last snapshot.
     """
     run_dir, model_store = Path(run_dir).resolve(), Path(model_store).resolve()
     ports = ports or Ports()
     models = parse_models(models) if isinstance(models, str) else list(models or [])
-    _check_can_start(run_dir, model_store, ports, models)
-    expected, snapshot = _expected_models(run_dir, model_store, models)
+    _check_can_start(run_dir, model_store, ports)
+    planned = plan(run_dir, model_store, models)
     tmp_dir = private_tmp_dir(run_dir)
     logs = run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     (run_dir / KEY_FILE).unlink(missing_ok=True)
-    rendered = render_config(config, run_dir, model_store, ports, models, snapshot)
+    rendered = render_config(config, run_dir, model_store, ports, snapshot_json(planned))
     args = ["--start", "--ts-config", str(rendered), "--model-store", str(model_store)]
-    server = launch(run_dir, args, torchserve_env(tmp_dir, logs), ports, model_store)
+    server = launch(run_dir, args, torchserve_env(tmp_dir, logs), ports, model_store, Path(config).resolve())
     try:
-        wait_ready(server, expected, timeout)
+        wait_ready(server, {name: list(versions) for name, versions in planned.items()}, timeout)
     except BaseException:
         stop(run_dir)
         raise
     return server
 
 
-def _check_can_start(run_dir: Path, model_store: Path, ports: Ports, models: list[str]) -> None:
-    """Refuse to start over a live instance, on busy ports or with archives outside the store."""
+def _check_can_start(run_dir: Path, model_store: Path, ports: Ports) -> None:
+    """Refuse to start over a live instance or on busy ports."""
     if not model_store.is_dir():
         raise ServeError(f"model store not found: {model_store}")
     if (live := running(run_dir)) is not None:
@@ -144,28 +144,53 @@ def _check_can_start(run_dir: Path, model_store: Path, ports: Ports, models: lis
     # A frontend killed with SIGKILL leaves its workers spinning; clear them first.
     stop(run_dir)
     check_ports_free(asdict(ports), HOST)
-    for entry in models:
-        mar = entry.split("=", 1)[-1]
-        if "/" in mar or not (model_store / mar).is_file():
-            raise ServeError(f"{mar} is not a file directly inside {model_store}")
 
 
-def _expected_models(run_dir: Path, model_store: Path, models: list[str]) -> tuple[dict[str, list[str]], str | None]:
-    """Model name -> versions that must be READY (all when empty), and the snapshot to restore, if any."""
+def plan(run_dir: Path, model_store: Path, models: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """The registrations a start renders: model name -> version -> snapshot entry.
+
+    Only archives that pass registry.check_archive get in, whatever models or the snapshot name.
+    """
     if models:
-        return {model_name(entry, model_store): [] for entry in models}, None
+        entries = [entry.split("=", 1) if "=" in entry else [None, entry] for entry in models]
+        archives = [read_archive(model_store, file) for _, file in entries]
+        names = {file: name for name, file in entries if name}
+        return plan_models(archives, names=names)
     snap_file = latest_snapshot(run_dir)
     snapshot = read_properties(snap_file).get("model_snapshot") if snap_file else None
-    return (snapshot_models(snapshot) if snapshot else {}), snapshot
+    previous = snapshot_models(snapshot) if snapshot else {}
+    archives = store_archives(model_store)
+    if not archives:
+        raise ServeError(f"no .mar files in the model store {model_store}: build one (make mar) first")
+    return plan_models(archives, previous)
 
 
-def launch(run_dir: Path, args: list[str], env: dict[str, str], ports: Ports, model_store: Path) -> Server:
-    """Run `torchserve ARGS` from RUN_DIR and record the instance there for stop() and running()."""
+def launch(
+    run_dir: Path, args: list[str], env: dict[str, str], ports: Ports, model_store: Path, config: Path | None = None
+) -> Server:
+    """Run `torchserve ARGS` from RUN_DIR and record the instance there for stop(), running() and reload()."""
     pid = run_launcher(run_dir, args, env)
     state = {"pid": pid, "pgid": os.getpgid(pid), "ports": asdict(ports)}
-    state.update(model_store=str(model_store), tmp_dir=env["TMPDIR"])
+    state.update(model_store=str(model_store), tmp_dir=env["TMPDIR"], config=str(config or DEFAULT_CONFIG))
     (run_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
     return Server(run_dir, pid, ports, model_store)
+
+
+def reload(run_dir: str | Path = "run", timeout: float = 180) -> Server:
+    """Restart the instance in RUN_DIR on the same ports so it serves exactly the archives now in its store.
+
+    New .mar files get registered, removed ones are gone; versions still there keep their default and
+    worker counts (TorchServe's shutdown snapshot). In-flight requests fail; clients retry them.
+    """
+    run_dir = Path(run_dir).resolve()
+    server, state = running(run_dir), _read_state(run_dir)
+    if server is None or state is None:
+        raise ServeError(f"TorchServe is not running from {run_dir}; use start")
+    config = Path(state.get("config", DEFAULT_CONFIG))
+    # Check the store before stopping, so a bad archive never takes a serving instance down.
+    plan(run_dir, server.model_store, [])
+    stop(run_dir)
+    return start(run_dir, server.model_store, None, server.ports, config, timeout)
 
 
 def stop(run_dir: str | Path = "run", timeout: float = 30) -> bool:

@@ -1,7 +1,8 @@
 """TorchServe's management API (and /ping) with token auth, key renewal and retries.
 
-The one place that registers, scales, sets defaults, unregisters and describes models, and the
-one place that renews keys: TorchServe never renews an expired key by itself.
+The one place that scales, sets defaults and describes models, and the one place that renews keys:
+TorchServe never renews an expired key by itself. Nothing registers or unregisters over the API:
+the model API is off and `movierec-serve start`/`reload` register what the model store holds.
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import requests
@@ -23,6 +25,7 @@ from movierec.torchserve.errors import (
     AuthError,
     ConfigError,
     ServerUnreachable,
+    WorkerDied,
     error_message,
     is_token_rejection,
     raise_for_response,
@@ -36,12 +39,17 @@ ARCHIVE_PREFIX = "movierec"
 ENV_INFERENCE_URL = "MOVIEREC_INFERENCE_URL"
 ENV_MANAGEMENT_URL = "MOVIEREC_MANAGEMENT_URL"
 ENV_KEY_FILE = "MOVIEREC_KEY_FILE"
-# Synchronous registration and scaling wait for workers to load; don't give up before the server.
+# Synchronous scaling waits for workers to load; don't give up before the server.
 SLOW_CALL_TIMEOUT = 300.0
+# How long a bulk job keeps resending a request while TorchServe restarts lost workers (its restart
+# back-off grows 1, 1, 2, 3, 5, 8, 13 ... s after each failed start) or the frontend is restarted.
+RECOVERY_S = 120.0
+RECOVERY_DELAY_MAX_S = 8.0
 
 # Versions end up in a file name and a URL path, so keep them to plain tokens.
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _JSON = {"Content-Type": "application/json"}
+T = TypeVar("T")
 
 
 def check_version(version: str) -> str:
@@ -113,15 +121,14 @@ class KeyFile:
             raise ConfigError(f"cannot read key file {self.path}: {exc}") from exc
 
 
-def _session(retries: int, backoff_factor: float, pool_size: int, idempotent: bool = True) -> requests.Session:
-    """A session that retries 503s and refused connections with backoff."""
+def _session(retries: int, backoff_factor: float, pool_size: int) -> requests.Session:
+    """A session that retries 503s and refused or dropped connections with backoff."""
     # Predictions, scaling and set-default are idempotent, so POST/PUT retry too.
-    # Otherwise only a connection that never opened is retried: the request was not sent.
     retry = Retry(
         total=retries,
         connect=retries,
-        read=retries if idempotent else 0,
-        status=retries if idempotent else 0,
+        read=retries,
+        status=retries,
         status_forcelist=(503,),
         allowed_methods=frozenset({"GET", "POST", "PUT", "DELETE"}),
         backoff_factor=backoff_factor,
@@ -134,6 +141,27 @@ def _session(retries: int, backoff_factor: float, pool_size: int, idempotent: bo
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
+
+
+class RecoveryTimeout(ServerUnreachable):
+    """Workers (or the server) did not come back within the recovery time; carries the last error."""
+
+
+def recovering(call: Callable[[], T], patience_s: float = RECOVERY_S, sleep: Callable[[float], None] = time.sleep) -> T:
+    """Run an idempotent request again while TorchServe recovers from lost workers or a restart.
+
+    Only TorchServe's own worker-death answers (WorkerDied) and dropped or refused connections are
+    retried, with doubling waits, for at most patience_s in all. Everything else raises at once.
+    """
+    deadline, delay = time.monotonic() + patience_s, 0.5
+    while True:
+        try:
+            return call()
+        except (WorkerDied, ServerUnreachable) as exc:
+            if time.monotonic() + delay > deadline:
+                raise RecoveryTimeout(f"{exc} (still failing after {patience_s:.0f} s of retries)") from exc
+            sleep(delay)
+            delay = min(2 * delay, RECOVERY_DELAY_MAX_S)
 
 
 class ManagementClient:
@@ -157,13 +185,10 @@ class ManagementClient:
         self.model = model
         self.timeout = timeout
         self.session = _session(retries, backoff_factor, pool_size)
-        # A repeated registration is a 409, so it never retries once sent.
-        self.register_session = _session(retries, backoff_factor, 2, idempotent=False)
 
     def close(self) -> None:
         """Close the connection pools."""
         self.session.close()
-        self.register_session.close()
 
     def __enter__(self) -> ManagementClient:
         return self
@@ -194,7 +219,7 @@ class ManagementClient:
                 sent["Authorization"] = f"Bearer {token}"
             try:
                 resp = session.request(method, url, params=params, data=data, headers=sent, timeout=timeout)
-            except requests.ConnectionError as exc:
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
                 raise ServerUnreachable(f"cannot reach {base}: {exc}") from exc
             except requests.Timeout as exc:
                 raise ServerUnreachable(f"{method} {url} timed out after {timeout}s") from exc
@@ -288,40 +313,6 @@ class ManagementClient:
         """The version that unversioned /predictions/{model} calls reach."""
         return self.describe(model, None)[0]["modelVersion"]
 
-    def register(
-        self,
-        version: str,
-        *,
-        model: str | None = None,
-        batch_size: int | None = None,
-        max_batch_delay: int | None = None,
-        initial_workers: int = 1,
-        response_timeout: int | None = None,
-        archive: str | None = None,
-    ) -> dict[str, Any]:
-        """Register movierec-{version}.mar from the server's model store under `model`, with its workers.
-
-        Batch settings left as None keep the archive's own model-config YAML, so both arms of
-        an A/B test serve with the same batching unless asked otherwise.
-        """
-        params: dict[str, Any] = {
-            "url": archive or archive_name(version),
-            "model_name": model or self.model,
-            "initial_workers": initial_workers,
-            "synchronous": "true",
-        }
-        optional = {"batch_size": batch_size, "max_batch_delay": max_batch_delay, "response_timeout": response_timeout}
-        params.update({k: v for k, v in optional.items() if v is not None})
-        timeout = max(self.timeout, SLOW_CALL_TIMEOUT)
-        answer = self._request(
-            "POST", "management", "/models", params=params, timeout=timeout, session=self.register_session
-        )
-        if initial_workers > 1:
-            # TorchServe silently caps initial_workers at the archive YAML's maxWorkers (1 for
-            # our latency archive); an explicit scale is what actually starts more workers.
-            self.scale(version, initial_workers, model=model or self.model)
-        return answer
-
     def scale(
         self,
         version: str,
@@ -343,19 +334,3 @@ class ManagementClient:
         """Make `version` the default of `model`."""
         path = f"/models/{model or self.model}/{check_version(version)}/set-default"
         return self._request("PUT", "management", path)
-
-    def unregister(self, version: str, *, model: str | None = None, force: bool = False) -> dict[str, Any]:
-        """Unregister one version; refuses the default while other versions exist."""
-        model = model or self.model
-        check_version(version)
-        if not force:
-            others = [v for v in self.versions(model) if v != version]
-            default = self.default_version(model)
-            if version == default and others:
-                raise ConfigError(
-                    f"{version} is the default version of {model} and {', '.join(others)} "
-                    f"{'is' if len(others) == 1 else 'are'} still registered; "
-                    f"make another version the default first (promote or versions set-default)"
-                )
-        path = f"/models/{model}/{version}"
-        return self._request("DELETE", "management", path, timeout=max(self.timeout, SLOW_CALL_TIMEOUT))
