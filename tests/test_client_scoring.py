@@ -13,6 +13,7 @@ from model.protocol import ServiceOptions
 from movierec.client.api import MovieRecClient, ServerError
 from movierec.client.jobs import JobLeases
 from movierec.client.scoring import (
+    PROBE_ID,
     BatchSettings,
     InputError,
     completed_rows,
@@ -32,6 +33,8 @@ def scorer(delay: float = 0.0, fail_after: int | None = None, calls: list | None
     count = [0]
 
     def score(instances):
+        if instances[0]["user_id"] == PROBE_ID:  # the job's cold-start probe: an error-mode server's answer
+            return [{**instances[0], "error": f"unknown user_id {PROBE_ID}"}]
         with lock:
             count[0] += 1
             n = count[0]
@@ -43,7 +46,7 @@ def scorer(delay: float = 0.0, fail_after: int | None = None, calls: list | None
             time.sleep(random.random() * delay)
         out = []
         for i in instances:
-            if int(i["user_id"]) > 900:
+            if not i["user_id"].isdigit() or int(i["user_id"]) > 900:
                 out.append({**i, "error": f"unknown user_id {i['user_id']}"})
             else:
                 out.append({**i, "rating": fake_rating(i["user_id"], i["movie_id"])})
@@ -85,9 +88,9 @@ def test_output_keeps_input_order_under_concurrency(tmp_path):
 
 
 def test_progress_in_a_log_file_is_plain_lines_not_a_redrawn_bar(tmp_path, capsys, monkeypatch):
-    import movierec.client.scoring as scoring
+    import movierec.client.progress as progress
 
-    monkeypatch.setattr(scoring, "LOG_INTERVAL_S", 0.0)
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.0)
     write_input(tmp_path / "in.csv", 300)
     score_file(tmp_path / "in.csv", tmp_path / "out.csv", scorer(), chunk_size=100, concurrency=1)
     err = capsys.readouterr().err  # not a terminal, as in a log file
@@ -128,7 +131,9 @@ def test_bad_header_and_settings_are_refused(tmp_path):
 def test_wrong_number_of_predictions_stops_the_job(tmp_path):
     write_input(tmp_path / "in.csv", 10)
     with pytest.raises(ServerError, match="9 predictions for 10"):
-        score_file(tmp_path / "in.csv", tmp_path / "out.csv", lambda inst: scorer()(inst)[:-1], progress=False)
+        score_file(
+            tmp_path / "in.csv", tmp_path / "out.csv", lambda inst: scorer()(inst)[:-1], progress=False, fallback=False
+        )
 
 
 def test_resume_after_failure_loses_and_duplicates_nothing(tmp_path):
@@ -255,6 +260,7 @@ def test_score_csv_scales_the_batch_registration_up_and_back_down(tmp_path):
     score_csv(client, tmp_path / "in.csv", tmp_path / "out.csv", settings=settings, progress=False, protocol="json")
     assert client.calls == [
         ("scale", "1.0", 3, "movierec-batch"),
+        ("predict", "movierec-batch", "1.0"),  # the cold-start probe, once workers are up
         ("predict", "movierec-batch", "1.0"),
         ("scale", "1.0", 0, "movierec-batch"),
     ]
@@ -517,8 +523,9 @@ def test_default_chunk_is_the_server_cap_for_arrow_and_5000_for_json(tmp_path):
         score_csv(
             ArrowClient(tmp_path), tmp_path / "in.csv", tmp_path / f"{protocol}.csv", progress=False, protocol=protocol
         )
-    assert sorted(s for p, s in sizes if p == "arrow") == [7000, MAX_INSTANCES]
-    assert sorted(s for p, s in sizes if p == "json") == sorted([5000] * (n // 5000) + [n % 5000])
+    # Each job's first request is its one-pair cold-start probe.
+    assert sorted(s for p, s in sizes if p == "arrow") == [1, 7000, MAX_INSTANCES]
+    assert sorted(s for p, s in sizes if p == "json") == sorted([1] + [5000] * (n // 5000) + [n % 5000])
 
 
 @pytest.mark.parametrize(

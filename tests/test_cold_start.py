@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import shutil
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import requests
 import torch
@@ -23,6 +25,9 @@ from model.net import EmbeddingNet
 from model.protocol import ServiceOptions
 from model.service import RatingService
 from movierec import torchserve
+from movierec.client.api import MovieRecClient, NotFound
+from movierec.client.columnar import InputError
+from movierec.client.scoring import score_csv
 from movierec.torchserve.archive import ArchiveError, archive_file, build_mar, load_model_config
 from tests.conftest import TINY_TRAIN_ARGS
 
@@ -352,13 +357,14 @@ def test_cold_users_must_be_a_fraction_below_one(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def fallback_server(tmp_path_factory, tiny_artifact):
-    """A real TorchServe on free ports serving an archive built with cold_start="fallback"."""
+    """A real TorchServe on free ports serving movierec 5.0 (default), built with cold_start="fallback",
+    and 5.1, the same artifact built with the default cold_start: error."""
     store = tmp_path_factory.mktemp("cold-store")
     build_mar(tiny_artifact, "5.0", store, cold_start="fallback")
+    build_mar(tiny_artifact, "5.1", store)
     run_dir = tmp_path_factory.mktemp("cold-run")
-    srv = torchserve.start(
-        run_dir, store, [f"movierec={archive_file('5.0')}"], ports=torchserve.Ports.free(), timeout=240
-    )
+    models = [f"movierec={archive_file('5.0')}", f"movierec={archive_file('5.1')}"]
+    srv = torchserve.start(run_dir, store, models, ports=torchserve.Ports.free(), timeout=240)
     yield srv
     torchserve.stop(run_dir)
 
@@ -385,3 +391,93 @@ def test_a_fallback_archive_answers_unknown_ids_over_http(fallback_server, rec, 
     r = post(arrow_body({"user_id": [str(GHOST_USER)], "movie_id": [str(movie)]}), ARROW_STREAM)
     assert r.status_code == 200, r.text
     assert read_answer(r.content)["fallback"].to_pylist() == ["unknown_user"]
+
+
+# -- `movierec score` against the real server: the fallback flag reaches the output ---------------------------
+
+
+@pytest.fixture(scope="module")
+def cold_client(fallback_server):
+    """A client for the fallback server."""
+    with MovieRecClient(
+        fallback_server.inference_url, fallback_server.management_url, fallback_server.key_file, retries=2
+    ) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def cold_pairs(artifact, tmp_path_factory) -> tuple[Path, list[tuple[str, str]]]:
+    """A scoring input mixing known pairs with unknown users, unknown movies and both, and one short row."""
+    users, movies = artifact.users.ids, artifact.movies.ids
+    pairs = [(str(users[i % len(users)]), str(movies[(3 * i) % len(movies)])) for i in range(40)]
+    pairs[3], pairs[11] = (str(GHOST_USER), pairs[3][1]), (pairs[11][0], GHOST_MOVIE)
+    pairs[12] = (str(GHOST_USER), GHOST_MOVIE)
+    pairs[30] = (str(GHOST_USER), pairs[30][1])
+    path = tmp_path_factory.mktemp("cold-score") / "in.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["user_id", "movie_id"])
+        w.writerows(pairs)
+        f.write("5\n")  # a short row: a local error, never sent
+    return path, pairs
+
+
+def run_score(client: MovieRecClient, source: Path, out: Path, version: str, protocol: str, **kw):
+    """`movierec score --batch-model movierec --no-manage`: the version's own workers, 7 rows per request."""
+    common = {"model": "movierec", "batch_model": "movierec", "manage": False, "chunk_size": 7, "progress": False}
+    return score_csv(client, source, out, version=version, protocol=protocol, **common, **kw)
+
+
+@pytest.mark.integration
+def test_score_keeps_the_fallback_flag_over_both_protocols(cold_client, cold_pairs, tmp_path):
+    source, pairs = cold_pairs
+    summaries = {p: run_score(cold_client, source, tmp_path / f"{p}.csv", "5.0", p) for p in ("arrow", "json")}
+    assert (tmp_path / "arrow.csv").read_bytes() == (tmp_path / "json.csv").read_bytes()
+    with open(tmp_path / "arrow.csv", newline="") as f:
+        header, *rows = csv.reader(f)
+    assert header == ["user_id", "movie_id", "rating", "error", "fallback"]
+    flags = {3: "unknown_user", 11: "unknown_movie", 12: "unknown_both", 30: "unknown_user"}
+    assert [r[4] for r in rows] == [flags.get(i, "") for i in range(40)] + [""]
+    assert rows[40][2:4] == ["", "line 42: missing movie_id"]
+    for (user, movie), row in zip(pairs, rows, strict=False):
+        single = cold_client.predict(user, movie, version="5.0")  # the server's own answer for the pair
+        assert (float(row[2]), row[4]) == (single["rating"], single.get("fallback", "")), row
+    for summary in summaries.values():
+        assert (summary.rows_scored, summary.rows_with_errors, summary.rows_fallback) == (41, 1, 4)
+        assert "4 cold-start fallbacks" in str(summary)
+
+    # Parquet gets the same flags (null for personal predictions); a resumed CSV job the same bytes.
+    run_score(cold_client, source, tmp_path / "out.parquet", "5.0", "arrow")
+    out = pq.read_table(tmp_path / "out.parquet")
+    assert out["fallback"].to_pylist() == [r[4] or None for r in rows]
+    assert out["rating"].to_pylist()[:40] == [float(r[2]) for r in rows[:40]]
+    full = (tmp_path / "json.csv").read_bytes()
+    lines = full.splitlines(keepends=True)
+    (tmp_path / "json.csv").write_bytes(b"".join(lines[:13]) + lines[13][:5])
+    resumed = run_score(cold_client, source, tmp_path / "json.csv", "5.0", "json", resume=True)
+    assert resumed.rows_skipped == 12 and resumed.rows_fallback == 2
+    assert (tmp_path / "json.csv").read_bytes() == full
+
+
+@pytest.mark.integration
+def test_score_against_an_error_mode_archive_has_no_fallback_column(cold_client, cold_pairs, tmp_path):
+    source, _ = cold_pairs
+    for protocol in ("arrow", "json"):
+        summary = run_score(cold_client, source, tmp_path / f"{protocol}.csv", "5.1", protocol)
+        assert summary.rows_fallback is None and "fallback" not in str(summary)
+        assert summary.rows_with_errors == 5
+    assert (tmp_path / "arrow.csv").read_bytes() == (tmp_path / "json.csv").read_bytes()
+    with open(tmp_path / "arrow.csv", newline="") as f:
+        header, *rows = csv.reader(f)
+    assert header == ["user_id", "movie_id", "rating", "error"]
+    assert rows[3][2:] == ["", f"unknown user_id {GHOST_USER}"]
+    assert rows[11][2:] == ["", f"unknown movie_id {GHOST_MOVIE}"]
+    with pytest.raises(NotFound):
+        cold_client.predict(GHOST_USER, int(rows[3][1]), version="5.1")
+    run_score(cold_client, source, tmp_path / "out.parquet", "5.1", "arrow")
+    assert pq.read_table(tmp_path / "out.parquet").column_names == ["user_id", "movie_id", "rating", "error"]
+    # Resuming it against the fallback version would mix flagged and unflagged rows: refused, file untouched.
+    before = (tmp_path / "json.csv").read_bytes()
+    with pytest.raises(InputError, match="cannot resume"):
+        run_score(cold_client, source, tmp_path / "json.csv", "5.0", "json", resume=True)
+    assert (tmp_path / "json.csv").read_bytes() == before

@@ -204,3 +204,140 @@ def test_csv_lines_are_what_csv_writer_writes():
     csv.writer(expected, lineterminator="\n").writerows(zip(ids, ids[::-1], [1e-5] * 12, errors, strict=True))
     assert csv_lines(tiny) == expected.getvalue().encode()
     assert csv_lines(records.slice(0, 0)) == b""
+
+
+# -- cold-start fallback flags (an archive built with cold_start: fallback) ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def fallback_post(rec):
+    """The Arrow path of a cold_start: fallback service, in process."""
+    scorer, lock = ArrowScorer(rec, VERSION, max_instances=20_000, cold_start="fallback"), threading.Lock()
+
+    def post(body: bytes) -> bytes:
+        with lock:
+            return scorer.answer(body)
+
+    return post
+
+
+@pytest.fixture(scope="module")
+def fallback_chunk(rec):
+    """The JSON path of a cold_start: fallback service, in process, as a chunk scorer."""
+    service, lock = RatingService(rec, VERSION, cold_start="fallback"), threading.Lock()
+
+    def score(instances):
+        with lock:
+            (reply,) = service.handle_batch([orjson.dumps({"instances": instances})])
+        return orjson.loads(reply.body)["predictions"]
+
+    return score
+
+
+def expected_flag(rec, user: str, movie: str) -> str:
+    """The fallback a pair of well-formed IDs gets, "" for a personal prediction."""
+    unknown_user, unknown_movie = rec.artifact.users.get(user) < 0, rec.artifact.movies.get(movie) < 0
+    return {(True, False): "unknown_user", (False, True): "unknown_movie", (True, True): "unknown_both"}.get(
+        (unknown_user, unknown_movie), ""
+    )
+
+
+def read_csv(path) -> list[list[str]]:
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def test_fallback_flags_are_written_the_same_over_both_protocols(tmp_path, rec, fallback_post, fallback_chunk):
+    pairs = write_pairs(tmp_path / "in.csv", 3000, extra=["5", "8,", '"a,b",101', "9,no-such-movie", "777,zz"])
+    common = {"chunk_size": 700, "progress": False}
+    by_json = score_file(tmp_path / "in.csv", tmp_path / "json.csv", fallback_chunk, **common)
+    by_arrow = score_file_arrow(tmp_path / "in.csv", tmp_path / "arrow.csv", fallback_post, **common)
+    assert (tmp_path / "arrow.csv").read_bytes() == (tmp_path / "json.csv").read_bytes()
+    header, *rows = read_csv(tmp_path / "arrow.csv")
+    assert header == ["user_id", "movie_id", "rating", "error", "fallback"]
+    want = [expected_flag(rec, u, m) for u, m in pairs]
+    assert [r[4] for r in rows[:3000]] == want and 0 < sum(map(bool, want)) < 3000
+    assert [r[3:] for r in rows[3000:]] == [
+        ["line 3002: missing movie_id", ""],
+        ["'movie_id' must be an integer or a non-empty string, got str ''", ""],
+        ["", "unknown_user"],
+        ["", "unknown_movie"],
+        ["", "unknown_both"],
+    ]
+    assert all(r[2] and not r[3] for r in rows if r[4])  # a flagged row always has its rating
+    assert by_json.rows_fallback == by_arrow.rows_fallback == sum(map(bool, want)) + 3
+    assert f"{by_arrow.rows_fallback:,} cold-start fallbacks" in str(by_arrow)
+    plain = score_file(tmp_path / "in.csv", tmp_path / "plain.csv", scorer_of_error_mode(rec), **common)
+    assert read_csv(tmp_path / "plain.csv")[0] == ["user_id", "movie_id", "rating", "error"]
+    assert plain.rows_fallback is None and "fallback" not in str(plain)
+
+
+def scorer_of_error_mode(rec):
+    """The JSON path of a default (cold_start: error) service, in process."""
+    service = RatingService(rec, VERSION)
+    return lambda instances: orjson.loads(service.handle_batch([orjson.dumps({"instances": instances})])[0].body)[
+        "predictions"
+    ]
+
+
+def test_fallback_parquet_output_has_a_string_flag_column_matching_csv(tmp_path, fallback_post):
+    write_pairs(tmp_path / "in.csv", 1500)
+    score_file_arrow(tmp_path / "in.csv", tmp_path / "out.parquet", fallback_post, chunk_size=400, progress=False)
+    score_file_arrow(tmp_path / "in.csv", tmp_path / "out.csv", fallback_post, chunk_size=400, progress=False)
+    out = pq.read_table(tmp_path / "out.parquet")
+    assert out.column_names == ["user_id", "movie_id", "rating", "error", "fallback"]
+    assert out.schema.field("fallback").type == pa.string()
+    rows = read_csv(tmp_path / "out.csv")[1:]
+    assert out["fallback"].to_pylist() == [r[4] or None for r in rows]
+    assert out["fallback"].null_count < 1500 and out["rating"].null_count == 0
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_a_resumed_fallback_job_writes_what_a_clean_run_writes(tmp_path, fallback_post, suffix):
+    write_pairs(tmp_path / "in.csv", 4000)
+    full, out = tmp_path / f"full.{suffix}", tmp_path / f"out.{suffix}"
+    score_file_arrow(tmp_path / "in.csv", full, fallback_post, chunk_size=500, progress=False)
+    with pytest.raises(ServerError):
+        score_file_arrow(
+            tmp_path / "in.csv", out, crashing(fallback_post, 4), chunk_size=500, concurrency=1, progress=False
+        )
+    summary = score_file_arrow(tmp_path / "in.csv", out, fallback_post, chunk_size=500, resume=True, progress=False)
+    assert 0 < summary.rows_skipped < 4000 and summary.rows_skipped + summary.rows_scored == 4000
+    if suffix == "csv":
+        assert out.read_bytes() == full.read_bytes()
+    else:
+        assert pq.read_table(out).equals(pq.read_table(full))
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_resume_refuses_an_output_written_in_the_other_cold_start_mode(tmp_path, arrow_post, fallback_post, suffix):
+    write_pairs(tmp_path / "in.csv", 600)
+    out = tmp_path / f"out.{suffix}"
+    for first, then in ((arrow_post, fallback_post), (fallback_post, arrow_post)):
+        score_file_arrow(tmp_path / "in.csv", out, first, chunk_size=200, progress=False)
+        before = out.read_bytes()
+        with pytest.raises(columnar.InputError, match="cannot resume"):
+            score_file_arrow(tmp_path / "in.csv", out, then, chunk_size=200, resume=True, progress=False)
+        assert out.read_bytes() == before
+
+
+def switching(first, then, after: int):
+    """A scorer answering like `first` for `after` calls, then like `then` (a server whose archive changed)."""
+    calls = [0]
+
+    def send(body):
+        calls[0] += 1
+        return (first if calls[0] <= after else then)(body)
+
+    return send
+
+
+def test_a_cold_start_mode_change_mid_job_stops_it(tmp_path, arrow_post, fallback_post, json_chunk, fallback_chunk):
+    write_pairs(tmp_path / "in.csv", 1000)
+    common = {"chunk_size": 200, "concurrency": 1, "progress": False}
+    with pytest.raises(ServerError, match="has a fallback column: its cold_start mode changed"):
+        score_file_arrow(tmp_path / "in.csv", tmp_path / "a.csv", switching(arrow_post, fallback_post, 2), **common)
+    with pytest.raises(ServerError, match="lacks a fallback column"):
+        score_file_arrow(tmp_path / "in.csv", tmp_path / "b.csv", switching(fallback_post, arrow_post, 2), **common)
+    with pytest.raises(ServerError, match="flagged a cold-start fallback"):
+        score_file(tmp_path / "in.csv", tmp_path / "c.csv", switching(json_chunk, fallback_chunk, 2), **common)

@@ -420,9 +420,10 @@ def test_movierec_score_over_the_v1_route_of_the_batch_layout(kserve_batch, refe
             )
             assert summary.rows_scored == 3000 and summary.rows_with_errors == 1
     assert (tmp_path / "arrow.csv").read_bytes() == (tmp_path / "json.csv").read_bytes()
-    # Every chunk of both jobs went through the v1 route (the /predictions route is open on this port too).
-    posts = [line for line in _access_log(kserve_batch, 10) if '"POST ' in line]
-    assert len(posts) == 10 and all('"POST /v1/models/movierec-batch:predict ' in line for line in posts)
+    # Every chunk of both jobs, and each job's cold-start probe, went through the v1 route (the /predictions
+    # route is open on this port too): 2 x (5 chunks + 1 probe).
+    posts = [line for line in _access_log(kserve_batch, 12) if '"POST ' in line]
+    assert len(posts) == 12 and all('"POST /v1/models/movierec-batch:predict ' in line for line in posts)
     with open(tmp_path / "arrow.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert "99999" in rows[5]["error"]

@@ -14,10 +14,12 @@ import pyarrow.compute as pc
 
 from model.arrow import ARROW_STREAM
 from movierec.client.api import MovieRecClient, ServerError, check_version
-from movierec.client.columnar import ID_COLUMNS, count_rows, open_output, read_chunks
+from movierec.client.columnar import FALLBACK_COLUMN, ID_COLUMNS, count_rows, open_output, read_chunks
 from movierec.client.scoring import (
     DEFAULT_ARROW_CHUNK,
     DEFAULT_CONCURRENCY,
+    MODE_CHANGED,
+    PROBE_ID,
     SYNC_INTERVAL_S,
     Progress,
     ScoreSummary,
@@ -58,6 +60,14 @@ def request_body(users: pa.Array, movies: pa.Array) -> bytes:
 
 def read_answer(body: bytes, expected_rows: int, first_row: int) -> tuple[np.ndarray, pa.Array]:
     """Ratings (float64 with NaN where failed, four decimals like JSON answers) and error texts of an answer."""
+    ratings, errors, _ = read_flagged_answer(body, expected_rows, first_row)
+    return ratings, errors
+
+
+def read_flagged_answer(
+    body: bytes, expected_rows: int, first_row: int
+) -> tuple[np.ndarray, pa.Array, pa.Array | None]:
+    """read_answer plus the fallback flags (None: no fallback column, the server's cold_start is error)."""
     try:
         table = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
         rating, error = table.column("rating").combine_chunks(), table.column("error").combine_chunks()
@@ -70,8 +80,17 @@ def read_answer(body: bytes, expected_rows: int, first_row: int) -> tuple[np.nda
             f"(data rows {first_row}..{first_row + expected_rows - 1})",
         )
     values = rating.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+    flags = None
+    if FALLBACK_COLUMN in table.column_names:
+        flags = table.column(FALLBACK_COLUMN).combine_chunks().cast(pa.string())
     # Same arithmetic as the server's JSON rounding, so both protocols write the same digits.
-    return np.round(values, 4), error.cast(pa.string())
+    return np.round(values, 4), error.cast(pa.string()), flags
+
+
+def arrow_answers_with_fallback(post: Callable[[bytes], bytes]) -> bool:
+    """Whether the server flags answers from its average user/movie (cold_start: fallback): one probe pair."""
+    probe = pa.array([PROBE_ID])
+    return read_flagged_answer(post(request_body(probe, probe)), 1, 0)[2] is not None
 
 
 def post_arrow(
@@ -89,14 +108,31 @@ def post_arrow(
     return client.send("POST", "inference", path, data=body, headers=headers).content
 
 
-def score_table(chunk: pa.Table, post: Callable[[bytes], bytes], first_row: int = 1) -> pa.Table:
-    """Score one input table; rows with a local problem are not sent and keep it as their error."""
+def score_table(
+    chunk: pa.Table, post: Callable[[bytes], bytes], first_row: int = 1, fallback: bool = False
+) -> pa.Table:
+    """Score one input table; rows with a local problem are not sent and keep it as their error.
+
+    With `fallback` the table gains the answers' fallback column (null for personal predictions).
+    """
     problems = chunk.column("problem").combine_chunks()
     users, movies = chunk.column("user_id"), chunk.column("movie_id")
-    ratings = np.full(chunk.num_rows, np.nan)
+    ratings, flags = np.full(chunk.num_rows, np.nan), pa.nulls(chunk.num_rows, pa.string())
+
+    def ask(users: pa.Array, movies: pa.Array) -> tuple[np.ndarray, pa.Array, pa.Array | None]:
+        answer = read_flagged_answer(post(request_body(users, movies)), len(users), first_row)
+        if (answer[2] is not None) != fallback:
+            raise ServerError(
+                502,
+                f"server's answer for data rows {first_row}.. {'lacks' if fallback else 'has'} "
+                f"a fallback column: {MODE_CHANGED}",
+            )
+        return answer
+
     if problems.null_count == len(problems):
         if chunk.num_rows:
-            ratings, errors = read_answer(post(request_body(users, movies)), chunk.num_rows, first_row)
+            ratings, errors, answered = ask(users, movies)
+            flags = answered if fallback else flags
         else:
             errors = pa.nulls(0, pa.string())
     else:
@@ -104,12 +140,16 @@ def score_table(chunk: pa.Table, post: Callable[[bytes], bytes], first_row: int 
         errors_list = problems.to_pylist()
         if len(send):
             sent = chunk.take(send)
-            body = request_body(sent.column("user_id"), sent.column("movie_id"))
-            answered, answer_errors = read_answer(post(body), len(send), first_row)
+            answered, answer_errors, answer_flags = ask(sent.column("user_id"), sent.column("movie_id"))
             at = send.to_numpy()
             ratings[at] = answered
             for i, error in zip(at.tolist(), answer_errors.to_pylist(), strict=True):
                 errors_list[i] = error
+            if fallback:
+                flags_list = [None] * chunk.num_rows
+                for i, flag in zip(at.tolist(), answer_flags.to_pylist(), strict=True):
+                    flags_list[i] = flag
+                flags = pa.array(flags_list, pa.string())
         errors = pa.array(errors_list, pa.string())
     # One record per physical line in CSV outputs, as on the JSON path.
     errors = pc.replace_substring(pc.replace_substring(errors, "\r", " "), "\n", " ")
@@ -117,7 +157,8 @@ def score_table(chunk: pa.Table, post: Callable[[bytes], bytes], first_row: int 
     rating = pa.array(ratings, pa.float64(), mask=missing)
     if errors.null_count and missing.any():
         errors = pc.if_else(pc.and_(pa.array(missing), errors.is_null()), "no rating in the answer", errors)
-    return pa.table({"user_id": users, "movie_id": movies, "rating": rating, "error": errors})
+    records = {"user_id": users, "movie_id": movies, "rating": rating, "error": errors}
+    return pa.table({**records, FALLBACK_COLUMN: flags} if fallback else records)
 
 
 def score_file_arrow(
@@ -129,14 +170,20 @@ def score_file_arrow(
     concurrency: int = DEFAULT_CONCURRENCY,
     resume: bool = False,
     progress: bool = True,
+    fallback: bool | None = None,
 ) -> ScoreSummary:
-    """Score a CSV or Parquet input with Arrow bodies sent through `post`, writing results in input order."""
+    """Score a CSV or Parquet input with Arrow bodies sent through `post`, writing results in input order.
+
+    The output has a fallback column when `fallback` is true; None asks the server (arrow_answers_with_fallback).
+    """
     check_job(input_path, output_path, chunk_size, concurrency)
     start = time.perf_counter()
-    out = open_output(output_path, resume)
+    if fallback is None:
+        fallback = arrow_answers_with_fallback(post)
+    out = open_output(output_path, resume, fallback)
     skipped = out.done
     meter = Progress(progress, count_rows(input_path) if progress else None, skipped, start)
-    scored = errors = 0
+    scored = errors = fallbacks = 0
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="score")
     # A second round of chunks queued so workers never wait for the writer; still bounded.
     pending: deque[Future[pa.Table]] = deque()
@@ -144,7 +191,7 @@ def score_file_arrow(
     complete = False
 
     def drain_one() -> None:
-        nonlocal last_sync, scored, errors
+        nonlocal last_sync, scored, errors, fallbacks
         records = pending.popleft().result()
         # Flushed data survives a killed process; a sync (costly per chunk) bounds what an OS crash loses.
         sync = time.monotonic() - last_sync >= SYNC_INTERVAL_S
@@ -153,12 +200,13 @@ def score_file_arrow(
             last_sync = time.monotonic()
         scored += len(records)
         errors += len(records) - records.column("error").null_count
+        fallbacks += len(records) - records.column(FALLBACK_COLUMN).null_count if fallback else 0
         meter.update(len(records), scored, errors)
 
     try:
         first_row = skipped + 1
         for chunk in read_chunks(input_path, chunk_size, skip=skipped):
-            pending.append(pool.submit(score_table, chunk, post, first_row))
+            pending.append(pool.submit(score_table, chunk, post, first_row, fallback))
             first_row += chunk.num_rows
             if len(pending) >= 2 * concurrency:
                 drain_one()
@@ -169,4 +217,4 @@ def score_file_arrow(
         pool.shutdown(wait=False, cancel_futures=True)
         meter.close()
         out.close(complete)
-    return ScoreSummary(scored, errors, skipped, time.perf_counter() - start)
+    return ScoreSummary(scored, errors, skipped, time.perf_counter() - start, fallbacks if fallback else None)

@@ -17,7 +17,8 @@ def add_score(sub: argparse._SubParsersAction, server: argparse.ArgumentParser) 
         help="score a user_id,movie_id CSV or Parquet file in bulk",
         description="Score every (user_id, movie_id) row of a CSV or Parquet file (.parquet, .pq) through the "
         "movierec-batch registration; writes user_id,movie_id,rating,error in input order, as CSV or Parquet "
-        "by the output's extension.",
+        "by the output's extension, plus a fallback column (empty for personal predictions) when the archive "
+        "answers unknown IDs with the cold-start fallback.",
     )
     p.add_argument("input", help="CSV with a user_id,movie_id[,...] header, or a Parquet file with those columns")
     p.add_argument("output", help="CSV or Parquet (.parquet, .pq) file to write")

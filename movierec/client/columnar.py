@@ -6,7 +6,8 @@ null for rows to score). A CSV that pyarrow cannot parse row by row (a short or 
 from that point through the csv module, so every row still gets exactly one answer.
 
 Outputs, chosen by extension: CSV as written by the JSON path (resume truncates a partial last
-line), or Parquet. A Parquet file cannot be appended to or read without its footer, so a Parquet
+line), or Parquet. Against a cold_start: fallback archive they gain a `fallback` column (empty for
+personal predictions). A Parquet file cannot be appended to or read without its footer, so a Parquet
 job writes complete part files under `<output>.parts/` (one per sync interval, renamed into place)
 and merges them into `<output>` at the end; resume counts the rows of the parts already there.
 """
@@ -34,11 +35,17 @@ PARQUET_SUFFIXES = (".parquet", ".pq")  # outputs and inputs with these are Parq
 CSV_BLOCK_BYTES = 1 << 20
 ID_COLUMNS = ("user_id", "movie_id")
 OUTPUT_HEADER = ("user_id", "movie_id", "rating", "error")
+FALLBACK_COLUMN = "fallback"  # only when the server answers unknown IDs from its average user/movie
 
 # (user_id, movie_id, problem): IDs exactly as in the file; problem is "" or why it is not sent.
 # Plain tuples, because a million dataclass instances cost more than the HTTP round trips.
 Row = tuple[str, str, str]
-Record = tuple[str, str, str, str]
+Record = tuple[str, ...]  # (user_id, movie_id, rating, error[, fallback])
+
+
+def output_header(fallback: bool) -> tuple[str, ...]:
+    """The output's columns: the fallback flag only when the server answers with one (cold_start: fallback)."""
+    return (*OUTPUT_HEADER, FALLBACK_COLUMN) if fallback else OUTPUT_HEADER
 
 
 class InputError(MovieRecError):
@@ -120,23 +127,23 @@ def completed_rows(path: str | os.PathLike[str]) -> tuple[int, int]:
     return max(rows, 0), offset
 
 
-def prepare_output(path: str | os.PathLike[str], resume: bool) -> tuple[TextIO, int]:
+def prepare_output(path: str | os.PathLike[str], resume: bool, fallback: bool = False) -> tuple[TextIO, int]:
     """Open the output for appending; on resume drop a partial last line and return rows done."""
-    path = Path(path)
+    path, expected = Path(path), list(output_header(fallback))
     # offset 0: not even the header made it to disk, so start over.
     done, offset = completed_rows(path) if resume and path.exists() else (0, 0)
     if offset > 0:
         with open(path, newline="", encoding="utf-8") as f:
             header = next(csv.reader(f), None)
-        if header != list(OUTPUT_HEADER):
-            raise InputError(f"{path}: cannot resume, header is {header}, expected {list(OUTPUT_HEADER)}")
+        if header != expected:
+            raise InputError(f"{path}: cannot resume, header is {header}, expected {expected}")
         with open(path, "r+b") as f:
             f.truncate(offset)
             f.flush()
             os.fsync(f.fileno())
         return open(path, "a", newline="", encoding="utf-8"), done
     out = open(path, "w", newline="", encoding="utf-8")
-    csv.writer(out, lineterminator="\n").writerow(OUTPUT_HEADER)
+    csv.writer(out, lineterminator="\n").writerow(expected)
     out.flush()
     os.fsync(out.fileno())
     return out, 0
@@ -244,15 +251,15 @@ def _csv_tables(path: str | os.PathLike[str]) -> Iterator[pa.Table]:
 class CsvOutput:
     """The JSON path's CSV output, byte for byte: header, then records appended in order; resume drops a partial line."""
 
-    def __init__(self, path: str | os.PathLike[str], resume: bool):
-        text, self.done = prepare_output(path, resume)
+    def __init__(self, path: str | os.PathLike[str], resume: bool, fallback: bool = False):
+        text, self.done = prepare_output(path, resume, fallback)
         text.close()
         # Records are rendered column-wise into one bytes block per chunk (csv.writer per row was
         # 70% of a 1M-row job's client time).
         self.file = open(path, "ab")  # noqa: SIM115 - open for the whole job, closed in close()
 
     def write(self, records: pa.Table, sync: bool) -> None:
-        """Append records as csv.writer would write them; None (a null rating or error) is an empty field."""
+        """Append records as csv.writer would write them; None (a null rating, error or fallback) is an empty field."""
         self.file.write(csv_lines(records))
         self.file.flush()
         if sync:
@@ -266,14 +273,14 @@ class CsvOutput:
 
 
 def csv_lines(records: pa.Table) -> bytes:
-    """user_id,movie_id,rating,error lines exactly as csv.writer (minimal quoting, "\n") writes them."""
+    """user_id,movie_id,rating,error[,fallback] lines exactly as csv.writer (minimal quoting, "\n") writes them."""
     records = records.combine_chunks()
     rating = records.column("rating").combine_chunks()
     low, high = pc.min_max(rating).values()
     if low.is_valid and not (1e-4 <= low.as_py() and high.as_py() < 1e15):
         # Outside this range Arrow and repr() spell floats differently (1e-05 vs 0.00001).
         buf = io.StringIO()
-        rows = zip(*(records.column(name).to_pylist() for name in OUTPUT_HEADER), strict=True)
+        rows = zip(*(column.to_pylist() for column in records.columns), strict=True)
         csv.writer(buf, lineterminator="\n").writerows(rows)
         return buf.getvalue().encode()
     text = pc.fill_null(rating.cast(pa.string()), "")
@@ -281,7 +288,8 @@ def csv_lines(records: pa.Table) -> bytes:
     integral = pc.and_(pc.invert(pc.match_substring(text, ".")), pc.not_equal(text, ""))
     text = pc.if_else(integral, pc.binary_join_element_wise(text, "0", "."), text)
     fields = [_csv_field(records.column("user_id")), _csv_field(records.column("movie_id")), text]
-    lines = pc.binary_join_element_wise(*fields, _csv_field(records.column("error")), ",")
+    fields += [_csv_field(records.column(name)) for name in records.column_names[3:]]
+    lines = pc.binary_join_element_wise(*fields, ",")
     lines = (
         pc.binary_join_element_wise(lines, "", "\n").combine_chunks() if records.num_rows else pa.array([], pa.string())
     )
@@ -312,10 +320,13 @@ def _csv_field(column: pa.ChunkedArray | pa.Array) -> pa.Array:
 
 
 class ParquetOutput:
-    """Records buffered into part files under <output>.parts/, merged into <output> when complete."""
+    """Records buffered into part files under <output>.parts/, merged into <output> when complete.
 
-    def __init__(self, path: str | os.PathLike[str], resume: bool):
-        self.path = Path(path)
+    `columns`, when given, are the ones this job writes: parts of a run with other columns are refused.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], resume: bool, columns: tuple[str, ...] | None = None):
+        self.path, self.columns = Path(path), columns
         self.parts = Path(f"{path}.parts")
         self.buffer: list[pa.Table] = []
         if not resume:
@@ -324,6 +335,10 @@ class ParquetOutput:
         self.parts.mkdir(parents=True, exist_ok=True)
         for stale in self.parts.glob("*.tmp"):
             stale.unlink()
+        # Checked before anything moves, so a refused resume leaves the files as they were.
+        for done in ([self.path] if self.path.exists() else self._part_files()) if columns else []:
+            if (found := pq.read_schema(done).names) != list(columns):
+                raise InputError(f"{done}: cannot resume, columns are {found}, expected {list(columns)}")
         if self.path.exists():
             # A finished (or merged) output: its rows become the first part, new rows follow.
             for part in self._part_files():
@@ -363,7 +378,7 @@ class ParquetOutput:
             raise InputError(
                 f"{self.parts}: parts have different columns ({len(schemas)} schemas); rerun without --resume"
             )
-        schema = schemas.pop() if schemas else _empty_output_schema()
+        schema = schemas.pop() if schemas else _empty_output_schema(self.columns or OUTPUT_HEADER)
         tmp = self.path.with_name(self.path.name + ".tmp")
         with pq.ParquetWriter(tmp, schema) as writer:
             for part in parts:
@@ -373,8 +388,8 @@ class ParquetOutput:
         shutil.rmtree(self.parts)
 
 
-def _empty_output_schema() -> pa.Schema:
-    return pa.schema([(name, pa.float64() if name == "rating" else pa.string()) for name in OUTPUT_HEADER])
+def _empty_output_schema(columns: tuple[str, ...]) -> pa.Schema:
+    return pa.schema([(name, pa.float64() if name == "rating" else pa.string()) for name in columns])
 
 
 def _fsync(path: Path) -> None:
@@ -382,6 +397,8 @@ def _fsync(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def open_output(path: str | os.PathLike[str], resume: bool) -> CsvOutput | ParquetOutput:
+def open_output(path: str | os.PathLike[str], resume: bool, fallback: bool = False) -> CsvOutput | ParquetOutput:
     """The output for a path by extension; `.done` is how many input rows it already holds."""
-    return ParquetOutput(path, resume) if is_parquet(path) else CsvOutput(path, resume)
+    if is_parquet(path):
+        return ParquetOutput(path, resume, output_header(fallback))
+    return CsvOutput(path, resume, fallback)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import itertools
 import os
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -16,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from tqdm import tqdm
 
 from model.protocol import MAX_INSTANCES  # the server's default cap: a bigger chunk would get 413
 from movierec.client.api import (
@@ -45,6 +43,7 @@ from movierec.client.columnar import (  # noqa: F401
     write_chunk,
 )
 from movierec.client.jobs import JobLeases, release
+from movierec.client.progress import Progress  # noqa: F401 - re-exported for the Arrow and recommend-all jobs
 
 BATCH_MODEL = "movierec-batch"
 DEFAULT_CHUNK = 5000  # JSON bodies
@@ -60,11 +59,12 @@ DEFAULT_PROTOCOL = "arrow"
 ROUTES = ("predictions", "v1")
 DEFAULT_ROUTE = "predictions"
 SYNC_INTERVAL_S = 1.0
-LOG_INTERVAL_S = 30.0
 Instance = dict[str, str]
 Prediction = dict[str, Any]
 ScoreChunk = Callable[[list[Instance]], list[Prediction]]
 JSON_HEADERS = {"Content-Type": "application/json"}
+PROBE_ID = "movierec-cold-start-probe"  # no model knows it: its answer shows the server's cold_start mode
+MODE_CHANGED = "its cold_start mode changed since the job started (or the versions differ); score the file again"
 
 
 @dataclass
@@ -75,6 +75,7 @@ class ScoreSummary:
     rows_with_errors: int
     rows_skipped: int
     elapsed_s: float
+    rows_fallback: int | None = None  # answered by the cold-start fallback; None: the server has none
 
     @property
     def rows_per_s(self) -> float:
@@ -83,14 +84,28 @@ class ScoreSummary:
 
     def __str__(self) -> str:
         resumed = f", {self.rows_skipped:,} already done before resume" if self.rows_skipped else ""
+        cold = "" if self.rows_fallback is None else f", {self.rows_fallback:,} cold-start fallbacks"
         return (
-            f"scored {self.rows_scored:,} rows ({self.rows_with_errors:,} with errors{resumed}) "
+            f"scored {self.rows_scored:,} rows ({self.rows_with_errors:,} with errors{cold}{resumed}) "
             f"in {self.elapsed_s:.1f}s: {self.rows_per_s:,.0f} rows/s"
         )
 
 
-def score_chunk_rows(rows: list[Row], score_chunk: ScoreChunk, first_row: int = 1) -> list[Record]:
-    """Score one chunk; rows that failed locally are not sent and keep their own error."""
+def answers_with_fallback(score_chunk: ScoreChunk) -> bool:
+    """Whether the server flags answers from its average user/movie (cold_start: fallback): one probe pair."""
+    answers = score_chunk([{"user_id": PROBE_ID, "movie_id": PROBE_ID}])
+    if len(answers) != 1:
+        raise ServerError(502, f"server returned {len(answers)} predictions for 1 probe instance")
+    return answers[0].get("fallback") is not None
+
+
+def score_chunk_rows(
+    rows: list[Row], score_chunk: ScoreChunk, first_row: int = 1, fallback: bool = False
+) -> list[Record]:
+    """Score one chunk; rows that failed locally are not sent and keep their own error.
+
+    With `fallback` each record ends with the answer's fallback flag ("" for a personal prediction).
+    """
     instances = [{"user_id": u, "movie_id": m} for u, m, problem in rows if not problem]
     predictions = score_chunk(instances) if instances else []
     if len(predictions) != len(instances):
@@ -102,60 +117,21 @@ def score_chunk_rows(rows: list[Row], score_chunk: ScoreChunk, first_row: int = 
     answers = iter(predictions)
     out: list[Record] = []
     for u, m, problem in rows:
-        if problem:
-            out.append((u, m, "", problem))
-            continue
-        p = next(answers)
-        rating = p.get("rating")
+        p = {"error": problem} if problem else next(answers)
+        rating, flag = p.get("rating"), p.get("fallback")
+        if flag is not None and not fallback:
+            raise ServerError(502, f"server flagged a cold-start fallback (data rows {first_row}..): {MODE_CHANGED}")
         if rating is not None:
-            out.append((u, m, repr(float(rating)), ""))
+            record: Record = (u, m, repr(float(rating)), "")
         else:
-            out.append((u, m, "", _one_line(p.get("error") or "no rating in the answer")))
+            record = (u, m, "", _one_line(p.get("error") or "no rating in the answer"))
+        out.append((*record, flag or "") if fallback else record)
     return out
 
 
 def _one_line(text: str) -> str:
     # Keep one record per physical line so output files stay easy to inspect.
     return text.replace("\r", " ").replace("\n", " ")
-
-
-class Progress:
-    """A scoring run's progress: a redrawn bar on a terminal, else a plain line every LOG_INTERVAL_S.
-
-    In a log file a redrawn bar is one endless line of carriage returns.
-    """
-
-    def __init__(self, enabled: bool, total: int | None, skipped: int, start: float, unit: str = "rows") -> None:
-        self.enabled, self.total, self.skipped, self.start, self.unit = enabled, total, skipped, start, unit
-        self.interactive = enabled and sys.stderr.isatty()
-        self.bar = tqdm(
-            total=total,
-            initial=skipped,
-            unit=unit,
-            unit_scale=True,
-            smoothing=0.1,
-            disable=not self.interactive,
-            file=sys.stderr,
-        )
-        self.last_log = time.monotonic()
-
-    def update(self, new_rows: int, scored: int, errors: int) -> None:
-        """Count `new_rows` more rows; `scored` and `errors` are this run's totals so far."""
-        self.bar.update(new_rows)
-        if self.enabled and not self.interactive and time.monotonic() - self.last_log >= LOG_INTERVAL_S:
-            self.last_log = time.monotonic()
-            done, total = self.skipped + scored, self.total
-            rate = scored / max(time.perf_counter() - self.start, 1e-9)
-            share = f" ({done / total:.1%})" if total else ""
-            print(
-                f"progress: {done:,}/{total:,} {self.unit}{share}, {errors:,} with errors, {rate:,.0f} {self.unit}/s",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    def close(self) -> None:
-        """Finish the bar."""
-        self.bar.close()
 
 
 def check_job(
@@ -179,15 +155,21 @@ def score_file(
     concurrency: int = DEFAULT_CONCURRENCY,
     resume: bool = False,
     progress: bool = True,
+    fallback: bool | None = None,
 ) -> ScoreSummary:
-    """Score a CSV with `score_chunk` (JSON instances), writing results strictly in input order."""
+    """Score a CSV with `score_chunk` (JSON instances), writing results strictly in input order.
+
+    The output has a fallback column when `fallback` is true; None asks the server (answers_with_fallback).
+    """
     check_job(input_path, output_path, chunk_size, concurrency)
     start = time.perf_counter()
+    if fallback is None:
+        fallback = answers_with_fallback(score_chunk)
     rows = read_rows(input_path)
-    out, skipped = prepare_output(output_path, resume)
+    out, skipped = prepare_output(output_path, resume, fallback)
     for _ in itertools.islice(rows, skipped):
         pass
-    scored = errors = 0
+    scored = errors = fallbacks = 0
     shown = Progress(progress, count_data_lines(input_path) if progress else None, skipped, start)
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="score")
     # Queue a second round of chunks so workers never wait for the writer; still bounded.
@@ -196,7 +178,7 @@ def score_file(
     try:
 
         def drain_one() -> None:
-            nonlocal scored, errors, last_sync
+            nonlocal scored, errors, fallbacks, last_sync
             records = pending.popleft().result()
             # Flushed data survives a killed process; fsync (costly per chunk) bounds what an OS crash loses.
             sync = time.monotonic() - last_sync >= SYNC_INTERVAL_S
@@ -205,11 +187,12 @@ def score_file(
                 last_sync = time.monotonic()
             scored += len(records)
             errors += sum(1 for r in records if r[3])
+            fallbacks += sum(1 for r in records if r[4]) if fallback else 0
             shown.update(len(records), scored, errors)
 
         first_row = skipped + 1
         for chunk in chunked(rows, chunk_size):
-            pending.append(pool.submit(score_chunk_rows, chunk, score_chunk, first_row))
+            pending.append(pool.submit(score_chunk_rows, chunk, score_chunk, first_row, fallback))
             first_row += len(chunk)
             if len(pending) >= 2 * concurrency:
                 drain_one()
@@ -221,7 +204,7 @@ def score_file(
         out.flush()
         os.fsync(out.fileno())
         out.close()
-    return ScoreSummary(scored, errors, skipped, time.perf_counter() - start)
+    return ScoreSummary(scored, errors, skipped, time.perf_counter() - start, fallbacks if fallback else None)
 
 
 @dataclass
