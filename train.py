@@ -73,15 +73,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--recipe",
         choices=("auto", "ml100k", "scale"),
         default="auto",
-        help=f"defaults of the five options below: ml100k ({d.batch_size}, {d.lr}, {d.wd}, {d.p1}, {d.p2}), "
-        f"scale (batch for {STEPS_PER_EPOCH} steps/epoch, lr/wd/p1/p2 {'/'.join(map(str, SCALE_RECIPE.values()))}), "
+        help="defaults of the seven options below (batch, lr, wd, n-factors, nh, p1, p2): ml100k "
+        f"({d.batch_size}, {d.lr}, {d.wd}, {d.n_factors}, {d.nh}, {d.p1}, {d.p2}), scale (batch for "
+        f"{STEPS_PER_EPOCH} steps/epoch, then {', '.join(map(str, SCALE_RECIPE.values()))}), "
         f"auto: scale from {SCALE_FROM:,} ratings (default auto)",
     )
     p.add_argument("--batch-size", type=int, help="default: from --recipe")
     p.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule (default: from --recipe)")
     p.add_argument("--wd", type=float, help="AdamW decoupled weight decay (default: from --recipe)")
-    p.add_argument("--n-factors", type=int, default=d.n_factors, help="embedding width")
-    p.add_argument("--nh", type=int, default=d.nh, help="hidden layer width")
+    p.add_argument("--n-factors", type=int, help="embedding width (default: from --recipe)")
+    p.add_argument("--nh", type=int, help="hidden layer width (default: from --recipe)")
     p.add_argument("--p1", type=float, help="dropout on the concatenated embeddings (default: from --recipe)")
     p.add_argument("--p2", type=float, help="dropout after the hidden layer (default: from --recipe)")
     p.add_argument("--no-bias", dest="bias", action="store_false", help="no per-user/per-movie bias terms")
@@ -269,7 +270,8 @@ def make_config(args: argparse.Namespace, n_ratings: int, n_train: int) -> tuple
     cfg = TrainConfig(**{**recipe, **given})
     print(
         f"recipe: {name}: batch {cfg.batch_size:,} ({math.ceil(n_train / cfg.batch_size):,} steps/epoch), "
-        f"lr {cfg.lr:g}, wd {cfg.wd:g}, dropout {cfg.p1:g}/{cfg.p2:g}, {cfg.epochs} epochs"
+        f"lr {cfg.lr:g}, wd {cfg.wd:g}, dropout {cfg.p1:g}/{cfg.p2:g}, {cfg.n_factors} factors, {cfg.nh} hidden, "
+        f"{cfg.epochs} epochs"
     )
     return cfg, name
 

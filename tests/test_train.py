@@ -260,7 +260,8 @@ def test_resume_without_a_checkpoint_is_a_usage_error(tmp_path, capsys):
 
 def test_the_auto_recipe_keeps_ml100k_exactly_and_scales_the_batch_for_large_data():
     name, small = train.recipe_for(100_000, 90_000)
-    assert name == "ml100k" and small == {"batch_size": 256, "lr": 3e-3, "wd": 0.3, "p1": 0.4, "p2": 0.5}
+    assert name == "ml100k"
+    assert small == {"batch_size": 256, "lr": 3e-3, "wd": 0.3, "n_factors": 64, "nh": 128, "p1": 0.4, "p2": 0.5}
     name, large = train.recipe_for(25_000_095, 22_500_085)
     assert name == "scale" and large == {"batch_size": 64_000, **train.SCALE_RECIPE}
     assert math.ceil(22_500_085 / large["batch_size"]) == 352  # as many steps per epoch as ML-100K
@@ -273,6 +274,7 @@ def test_given_options_override_the_recipe_and_the_artifact_records_what_was_use
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["metrics"]["recipe"] == "scale"
     assert meta["train"]["lr"] == 0.02 and meta["train"]["batch_size"] == 256  # both given (QUICK)
+    assert meta["train"]["nh"] == meta["net"]["nh"] == 8  # given (QUICK)
     assert {k: meta["train"][k] for k in ("wd", "p1", "p2")} == {k: train.SCALE_RECIPE[k] for k in ("wd", "p1", "p2")}
     assert art_dropout(out) == (train.SCALE_RECIPE["p1"], train.SCALE_RECIPE["p2"])
 
