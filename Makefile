@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 SERVE := $(VENV)/bin/movierec-serve
 CLIENT := $(VENV)/bin/movierec
 
@@ -99,7 +100,7 @@ demo: $(STAMP) ## the main job: train (or reuse ARTIFACTS), build the .mar, serv
 	$(MAKE) --no-print-directory recommend
 	@echo "TorchServe is running (inference http://127.0.0.1:$(INFERENCE_PORT)); 'make stop' stops it."
 
-test: $(STAMP) ## all tests, including real-TorchServe integration tests
+test: $(BENCH_STAMP) ## all tests, including real-TorchServe integration tests and the benchmark peer (installs requirements-bench.txt)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## unit tests only (seconds)
@@ -108,8 +109,6 @@ test-fast: $(STAMP) ## unit tests only (seconds)
 lint: $(STAMP) ## ruff check + format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-
-BENCH_STAMP := $(VENV)/.installed-bench
 
 install-bench: $(BENCH_STAMP) ## benchmark-only dependencies (requirements-bench.txt: FastAPI + uvicorn for the peer)
 

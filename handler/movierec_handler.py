@@ -20,6 +20,7 @@ from model.service import RatingService
 
 log = logging.getLogger(__name__)
 WORKER_METRICS_LOGGER = "ts.metrics.caching_metric"
+PER_BATCH_LINE = "Backend received inference at"
 
 
 class MovierecHandler:
@@ -73,6 +74,8 @@ class MovierecHandler:
         # throughput at c32; the frontend's own latency and queue metrics stay.
         quiet = not options.worker_metrics
         logging.getLogger(WORKER_METRICS_LOGGER).setLevel(logging.WARNING if quiet else logging.NOTSET)
+        root = logging.getLogger()
+        (root.addFilter if quiet else root.removeFilter)(_not_per_batch_line)
         self.initialized = True
 
     def preprocess(self, data: list[dict], context=None) -> list:
@@ -111,6 +114,15 @@ class MovierecHandler:
                 context.set_response_status(reply.status, reply.reason, idx)
             context.set_response_content_type(idx, reply.content_type)
         return [reply.body for reply in replies]
+
+
+def _not_per_batch_line(record: logging.LogRecord) -> bool:
+    """False for the worker's "Backend received inference at" INFO line, logged for every batch.
+
+    The frontend reads each such line back from the worker's stdout: 0.12 ms of CPU per request
+    (14%) without batching. A root-logger filter, not a level, keeps TorchServe's other INFO lines.
+    """
+    return not (isinstance(record.msg, str) and record.msg.startswith(PER_BATCH_LINE))
 
 
 def _content_type(context, idx: int) -> str | None:

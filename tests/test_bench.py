@@ -10,7 +10,7 @@ import pytest
 from model.artifact import load_artifact
 from model.core import Recommender
 from model.service import RatingService
-from movierec.bench import bench, inprocess, load, pyload, report
+from movierec.bench import bench, inprocess, load, markdown, pyload, report
 from movierec.bench.meter import CpuMeter, CpuSample, busy_cores, noise_cores, parse_proc_stat, summarize
 from movierec.bench.settings import QUICK, Settings
 
@@ -292,3 +292,122 @@ def test_inprocess_arrow_body_against_the_json_body(results):
     assert "The same 10k pairs as one Arrow body: 9.00 M pairs/s, 4.5x the JSON body." in text
     inproc = {r[0]: r[2] for r in rows(text) if len(r) == 7}
     assert inproc["`handle_batch`, one 10k-pair Arrow body"] == "9.00 M"
+
+
+PEER_ROUNDS = {
+    # config id -> (TorchServe req/s per round, peer req/s per round)
+    "single_c1": ([300, 330], [1000, 600]),  # ratios 0.30 and 0.55: median 0.425, shown 0.43
+    "single_c32": ([3000], [2500]),  # 1.20 < 1.5
+    "topk_c1": ([400], [900]),  # 0.44
+}
+
+
+@pytest.fixture
+def with_peer(results) -> dict:
+    """The results with the FastAPI peer measured in the same rounds as TorchServe."""
+    configs, peer = results["served"]["configs"], {}
+    for key, (ours, theirs) in PEER_ROUNDS.items():
+        configs[key] = [served_run(r, 1, 1.2, 3.0) for r in ours]
+        peer[key] = [served_run(r, 1, 0.6, 1.0, cpu=0.5, frontend=0.5) for r in theirs]
+    results["served"]["peer"] = peer
+    return results
+
+
+def test_peer_table_gives_each_row_its_ratio_within_rounds(with_peer):
+    text = report.report(with_peer)
+    table = {r[0]: r[1:] for r in rows(text) if len(r) == 8 and r[0] not in ("request, concurrency", "---")}
+    assert list(table) == ["single pair, c32", "top-10, c1", "single pair, c1"]
+    # The ratio is the median of per-round ratios (0.30, 0.55), not the ratio of medians (315 / 800 = 0.39).
+    assert table["single pair, c1"][:3] == ["315", "800", "**0.43**"]
+    assert table["single pair, c1"][5:] == ["1.46, 0.500", "0"]
+    assert table["top-10, c1"][2] == "**0.44**"
+    assert "### Against a FastAPI peer" in text
+    with_peer["machine"]["peer"] = "fastapi 0.163.2, uvicorn 0.54.0"
+    assert "FastAPI peer: fastapi 0.163.2, uvicorn 0.54.0." in report.report(with_peer)
+
+
+def test_peer_targets_from_issue_12(with_peer):
+    found = targets(report.report(with_peer))
+    assert found["single pair, c1: ≥ 0.4x the peer, p50 ≤ 1.5 ms"] == ["0.43x, p50 1.20 ms", "met"]
+    assert found["top-10, c1: ≥ 0.4x the peer"] == ["0.44x", "met"]
+    assert found["single pair, c32: ≥ 1.5x the peer"] == ["1.20x", "**missed**"]
+    assert not any(key.startswith("bulk 10k pairs, c1:") for key in found)  # no peer run, no verdict
+    with_peer["served"]["configs"]["single_c1"] = [served_run(330, 1, 1.8, 3.0)] * 2
+    found = targets(report.report(with_peer))
+    assert found["single pair, c1: ≥ 0.4x the peer, p50 ≤ 1.5 ms"] == ["0.44x, p50 1.80 ms", "**missed**"]
+
+
+def test_a_peer_that_did_not_run_says_why(results):
+    results["served"]["peer_skipped"] = "fastapi/uvicorn are not installed"
+    text = report.report(results)
+    assert "**Not run:** fastapi/uvicorn are not installed" in text
+    assert "x the peer" not in text
+
+
+OTHER_SECTIONS = """## Scale
+
+Pasted from `make bench-scale`.
+
+```
+## not a heading: inside a fence
+```
+
+### Scale details
+
+kept too
+
+## Soak
+
+The soak's own section.
+"""
+
+
+def test_the_bench_report_keeps_sections_it_does_not_write(results):
+    old = report.report(results) + "\n" + OTHER_SECTIONS
+    results["date"] = "2026-12-01 08:00 UTC"
+    new = markdown.keep_others(old, report.report(results), report.owns)
+    _, sections = markdown.split_sections(new)
+    headings = [h for h, _ in sections]
+    assert headings[-2:] == ["## Scale", "## Soak"] and headings[0] == "## Targets"
+    assert len(headings) == len(set(headings))  # our sections replaced, not repeated
+    assert "2026-12-01 08:00 UTC" in new and "2026-11-29 10:00 UTC" not in new
+    assert OTHER_SECTIONS.strip() in new
+
+
+def test_a_section_is_replaced_in_place_or_appended():
+    doc = "# t\n\nintro\n\n## A\n\na\n\n## B\n\nb\n"
+    assert markdown.put_section(doc, "## A\n\nnew a\n") == "# t\n\nintro\n\n## A\n\nnew a\n\n## B\n\nb\n"
+    assert markdown.put_section(doc, "## C\n\nc\n").endswith("## B\n\nb\n\n## C\n\nc\n")
+    assert markdown.put_section("", "## C\n\nc\n") == "## C\n\nc\n"
+
+
+def test_the_peer_runs_each_configuration_right_after_torchserve_in_every_round(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_measure(target, cfg, body_file, s):
+        calls.append((target, cfg.id))
+        return served_run(100.0, cfg.pairs, 1.0, 2.0), 10.0
+
+    def fake_measure_py(target, cfg, bodies, s):
+        return fake_measure(target, cfg, None, s)[0]
+
+    monkeypatch.setattr(load, "measure", fake_measure)
+    monkeypatch.setattr(load, "measure_py", fake_measure_py)
+    for name in ("check_answers", "register_bulk", "check_arrow_answer"):
+        monkeypatch.setattr(load, name, lambda *a, **k: None)
+    monkeypatch.setattr(load, "warm_jvm", lambda target, files, seconds: [{"requests": 1.0, "status_errors": 0.0}])
+    monkeypatch.setattr(load, "log_bytes", lambda run_dir: 0)
+    monkeypatch.setattr(load, "load_model_config", lambda archive: {"batchSize": 32})
+    ts, peer = type("Srv", (), {"run_dir": tmp_path})(), object()
+    bodies = {"bulk10k": [b"{}"], load.ARROW_KIND: [b""]}
+    files = {cfg.bodies: tmp_path for cfg in load.SERVED}
+    out = load.bench_served(ts, tmp_path / "x.mar", None, bodies, files, Settings(rounds=2), peer)
+    ids = [cfg.id for cfg in (*load.SERVED, *pyload.PY_SERVED)]
+    expected = [(target, i) for _ in range(2) for i in ids for target in (ts, peer)]
+    assert calls == expected
+    assert list(out["configs"]) == ids and list(out["peer"]) == ids
+    assert all(len(runs) == 2 for runs in (*out["configs"].values(), *out["peer"].values()))
+    assert out["requests_measured"] == 10.0 * 2 * len(load.SERVED)  # TorchServe's wrk requests only
+    calls.clear()
+    assert load.bench_served(ts, tmp_path / "x.mar", None, bodies, files, Settings(rounds=1))["peer"] is None
+    assert [target for target, _ in calls] == [ts] * len(ids)

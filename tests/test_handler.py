@@ -119,6 +119,44 @@ def test_worker_metric_lines_are_off_unless_asked_for(model_dir, caplog):
     assert emitted({}) == []
 
 
+def test_the_workers_per_batch_info_line_is_dropped_and_its_other_lines_kept(model_dir, caplog):
+    """TorchServe's "Backend received inference at" line per batch goes only with worker_metrics."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+
+    def emitted(options):
+        MovierecHandler().initialize(LocalContext(model_dir, model_yaml_config={"handler": options}))
+        caplog.clear()
+        logging.info("Backend received inference at: %d", 1764400000)  # as ts/protocol/otf_message_handler.py
+        logging.info("Backend worker process died.")
+        return [r.getMessage() for r in caplog.records]
+
+    assert emitted({}) == ["Backend worker process died."]
+    assert emitted({"worker_metrics": True}) == [
+        "Backend received inference at: 1764400000",
+        "Backend worker process died.",
+    ]
+    assert emitted({}) == ["Backend worker process died."]
+
+
+def test_refused_requests_leave_no_garbage_cycles_holding_the_batch(handler):
+    """A refused body must not keep its batch alive in a reference cycle: after gc.freeze() only a
+    rare full collection would free it, and the worker grew by ~4 KB per refused request."""
+    import gc
+
+    bad = [b"{not json", b"[1]", b'{"user_id": 1.5, "movie_id": 2}', b'{"user_id": 1}', b"\xff\xfe"]
+    good = [{"instances": [{"user_id": 1, "movie_id": 1}] * 50}]
+    gc.collect()
+    gc.disable()
+    try:
+        answers = run(handler, [*bad, *good])
+        assert [status for status, _ in answers] == [400] * len(bad) + [200]
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
 def test_unexpected_failure_is_a_json_500_for_the_batch_not_a_crash(model_dir):
     h = MovierecHandler()
     h.initialize(LocalContext(model_dir))

@@ -10,6 +10,7 @@ the Markdown in report.py.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -29,8 +30,10 @@ from model.service import RatingService
 from movierec import torchserve
 from movierec.bench import load
 from movierec.bench.inprocess import bench_inprocess, load_service, make_bodies
+from movierec.bench.markdown import keep_others
 from movierec.bench.meter import load_average
-from movierec.bench.report import report
+from movierec.bench.peer import Peer, start_peer
+from movierec.bench.report import owns, report
 from movierec.bench.settings import BENCH_VERSION, FULL, MODEL, QUICK, SECTIONS, SEED, Settings
 from movierec.paths import REPO
 from movierec.torchserve.archive import build_mar
@@ -107,6 +110,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--inprocess-seconds", type=float, help=f"s per in-process config (full {FULL.inprocess_seconds})")
     p.add_argument("--csv-rows", type=int, help=f"rows in the batch-scoring CSV (default {FULL.csv_rows:,})")
+    p.add_argument("--no-peer", action="store_true", help="do not run the FastAPI peer next to TorchServe")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     args = p.parse_args(argv)
     unknown = set(args.sections.split(",")) - set(SECTIONS)
@@ -138,15 +142,48 @@ def run_served(
     results["archive"] = str(store / mar)
     print(f"starting TorchServe from {run_dir}", flush=True)
     server = torchserve.start(run_dir, store, [f"{MODEL}={mar}"], ports=torchserve.Ports.free(), timeout=180)
+    peer = None
     try:
         if wrk:
+            peer, why_not = start_peer_or_explain(args, work_dir, results)
             files = load.write_body_files(bodies, work_dir / "bodies")
-            results["served"] = load.bench_served(server, store / mar, service, bodies, files, s)
+            results["served"] = load.bench_served(server, store / mar, service, bodies, files, s, peer)
+            results["served"]["peer_skipped"] = why_not
+            if peer is not None:
+                peer.stop()  # before the CSV jobs, which are TorchServe's alone
         if "csv" in args.sections.split(","):
             print(f"batch scoring a {s.csv_rows:,}-row CSV through the client", flush=True)
             results["csv"] = load.bench_csv(server, service, work_dir, s.csv_rows)
     finally:
+        if peer is not None:
+            peer.stop()
         torchserve.stop(run_dir)
+
+
+def start_peer_or_explain(args: argparse.Namespace, work_dir: Path, results: dict) -> tuple[Peer | None, str | None]:
+    """The FastAPI peer on the same artifact, or None and why it does not run."""
+    if args.no_peer:
+        return None, "--no-peer was given."
+    if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
+        message = "fastapi/uvicorn are not installed: run `make install-bench` (requirements-bench.txt) and rerun."
+        print(message, file=sys.stderr)
+        return None, message
+    print("starting the FastAPI peer on the same artifact", flush=True)
+    results["machine"]["peer"] = peer_versions()
+    return start_peer(args.artifacts.resolve(), work_dir / "peer", BENCH_VERSION), None
+
+
+def peer_versions() -> str:
+    """FastAPI, uvicorn, uvloop and httptools versions, as one string."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = []
+    for name in ("fastapi", "uvicorn", "uvloop", "httptools"):
+        try:
+            parts.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            parts.append(f"{name} missing")
+    return ", ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         run_served(args, results, service, bodies, s, wrk)
     results["load_end"] = load_average()
     (work_dir / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-    args.out.write_text(report(results), encoding="utf-8")
+    # Only our own sections: `## Scale` (make bench-scale) and `## Soak` (make soak) are kept as they are.
+    old = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
+    args.out.write_text(keep_others(old, report(results), owns), encoding="utf-8")
     print(f"wrote {args.out} and {work_dir / 'results.json'}", flush=True)
     return 0
 

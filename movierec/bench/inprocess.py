@@ -10,15 +10,12 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 import pyarrow as pa
-import torch
 
-from model.artifact import load_artifact
-from model.core import Recommender
-from model.protocol import ArrowBody, ServiceOptions
+from model.protocol import ArrowBody
 from model.service import RatingService
 from movierec.bench.meter import CpuMeter, summarize, time_calls
+from movierec.bench.peer import build_service
 from movierec.bench.settings import ARROW_KIND, SEED, TOP_K, Settings
-from movierec.torchserve.archive import load_model_config
 
 MIN_STAGE_CALLS = 20
 
@@ -34,12 +31,8 @@ class Timed:
 
 
 def load_service(artifacts) -> RatingService:
-    """Load the artifact the way the handler does: 1 torch thread, then freeze the GC heap."""
-    torch.set_num_threads(1)
-    artifact = load_artifact(artifacts)
-    options = ServiceOptions.from_config(load_model_config().get("handler"))
-    rec = Recommender(artifact, min_movie_ratings=options.min_movie_ratings)
-    service = RatingService(rec, "bench", max_instances=options.max_instances, max_top_k=options.max_top_k)
+    """Load the artifact the way the handler does (1 torch thread, its `handler:` options), then freeze the GC heap."""
+    service = build_service(artifacts, "bench")
     gc.collect()
     gc.freeze()
     return service

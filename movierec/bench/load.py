@@ -17,6 +17,7 @@ import requests
 from model.service import RatingService
 from movierec import torchserve
 from movierec.bench.meter import CpuMeter
+from movierec.bench.peer import Peer
 from movierec.bench.pyload import PY_SERVED, check_arrow_answer, measure_py
 from movierec.bench.settings import ARROW_KIND, BULK_MODEL, MODEL, SEED, Settings
 from movierec.client.api import MovieRecClient
@@ -89,7 +90,9 @@ def json_bodies(bodies: dict[str, list[bytes]]) -> dict[str, list[bytes]]:
     return {kind: items for kind, items in bodies.items() if kind != ARROW_KIND}
 
 
-def run_wrk(server: torchserve.Server, body_file: Path, connections: int, seconds: int, model: str = MODEL) -> dict:
+def run_wrk(
+    server: torchserve.Server | Peer, body_file: Path, connections: int, seconds: int, model: str = MODEL
+) -> dict:
     """One closed-loop wrk run against /predictions/MODEL; the numbers post.lua printed."""
     url = f"{server.inference_url}/predictions/{model}"
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), url]
@@ -102,18 +105,9 @@ def run_wrk(server: torchserve.Server, body_file: Path, connections: int, second
 
 
 def register_bulk(server: torchserve.Server, archive: str) -> None:
-    """Register the served archive a second time as the bulk-scoring model, with the scoring client's settings."""
-    batch = BatchSettings()
+    """Start the bulk-scoring workers: movierec-serve registers BULK_MODEL for every archive, with 0 workers."""
     with MovieRecClient(server.inference_url, server.management_url, key_file=server.key_file) as client:
-        version = client.default_version(MODEL)
-        client.register(
-            version,
-            model=BULK_MODEL,
-            archive=archive,
-            batch_size=batch.batch_size,
-            max_batch_delay=batch.max_batch_delay,
-            initial_workers=batch.workers,
-        )
+        client.scale(client.default_version(MODEL), BatchSettings().workers, model=BULK_MODEL)
 
 
 def log_bytes(run_dir: Path) -> int:
@@ -132,7 +126,7 @@ def approx_equal(a: object, b: object, tol: float = 1e-3) -> bool:
     return a == b
 
 
-def check_answers(server: torchserve.Server, service: RatingService, bodies: dict[str, list[bytes]]) -> None:
+def check_answers(server: torchserve.Server | Peer, service: RatingService, bodies: dict[str, list[bytes]]) -> None:
     """Each kind of body must get 200 and the same answer as the in-process service (same model)."""
     url = f"{server.inference_url}/predictions/{MODEL}"
     headers = {**server.auth("inference"), "Content-Type": "application/json"}
@@ -153,10 +147,10 @@ def check_answers(server: torchserve.Server, service: RatingService, bodies: dic
                 )
 
 
-def warm_jvm(server: torchserve.Server, files: dict[str, Path], seconds: int) -> list[dict]:
+def warm_jvm(server: torchserve.Server | Peer, files: dict[str, Path], seconds: int) -> list[dict]:
     """Mixed traffic so the JVM has compiled every path before any served number is taken."""
     step = max(1, round(seconds / len(WARMUP_MIX)))
-    print(f"JVM warm-up: {step * len(WARMUP_MIX)} s of mixed traffic", flush=True)
+    print(f"warm-up of {server.inference_url}: {step * len(WARMUP_MIX)} s of mixed traffic", flush=True)
     warm = []
     for kind, connections in WARMUP_MIX:
         res = run_wrk(server, files[kind], connections, step)
@@ -166,7 +160,7 @@ def warm_jvm(server: torchserve.Server, files: dict[str, Path], seconds: int) ->
     return warm
 
 
-def measure(server: torchserve.Server, cfg: Served, body_file: Path, s: Settings) -> tuple[dict, float]:
+def measure(server: torchserve.Server | Peer, cfg: Served, body_file: Path, s: Settings) -> tuple[dict, float]:
     """One warm-up and one measured wrk run of a configuration: its numbers, and the requests both sent."""
     pre = run_wrk(server, body_file, cfg.connections, s.warmup, cfg.model)
     logs_before = log_bytes(server.run_dir)
@@ -200,35 +194,45 @@ def bench_served(
     bodies: dict[str, list[bytes]],
     files: dict[str, Path],
     s: Settings,
+    peer: Peer | None = None,
 ) -> dict:
-    """Warm the JVM, then measure every served configuration once per round."""
+    """Warm the JVM, then measure every served configuration once per round, the peer right after TorchServe.
+
+    The peer (FastAPI, same service code) runs each configuration in the same round as TorchServe, so a
+    ratio is taken between two runs seconds apart; its warm-up is the same traffic, sent to it.
+    """
     check_answers(server, service, bodies)
     register_bulk(server, archive.name)
     check_arrow_answer(server, service, bodies[ARROW_KIND][0])
+    targets = {"torchserve": server}
+    if peer is not None:
+        check_answers(peer, service, bodies)
+        check_arrow_answer(peer, service, bodies[ARROW_KIND][0])
+        targets["peer"] = peer
     warm = warm_jvm(server, files, s.jvm_warmup)
+    if peer is not None:
+        warm_jvm(peer, files, max(len(WARMUP_MIX), s.jvm_warmup // 4))
     logs_start = log_bytes(server.run_dir)
     requests_sent = 0.0
-    results: dict[str, list[dict]] = {cfg.id: [] for cfg in (*SERVED, *PY_SERVED)}
+    results = {name: {cfg.id: [] for cfg in (*SERVED, *PY_SERVED)} for name in targets}
     for r in range(s.rounds):
-        for cfg in SERVED:
-            run, sent = measure(server, cfg, files[cfg.bodies], s)
-            results[cfg.id].append(run)
-            requests_sent += sent
-            print(
-                f"round {r + 1}/{s.rounds} {cfg.id:<20} {run['req_s']:9,.0f} req/s  p50 {run['p50_ms']:6.2f} ms  "
-                f"p99 {run['p99_ms']:6.2f} ms  non-2xx {run['non2xx']:.0f}  noise {run['noise_cores']:.2f}",
-                flush=True,
-            )
-        for py in PY_SERVED:
-            run = measure_py(server, py, bodies[py.bodies], s)
-            results[py.id].append(run)
-            print(
-                f"round {r + 1}/{s.rounds} {py.id:<20} {run['pairs_s']:12,.0f} pairs/s  p50 {run['p50_ms']:6.2f} ms  "
-                f"non-2xx {run['non2xx']:.0f}  client {run['client_cores']:.2f} cores  noise {run['noise_cores']:.2f}",
-                flush=True,
-            )
+        for cfg in (*SERVED, *PY_SERVED):
+            for name, target in targets.items():
+                if isinstance(cfg, Served):
+                    run, sent = measure(target, cfg, files[cfg.bodies], s)
+                else:
+                    run, sent = measure_py(target, cfg, bodies[cfg.bodies], s), 0.0
+                results[name][cfg.id].append(run)
+                requests_sent += sent if name == "torchserve" else 0.0
+                print(
+                    f"round {r + 1}/{s.rounds} {name:<10} {cfg.id:<22} {run['req_s']:9,.0f} req/s  "
+                    f"p50 {run['p50_ms']:6.2f} ms  p99 {run['p99_ms']:6.2f} ms  non-2xx {run['non2xx']:.0f}  "
+                    f"CPU {run['server_cpu_ms_req']:.3f} ms/req  noise {run['noise_cores']:.2f}",
+                    flush=True,
+                )
     return {
-        "configs": results,
+        "configs": results["torchserve"],
+        "peer": results.get("peer"),
         "warmup": warm,
         "log_bytes_per_request": (log_bytes(server.run_dir) - logs_start) / max(requests_sent, 1),
         "requests_measured": requests_sent,

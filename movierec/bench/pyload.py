@@ -23,6 +23,7 @@ from model.protocol import ArrowBody
 from model.service import RatingService
 from movierec import torchserve
 from movierec.bench.meter import CpuMeter
+from movierec.bench.peer import Peer
 from movierec.bench.settings import ARROW_KIND, BULK_MODEL, Settings
 
 
@@ -93,12 +94,12 @@ def closed_loop(url: str, bodies: list[bytes], headers: dict[str, str], connecti
     }
 
 
-def headers_for(server: torchserve.Server, content_type: str) -> dict[str, str]:
+def headers_for(server: torchserve.Server | Peer, content_type: str) -> dict[str, str]:
     """Auth and content negotiation for one protocol."""
     return {**server.auth("inference"), "Content-Type": content_type, "Accept": content_type}
 
 
-def measure_py(server: torchserve.Server, cfg: PyServed, bodies: list[bytes], s: Settings) -> dict:
+def measure_py(server: torchserve.Server | Peer, cfg: PyServed, bodies: list[bytes], s: Settings) -> dict:
     """One warm-up and one measured run of a configuration, in the shape load.measure records."""
     url = f"{server.inference_url}/predictions/{cfg.model}"
     headers = headers_for(server, cfg.content_type)
@@ -122,7 +123,9 @@ def measure_py(server: torchserve.Server, cfg: PyServed, bodies: list[bytes], s:
     }
 
 
-def check_arrow_answer(server: torchserve.Server, service: RatingService, body: bytes, model: str = BULK_MODEL) -> None:
+def check_arrow_answer(
+    server: torchserve.Server | Peer, service: RatingService, body: bytes, model: str = BULK_MODEL
+) -> None:
     """An Arrow body on the bulk registration must get the in-process service's ratings, digit for digit."""
     conn_url = f"{server.inference_url}/predictions/{model}"
     parts = urlsplit(conn_url)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import statistics
-from collections.abc import Callable
 
+from movierec.bench.markdown import measured, median, ms, rate, spread, verdict
 from movierec.bench.settings import BULK_MODEL, TOP_K, Settings
 from movierec.paths import REPO
 
@@ -19,6 +19,9 @@ TARGET_SCORE_ROWS_S = 1_500_000  # 1M-row CSV end to end, Arrow
 TARGET_SCORE_VS_JSON = 5.0  # Arrow over JSON, same run
 TARGET_ARROW_PAIRS_S = 3_000_000  # served Arrow bulk, c4, bulk registration
 TARGET_ARROW_VS_JSON = 1.6  # over JSON bodies sent by the same generator
+# Issue 12: TorchServe's throughput over the FastAPI peer's, same run (config id -> lowest ratio).
+TARGET_PEER_RATIOS = {"single_c1": 0.4, "topk_c1": 0.4, "bulk10k_c1": 0.9, "single_c32": 1.5}
+TARGET_SINGLE_C1_P50_MS = 1.5
 
 # In-process configuration id -> (path, batch) columns.
 INPROCESS_NAMES = {
@@ -81,40 +84,13 @@ METHOD = [
 ]
 
 
-def median(runs: list[dict], key: str) -> float:
-    """Median of one field over rounds."""
-    return statistics.median(run[key] for run in runs)
+# The `## ` sections report() writes; BENCHMARKS.md keeps every other section (Scale, Soak) when rewritten.
+OWN_HEADINGS = ("## Targets", "## 1.", "## 2.", "## 3.", "## Method")
 
 
-def spread(runs: list[dict], key: str, fmt: Callable[[float], str]) -> str:
-    """The median, and the min-max over rounds when there was more than one."""
-    values = [run[key] for run in runs]
-    text = fmt(statistics.median(values))
-    return text if len(values) == 1 else f"{text} ({fmt(min(values))}–{fmt(max(values))})"
-
-
-def rate(x: float) -> str:
-    """A throughput with a readable unit."""
-    if x >= 1e6:
-        return f"{x / 1e6:.2f} M"
-    if x >= 1e4:
-        return f"{x / 1e3:.0f} k"
-    return f"{x:,.0f}"
-
-
-def ms(x: float) -> str:
-    """Milliseconds with precision where it matters."""
-    return f"{x:.3f}" if x < 1 else f"{x:.2f}" if x < 10 else f"{x:.1f}"
-
-
-def verdict(ok: bool) -> str:
-    """Met / missed, for the targets column."""
-    return "met" if ok else "**missed**"
-
-
-def measured(configs: dict[str, list[dict]]) -> dict[str, list[dict]]:
-    """The configurations that have at least one run."""
-    return {key: runs for key, runs in configs.items() if runs}
+def owns(heading: str) -> bool:
+    """Whether a `## ` heading line is one report() writes."""
+    return heading.startswith(OWN_HEADINGS)
 
 
 def report(results: dict) -> str:
@@ -148,7 +124,8 @@ def header(results: dict) -> list[str]:
         "**Machine:** "
         f"{m['cpu']}, {m['cores']} cores, {m['ram_gib']:.1f} GiB RAM; Python {m['python']}, torch {m['torch']}, "
         f"TorchServe {m['torchserve']}, numpy {m['numpy']}, orjson {m['orjson']}, {m['java']}, {m['wrk']}. "
-        f"MOVIEREC_TORCH_THREADS: {m['torch_threads_env']}.",
+        f"MOVIEREC_TORCH_THREADS: {m['torch_threads_env']}."
+        + (f" FastAPI peer: {m['peer']}." if m.get("peer") else ""),
         "",
         "**Noise:** " + noise_note(results),
         "",
@@ -207,6 +184,7 @@ def targets_section(results: dict) -> list[str]:
             f"{verdict(p50 <= TARGET_TOPK_P50_MS)} |"
         )
     rows += arrow_target_rows(served, (results.get("csv") or {}).get("configs", {}))
+    rows += peer_target_rows(served, measured((results.get("served") or {}).get("peer") or {}))
     if not rows:
         return []
     return ["## Targets", "", "| target (this 2-core machine) | measured (median) | |", "|---|---|---|", *rows, ""]
@@ -236,6 +214,68 @@ def arrow_target_rows(served: dict[str, list[dict]], scores: dict[str, dict]) ->
             f"(c4, bulk registration) | {rate(arrow)} pairs/s{against} | {verdict(ok)} |"
         )
     return rows
+
+
+def peer_ratio(ours: list[dict], peer: list[dict], key: str = "req_s") -> float:
+    """Median over rounds of TorchServe's figure over the peer's, each ratio taken within one round."""
+    return statistics.median(a[key] / b[key] for a, b in zip(ours, peer, strict=False) if b[key] > 0)
+
+
+def peer_target_rows(served: dict[str, list[dict]], peer: dict[str, list[dict]]) -> list[str]:
+    """Issue 12's targets: throughput against the FastAPI peer in the same rounds, and the c1 latency."""
+    rows = []
+    for key, lowest in TARGET_PEER_RATIOS.items():
+        if key not in served or key not in peer:
+            continue
+        ratio = peer_ratio(served[key], peer[key])
+        extra, ok = "", ratio >= lowest
+        if key == "single_c1":
+            p50 = median(served[key], "p50_ms")
+            extra, ok = f", p50 {ms(p50)} ms", ok and p50 <= TARGET_SINGLE_C1_P50_MS
+            label = f"{SERVED_NAMES[key]}: ≥ {lowest}x the peer, p50 ≤ {TARGET_SINGLE_C1_P50_MS} ms"
+        else:
+            label = f"{SERVED_NAMES[key]}: ≥ {lowest}x the peer"
+        rows.append(f"| {label} | {ratio:.2f}x{extra} | {verdict(ok)} |")
+    return rows
+
+
+def peer_section(data: dict) -> list[str]:
+    """The FastAPI peer next to TorchServe, workload by workload, with the throughput ratio of each row."""
+    title = "### Against a FastAPI peer (same artifact, same `RatingService`, 1 worker)"
+    if data.get("peer_skipped"):
+        return [title, "", f"**Not run:** {data['peer_skipped']}", ""]
+    peer = measured(data.get("peer") or {})
+    if not peer:
+        return []
+    lines = [
+        title,
+        "",
+        "| request, concurrency | TorchServe req/s | peer req/s | TorchServe ÷ peer (throughput) | "
+        "TorchServe p50 / p99 ms | peer p50 / p99 ms | server CPU ms/req: TorchServe, peer | peer non-2xx |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key, ours in measured(data["configs"]).items():
+        theirs = peer.get(key)
+        if not theirs:
+            continue
+        errors = sum(run["non2xx"] + run["socket_errors"] for run in theirs)
+        lines.append(
+            f"| {SERVED_NAMES.get(key, key)} | {rate(median(ours, 'req_s'))} | {rate(median(theirs, 'req_s'))} | "
+            f"**{peer_ratio(ours, theirs):.2f}** | {ms(median(ours, 'p50_ms'))} / {ms(median(ours, 'p99_ms'))} | "
+            f"{ms(median(theirs, 'p50_ms'))} / {ms(median(theirs, 'p99_ms'))} | "
+            f"{ms(median(ours, 'server_cpu_ms_req'))}, {ms(median(theirs, 'server_cpu_ms_req'))} | {errors:.0f} |"
+        )
+    lines += [
+        "",
+        "- The peer is `movierec/bench/peer.py`: FastAPI + uvicorn (uvloop, httptools), 1 worker, 1 torch thread, "
+        "`gc.freeze()`, no access log, a Bearer token check, the archive's `handler:` options; its answers were "
+        "checked equal to TorchServe's before measuring. It has no dynamic batching and one process for every row, "
+        "including the rows TorchServe serves on the 2-worker bulk registration.",
+        "- Each row ran on TorchServe and then on the peer in the same round; the ratio is the median over rounds "
+        "of the ratio within a round. Peer CPU is its one process.",
+        "",
+    ]
+    return lines
 
 
 def inprocess_section(data: dict | None) -> list[str]:
@@ -316,7 +356,7 @@ def served_section(data: dict | None) -> list[str]:
         "that never arrive, so its p50 is that delay plus the request cost (compare `recommend` in section 1).",
         "",
     ]
-    return lines
+    return lines + peer_section(data)
 
 
 def cpu_split(runs: list[dict]) -> str:
