@@ -26,6 +26,7 @@ MOVIE_ID ?= 242
 TOP_K ?= 10
 PYTEST_ARGS ?=
 COLD_START ?=
+BATCH_SIZE ?=
 
 MAR := $(MODEL_STORE)/movierec-$(VERSION).mar
 SERVE_PORTS := --inference-port $(INFERENCE_PORT) --management-port $(MANAGEMENT_PORT) \
@@ -66,9 +67,9 @@ train: $(STAMP) ## train and export an artifact: make train [ARTIFACTS=dir] [TRA
 $(ARTIFACTS)/metadata.json:
 	$(MAKE) train ARTIFACTS=$(ARTIFACTS) TRAIN_ARGS='$(TRAIN_ARGS)'
 
-mar: $(STAMP) $(ARTIFACTS)/metadata.json ## build model_store/movierec-VERSION.mar from ARTIFACTS (trained first if missing, with TRAIN_ARGS) [COLD_START=fallback]
+mar: $(STAMP) $(ARTIFACTS)/metadata.json ## build model_store/movierec-VERSION.mar from ARTIFACTS (trained first if missing, with TRAIN_ARGS) [COLD_START=fallback] [BATCH_SIZE=1]
 	$(PY) -m movierec.torchserve.archive --artifacts $(ARTIFACTS) --version $(VERSION) --model-store $(MODEL_STORE) \
-		$(if $(COLD_START),--cold-start $(COLD_START))
+		$(if $(COLD_START),--cold-start $(COLD_START)) $(if $(BATCH_SIZE),--batch-size $(BATCH_SIZE))
 
 serve: $(STAMP) ## start TorchServe in the background and wait until ready (first start or FRESH=1: MODELS; later: every .mar in MODEL_STORE, last snapshot's defaults)
 	$(SERVE) start --run-dir $(RUN_DIR) --model-store $(MODEL_STORE) --models $(MODELS) $(if $(FRESH),--fresh) $(SERVE_PORTS)

@@ -300,6 +300,18 @@ def test_build_mar_sets_cold_start_in_the_archive_only(tiny_artifact, tmp_path):
         build_mar(tiny_artifact, "7.2", tmp_path, cold_start="maybe")
 
 
+def test_build_mar_sets_the_batch_size_in_the_archive_only(tiny_artifact, tmp_path):
+    config = load_model_config(build_mar(tiny_artifact, "7.4", tmp_path, batch_size=1))
+    shipped = load_model_config()
+    assert config["batchSize"] == 1 and shipped["batchSize"] == 32
+    assert {k: v for k, v in config.items() if k != "batchSize"} == {
+        k: v for k, v in shipped.items() if k != "batchSize"
+    }
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="batch size"):
+            build_mar(tiny_artifact, "7.5", tmp_path, batch_size=bad)
+
+
 def test_build_mar_refuses_fallback_for_a_v1_artifact(tiny_artifact, tmp_path):
     with pytest.raises(ArchiveError, match="format v1"):
         build_mar(v1_copy(tiny_artifact, tmp_path), "7.3", tmp_path / "store", cold_start="fallback")

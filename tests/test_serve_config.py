@@ -163,7 +163,7 @@ def test_plan_keeps_defaults_and_workers_and_adds_batch_registrations_at_zero_wo
     previous = {
         "movierec": {
             "1.0": {"defaultVersion": False, "minWorkers": 1},
-            "2.0": {"defaultVersion": True, "minWorkers": 3, "maxWorkers": 3},
+            "2.0": {"defaultVersion": True, "minWorkers": 3, "maxWorkers": 3, "batchSize": 8, "maxBatchDelay": 5},
         },
         "movierec-batch": {"2.0": {"defaultVersion": True, "minWorkers": 2, "maxWorkers": 2}},
     }
@@ -173,6 +173,8 @@ def test_plan_keeps_defaults_and_workers_and_adds_batch_registrations_at_zero_wo
     assert sorted(served) == ["2.0", "3.0"]
     assert served["2.0"]["defaultVersion"] and not served["3.0"]["defaultVersion"]
     assert (served["2.0"]["minWorkers"], served["3.0"]["minWorkers"]) == (3, 1)
+    # Batching is the archive's own (a rebuilt archive's new batchSize takes effect on reload).
+    assert (served["2.0"]["batchSize"], served["2.0"]["maxBatchDelay"]) == (32, 1)
     assert served["3.0"]["marName"] == "movierec-3.0.mar"
     for version, entry in models["movierec-batch"].items():
         assert (entry["minWorkers"], entry["batchSize"], entry["maxBatchDelay"]) == (0, 1, 1)

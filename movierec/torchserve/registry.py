@@ -28,8 +28,11 @@ BATCH_MODELS = {"movierec": "movierec-batch"}
 BATCH_SETTINGS = {"batchSize": 1, "maxBatchDelay": 1}
 # What TorchServe uses when an archive's model-config YAML leaves a key out (default_workers_per_model=1).
 DEFAULTS = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 1, "maxBatchDelay": 100, "responseTimeout": 120}
-# The snapshot keys that a restart carries over from the previous snapshot.
+# The registration settings an archive's model-config YAML sets.
 KEPT = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout")
+# What a restart carries over from the previous snapshot: only what the management API changes at
+# runtime (scaling). Batching comes from the archive, so a rebuilt one (make mar BATCH_SIZE=1) takes effect.
+SCALED = ("minWorkers", "maxWorkers")
 _FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.mar$")
 
 
@@ -88,7 +91,7 @@ def plan_models(
     """The snapshot's models: each archive under its model name, plus the bulk registrations.
 
     names maps an archive file to the model name to serve it under ("NAME=FILE.mar"). previous (the
-    "models" of an earlier snapshot) keeps default versions and settings of versions still in the store.
+    "models" of an earlier snapshot) keeps default versions and worker counts of versions still in the store.
     Otherwise the first archive of a model (file-name order, or the order given) is its default.
     """
     previous, names = previous or {}, names or {}
@@ -99,7 +102,7 @@ def plan_models(
         if archive.version in versions:
             raise ServeError(f"{archive.file}: {name} version {archive.version} is in the store twice")
         before = previous.get(name, {}).get(archive.version, {})
-        entry = {**archive.settings, **{k: before[k] for k in KEPT if k in before}}
+        entry = {**archive.settings, **{k: before[k] for k in SCALED if k in before}}
         versions[archive.version] = {"marName": archive.file, "defaultVersion": False, **entry}
     for name, versions in models.items():
         default = _default_version(versions, previous.get(name, {}))
