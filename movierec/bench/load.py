@@ -53,7 +53,9 @@ SERVED = (
     Served("bulk10k_c4", "bulk10k", 4, 10_000),
     Served("topk_c1", "topk", 1, 0),
     Served("bulk10k_c4_batchreg", "bulk10k", 4, 10_000, BULK_MODEL),
-    # The same archive without dynamic batching: what a latency-only registration would give top-K.
+    # The same archive without dynamic batching (batchSize 1, as `make mar BATCH_SIZE=1` builds it): the
+    # low-load choice for single pairs and top-K.
+    Served("single_c1_batchreg", "single", 1, 1, BULK_MODEL),
     Served("topk_c1_batchreg", "topk", 1, 0, BULK_MODEL),
 )
 # (bodies, connections) cycled during the JVM warm-up so every code path gets compiled.

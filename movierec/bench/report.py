@@ -46,7 +46,8 @@ SERVED_NAMES = {
     "bulk10k_c4": "bulk 10k pairs, c4",
     "topk_c1": f"top-{TOP_K}, c1",
     "bulk10k_c4_batchreg": "bulk 10k pairs, c4, bulk registration",
-    "topk_c1_batchreg": f"top-{TOP_K}, c1, bulk registration",
+    "single_c1_batchreg": "single pair, c1, no dynamic batching (bulk registration)",
+    "topk_c1_batchreg": f"top-{TOP_K}, c1, no dynamic batching (bulk registration)",
     "arrow10k_c4_batchreg": "bulk 10k pairs as Arrow, c4, bulk registration (Python generator)",
     "json10k_c4_batchreg_py": "bulk 10k pairs as JSON, c4, bulk registration (Python generator)",
 }
@@ -227,15 +228,20 @@ def peer_target_rows(served: dict[str, list[dict]], peer: dict[str, list[dict]])
     for key, lowest in TARGET_PEER_RATIOS.items():
         if key not in served or key not in peer:
             continue
-        ratio = peer_ratio(served[key], peer[key])
-        extra, ok = "", ratio >= lowest
+        # At c1 the operator's switch (batchSize 1) is measured too; the target holds if either setting meets it.
+        options = [("", served[key])]
+        if f"{key}_batchreg" in served and key.endswith("_c1"):
+            options.append((" without dynamic batching", served[f"{key}_batchreg"]))
+        texts, ok = [], False
+        for name, runs in options:
+            ratio, p50 = peer_ratio(runs, peer[key]), median(runs, "p50_ms")
+            met = ratio >= lowest and (key != "single_c1" or p50 <= TARGET_SINGLE_C1_P50_MS)
+            texts.append(f"{ratio:.2f}x, p50 {ms(p50)} ms{name}" if key.endswith("_c1") else f"{ratio:.2f}x")
+            ok = ok or met
+        label = f"{SERVED_NAMES[key]}: ≥ {lowest}x the peer"
         if key == "single_c1":
-            p50 = median(served[key], "p50_ms")
-            extra, ok = f", p50 {ms(p50)} ms", ok and p50 <= TARGET_SINGLE_C1_P50_MS
-            label = f"{SERVED_NAMES[key]}: ≥ {lowest}x the peer, p50 ≤ {TARGET_SINGLE_C1_P50_MS} ms"
-        else:
-            label = f"{SERVED_NAMES[key]}: ≥ {lowest}x the peer"
-        rows.append(f"| {label} | {ratio:.2f}x{extra} | {verdict(ok)} |")
+            label += f", p50 ≤ {TARGET_SINGLE_C1_P50_MS} ms"
+        rows.append(f"| {label} | {'; '.join(texts)} | {verdict(ok)} |")
     return rows
 
 
