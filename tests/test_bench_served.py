@@ -46,3 +46,15 @@ def test_refusals_are_counted_and_a_wrong_answer_is_caught(server, service, bodi
     with pytest.raises(RuntimeError, match="differ"):
         # movierec 2.0 (another model) answers with other ratings than the 1.0 service.
         pyload.check_arrow_answer(server, service, bodies[ARROW_KIND][0], model="movierec/2.0")
+
+
+@pytest.mark.integration
+def test_the_csv_section_scores_through_the_batch_registration_over_both_protocols(server, service, tmp_path):
+    """`make bench`'s last section: scale movierec-batch, score one CSV over Arrow and JSON, same file."""
+    from movierec.bench import load
+
+    found = load.bench_csv(server, service, tmp_path, 3_000)
+    assert found["same_output"] and found["rows"] == 3_000
+    assert sorted(found["configs"]) == ["score_arrow", "score_json"]
+    assert all(run["rows_s"] > 0 for run in found["configs"].values())
+    assert load.count_lines(tmp_path / "scored-arrow.csv") == 3_001  # header + one line per row

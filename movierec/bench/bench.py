@@ -149,6 +149,8 @@ def run_served(
             files = load.write_body_files(bodies, work_dir / "bodies")
             results["served"] = load.bench_served(server, store / mar, service, bodies, files, s, peer)
             results["served"]["peer_skipped"] = why_not
+            # Kept now: the served rounds take a quarter of an hour, and a later failure must not lose them.
+            (work_dir / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
             if peer is not None:
                 peer.stop()  # before the CSV jobs, which are TorchServe's alone
         if "csv" in args.sections.split(","):

@@ -276,7 +276,7 @@ def bench_csv(server: torchserve.Server, service: RatingService, work_dir: Path,
     configs = {}
     with MovieRecClient(server.inference_url, server.management_url, key_file=server.key_file) as client:
         started = time.perf_counter()
-        version = ensure_batch_registration(client, model=MODEL, settings=settings)
+        version = ensure_batch_registration(client, model=MODEL)
         client.scale(version, settings.workers, model=BULK_MODEL)
         startup_s = time.perf_counter() - started
         for protocol in ("arrow", "json"):
