@@ -1,4 +1,4 @@
-"""Scale benchmark: generate -> load -> train -> .mar -> score in process -> (optionally) serve, per data size.
+"""Scale benchmark: generate -> load -> train -> .mar -> score in process -> (optionally) serve -> recommend-all.
 
     python -m movierec.bench.scale --sizes 1000000 5000000 25000095 --out bench_scale [--serve] [--train-args '--epochs 5']
 
@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import requests
 import torch
 
 from movierec.bench.gpu_check import p50_ms
@@ -108,7 +107,7 @@ def measure_train(ratings: Path, artifact: Path, train_args: list[str]) -> dict:
         "val_rmse": metrics["val_rmse"],
         "val_rmse_by_epoch": [round(h["val_rmse"], 4) for h in history],
         "batch_size": meta["train"]["batch_size"],
-        "recipe": {k: meta["train"][k] for k in ("epochs", "batch_size", "lr", "wd", "p1", "p2")},
+        "recipe": {k: meta["train"][k] for k in ("epochs", "batch_size", "lr", "wd", "n_factors", "nh", "p1", "p2")},
         "device": metrics["device"],
     }
 
@@ -122,8 +121,8 @@ def measure_mar(artifact: Path, store: Path) -> dict:
     return {"mar_s": round(time.perf_counter() - started, 2), "mar_mb": round(mar.stat().st_size / 2**20, 1)}
 
 
-def measure_inprocess(artifact: Path, repeat: int, pairs: int) -> dict:
-    """Recommender load time, top-10 p50 over all movies and bulk pairs/s, with the handler's 1 thread."""
+def measure_inprocess(artifact: Path, repeat: int, pairs: int, recommend_all: bool = False) -> dict:
+    """Recommender load time, top-10 p50 over all movies, bulk pairs/s (and top-10 for every user), on 1 thread."""
     from model.artifact import load_artifact
     from model.core import Recommender
     from model.protocol import ServiceOptions
@@ -140,48 +139,86 @@ def measure_inprocess(artifact: Path, repeat: int, pairs: int) -> dict:
     top = p50_ms(lambda: rec.recommend(next(calls), TOP_K), repeat)
     u, m = rng.integers(len(rec.artifact.users), size=pairs), rng.integers(len(rec.artifact.movies), size=pairs)
     bulk = p50_ms(lambda: rec.predict(u, m), max(3, repeat // 10))
-    return {"recommender_load_s": round(load_s, 2), "top10_p50_ms": top, "pairs_per_s": round(pairs / bulk * 1e3)}
+    row = {"recommender_load_s": round(load_s, 2), "top10_p50_ms": top, "pairs_per_s": round(pairs / bulk * 1e3)}
+    if recommend_all:  # recommend-all's work without the server: Recommender.recommend_many, no output file
+        every = np.arange(len(rec.artifact.users))
+        started = time.perf_counter()
+        for start in range(0, len(every), 1000):
+            rec.recommend_many(every[start : start + 1000], TOP_K)
+        wall = time.perf_counter() - started
+        row.update(recommend_all_s=round(wall, 4), recommend_all_users_per_s=round(len(every) / wall))
+    return row
 
 
-def measure_served(store: Path, artifact: Path, repeat: int) -> dict:
-    """TorchServe on free ports in a temp run dir: worker start-up, worker RSS, top-10 p50 without batching."""
+def measure_served(store: Path, artifact: Path, seconds: int, work: Path) -> dict:
+    """TorchServe on free ports in a temp run dir: one worker of the unbatched registration, then recommend-all.
+
+    That registration (movierec-batch: batch size 1) answers a lone request at once instead of waiting
+    maxBatchDelay for companions; its worker's start-up and RSS are measured, then top-10 p50 through it.
+    """
     import psutil
 
     from movierec import torchserve
+    from movierec.torchserve.registry import BATCH_MODELS
 
+    unbatched = BATCH_MODELS["movierec"]
     users = json.loads((artifact / "users.json").read_text())
     run_dir = Path(tempfile.mkdtemp(prefix="scale-run-", dir="/tmp"))
-    server = torchserve.start(run_dir, store, [], ports=torchserve.Ports.free())
+    server = torchserve.start(run_dir, store, [], ports=torchserve.Ports.free(), timeout=600)
     try:
         started = time.perf_counter()
         with server.client(timeout=600) as api:
-            # batch size 1: a lone request is answered at once instead of waiting for a batch to fill
-            api.register(VERSION, model="movierec", batch_size=1, max_batch_delay=1, response_timeout=120)
+            api.scale(VERSION, 1, model=unbatched)
         startup = time.perf_counter() - started
         workers = [
             p
             for p in psutil.Process(server.pid).children(recursive=True)
             if "model_service_worker" in " ".join(p.cmdline())
         ]
-        rss = sum(p.memory_info().rss for p in workers) / 2**20
-        url, headers = f"{server.inference_url}/predictions/movierec", server.auth()
+        rss = max(p.memory_info().rss for p in workers) / 2**20  # the served model's worker and this one: alike
         rng = np.random.default_rng(1)
-        with requests.Session() as http:
-
-            def ask() -> None:
-                reply = http.post(
-                    url,
-                    json={"user_id": users[int(rng.integers(len(users)))], "top_k": TOP_K},
-                    headers=headers,
-                    timeout=60,
-                )
-                reply.raise_for_status()
-
-            p50 = p50_ms(ask, repeat)
+        asked = [{"user_id": users[i], "top_k": TOP_K} for i in rng.integers(len(users), size=500).tolist()]
+        row = {"worker_startup_s": round(startup, 1), "worker_rss_mb": round(rss)}
+        row.update(served_p50(server, [json.dumps(body).encode() for body in asked], seconds, work, unbatched))
+        row.update(served_recommend_all(server, work / "recommendations.parquet"))
     finally:
         torchserve.stop(run_dir)
         shutil.rmtree(run_dir, ignore_errors=True)
-    return {"worker_startup_s": round(startup, 1), "worker_rss_mb": round(rss), "served_top10_p50_ms": p50}
+    return row
+
+
+def served_p50(server, bodies: list[bytes], seconds: int, work: Path, model: str = "movierec") -> dict:
+    """Top-10 p50 at concurrency 1 after a warm-up: wrk with post.lua, as `make bench`, else Python http.client."""
+    from movierec.bench.pyload import closed_loop
+
+    if shutil.which("wrk"):
+        from movierec.bench.load import run_wrk
+
+        (work / "top10.jsonl").write_bytes(b"\n".join(bodies) + b"\n")
+        run_wrk(server, work / "top10.jsonl", 1, max(1, seconds // 3), model=model)
+        found = run_wrk(server, work / "top10.jsonl", 1, seconds, model=model)
+        p50, by = found["p50_us"] / 1e3, "wrk -c1"
+    else:
+        url = f"{server.inference_url}/predictions/{model}"
+        headers = {**server.auth(), "Content-Type": "application/json"}
+        closed_loop(url, bodies, headers, 1, max(1, seconds // 3))  # warm-up
+        found = closed_loop(url, bodies, headers, 1, seconds)
+        p50, by = found["p50_ms"], "http.client, 1 connection"
+    if found["status_errors"]:  # the latency of error answers is not the latency of top-10
+        raise RuntimeError(f"served top-10: {found['status_errors']:.0f} error answers from {model}")
+    return {"served_top10_p50_ms": round(p50, 2), "served_by": by}
+
+
+def served_recommend_all(server, output: Path) -> dict:
+    """`movierec recommend-all` for every user (the client's recommend_all, movierec-batch workers): time, users/s."""
+    from movierec.client.api import MovieRecClient
+    from movierec.client.recommend_all import RecommendOptions, recommend_all
+
+    started = time.perf_counter()
+    with MovieRecClient(server.inference_url, server.management_url, key_file=server.key_file) as client:
+        done = recommend_all(client, output, options=RecommendOptions(top_k=TOP_K), progress=False)
+    wall = time.perf_counter() - started
+    return {"recommend_all_s": round(wall, 1), "recommend_all_users_per_s": round(done.users_done / wall)}
 
 
 def measure_size(n_ratings: int, work: Path, args: argparse.Namespace) -> dict:
@@ -204,9 +241,9 @@ def measure_size(n_ratings: int, work: Path, args: argparse.Namespace) -> dict:
     store = folder / "model_store"
     store.mkdir()
     row.update(measure_mar(folder / "artifact", store))
-    row.update(measure_inprocess(folder / "artifact", args.repeat, args.pairs))
+    row.update(measure_inprocess(folder / "artifact", args.repeat, args.pairs, recommend_all=not args.serve))
     if args.serve:
-        row.update(measure_served(store, folder / "artifact", args.repeat))
+        row.update(measure_served(store, folder / "artifact", args.seconds, folder))
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)
     return row
@@ -232,6 +269,8 @@ COLUMNS = [  # (key, header, format)
     ("worker_startup_s", "worker start s", "{:.1f}"),
     ("worker_rss_mb", "worker RSS MB", "{:,}"),
     ("served_top10_p50_ms", "served top-10 p50 ms", "{:.2f}"),
+    ("recommend_all_s", "recommend-all s", "{:,.1f}"),
+    ("recommend_all_users_per_s", "recommend-all users/s", "{:,}"),
     ("load_avg", "load avg", "{:.1f}"),
 ]
 
@@ -246,9 +285,9 @@ def render(result: dict) -> str:
         f"Synthetic MovieLens-25M-shaped data (movierec.datagen; users and movies scaled with the ratings), "
         f"`{result['command']}` on {result['machine']}, torch {result['torch']}, {result['threads']} torch threads "
         f"for training unless --threads is in the train arguments; load average {result['load_before']} before, {result['load_after']} after. "
-        "Training is train.py's default recipe; `floor` is the generator's best possible RMSE "
+        "Training is train.py's default recipe plus the train arguments in the command; `floor` is the generator's best possible RMSE "
         "and `gap` how far the model's validation RMSE is above it. In-process scoring uses the handler's "
-        "one thread: top-10 over all movies, and bulk pairs/s of `Recommender.predict`.",
+        "one thread: top-10 over all movies, and bulk pairs/s of `Recommender.predict`. " + served_text(rows),
         "",
         "| " + " | ".join(c[1] for c in cols) + " |",
         "|" + "|".join("---:" for _ in cols) + "|",
@@ -261,6 +300,18 @@ def render(result: dict) -> str:
         recipe = ", ".join(f"{k} {v}" for k, v in r["recipe"].items())
         lines.append(f"- {r['ratings']:,} ratings: {recipe}; val RMSE by epoch {by_epoch}")
     return "\n".join(lines) + "\n"
+
+
+def served_text(rows: list[dict]) -> str:
+    """How the served figures and recommend-all were measured."""
+    if not any("served_by" in r for r in rows):
+        return "recommend-all is `Recommender.recommend_many` over every user, in process on one thread."
+    return (
+        f"Served top-10: one worker of the registration without batching (movierec-batch), p50 by {rows[0]['served_by']} "
+        "(closed loop). recommend-all: `movierec recommend-all` (the client's `recommend_all`, Arrow requests "
+        "of 500 users) for every user to Parquet, through the movierec-batch registration's workers; its "
+        "seconds include their start."
+    )
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -301,7 +352,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=REPO / "bench_scale", help="folder for scale.json/.md/.png")
     p.add_argument("--train-args", default="", help="extra train.py arguments, e.g. '--epochs 3'")
     p.add_argument("--serve", action="store_true", help="also start TorchServe per size (worker start-up, RSS, p50)")
-    p.add_argument("--repeat", type=int, default=200, help="timed calls per latency measurement")
+    p.add_argument("--repeat", type=int, default=200, help="timed calls per in-process latency measurement")
+    p.add_argument("--seconds", type=int, default=10, help="measured seconds of served top-10 (after 1/3 as warm-up)")
     p.add_argument("--pairs", type=int, default=100_000, help="pairs per bulk predict call")
     p.add_argument("--seed", type=int, default=0, help="datagen seed")
     p.add_argument("--work", type=Path, help="folder for generated data (default: a new one under /tmp)")
