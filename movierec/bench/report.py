@@ -396,9 +396,9 @@ def csv_section(data: dict | None) -> list[str]:
     lines += [
         "",
         f"- Outputs of the two protocols: {same}, byte for byte ({data['rows']:,} input rows).",
-        f"- Registering `{BULK_MODEL}` and starting its {st['workers']} workers took {data['startup_s']:.1f} s before "
-        f"the jobs; each job found them up, as one within `--linger` ({st['linger_s']:.0f} s) of another does. "
-        f"batch_size {st['batch_size']}, max_batch_delay {st['max_batch_delay']} ms. One run each.",
+        f"- Starting the {st['workers']} workers of `{BULK_MODEL}` (registered by the server at start with batch size 1) "
+        f"took {data['startup_s']:.1f} s before the jobs; each job found them up, as one within `--linger` "
+        f"({st['linger_s']:.0f} s) of another does. One run each.",
         "",
     ]
     return lines
