@@ -49,8 +49,13 @@ def test_refusals_are_counted_and_a_wrong_answer_is_caught(server, service, bodi
 
 
 @pytest.mark.integration
-def test_the_csv_section_scores_through_the_batch_registration_over_both_protocols(server, service, tmp_path):
-    """`make bench`'s last section: scale movierec-batch, score one CSV over Arrow and JSON, same file."""
+def test_the_csv_section_scores_through_the_batch_registration_over_both_protocols(
+    server, batch_client, service, tmp_path
+):
+    """`make bench`'s last section: scale movierec-batch, score one CSV over Arrow and JSON, same file.
+
+    batch_client scales movierec-batch back to 0 afterwards: the section's jobs leave their workers lingering.
+    """
     from movierec.bench import load
 
     found = load.bench_csv(server, service, tmp_path, 3_000)
