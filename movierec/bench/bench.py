@@ -150,7 +150,7 @@ def run_served(
             results["served"] = load.bench_served(server, store / mar, service, bodies, files, s, peer)
             results["served"]["peer_skipped"] = why_not
             # Kept now: the served rounds take a quarter of an hour, and a later failure must not lose them.
-            (work_dir / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+            save_results(work_dir, results)
             if peer is not None:
                 peer.stop()  # before the CSV jobs, which are TorchServe's alone
         if "csv" in args.sections.split(","):
@@ -160,6 +160,11 @@ def run_served(
         if peer is not None:
             peer.stop()
         torchserve.stop(run_dir)
+
+
+def save_results(work_dir: Path, results: dict) -> None:
+    """WORK_DIR/results.json, the raw figures the report is rendered from."""
+    (work_dir / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
 
 
 def start_peer_or_explain(args: argparse.Namespace, work_dir: Path, results: dict) -> tuple[Peer | None, str | None]:
@@ -217,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     if wrk or "csv" in sections:
         run_served(args, results, service, bodies, s, wrk)
     results["load_end"] = load_average()
-    (work_dir / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    save_results(work_dir, results)
     # Only our own sections: `## Scale` (make bench-scale) and `## Soak` (make soak) are kept as they are.
     old = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
     args.out.write_text(keep_others(old, report(results), owns), encoding="utf-8")
