@@ -28,13 +28,13 @@ import torch
 
 from model.artifact import Artifact, ColdStart, load_artifact, rated_csr, save_artifact
 from model.cold_start import cold_user_metrics, hold_out_users
-from model.core import PARITY_TOL
+from model.core import PARITY_TOL, Recommender
 from model.data import (
-    DEFAULT_NAME,
+    DATASETS,
     DEFAULT_SCALE,
     DataError,
     Ratings,
-    default_dataset,
+    dataset,
     load_ratings,
     load_titles,
     split_indices,
@@ -54,14 +54,29 @@ from model.fit import (
 )
 from model.index import IdIndex
 from model.net import EmbeddingNet, NetConfig
+from model.protocol import MIN_MOVIE_RATINGS
+from model.ranking import (
+    FULL_SOFTMAX_MAX,
+    RELEVANT_RATING,
+    K,
+    RankTrainConfig,
+    fit_ranker,
+    popular_top_k,
+    top_k_metrics,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; every default comes from TrainConfig."""
     d = TrainConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ratings", help="ratings file (ratings.csv, u.data or .inter); default: MovieLens 100K")
-    p.add_argument("--movies", help="titles file (movies.csv, u.item or .item); default: the dataset's own")
+    p.add_argument("--ratings", help="ratings file (ratings.csv, ratings.dat, u.data or .inter); default: --dataset")
+    p.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        help="a dataset downloaded once into the user cache, instead of --ratings (default: ml-100k)",
+    )
+    p.add_argument("--movies", help="titles file (movies.csv, movies.dat, u.item or .item); default: the dataset's own")
     p.add_argument("--out", help="artifact directory to write (required unless --resume)")
     p.add_argument(
         "--resume",
@@ -86,6 +101,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--p1", type=float, help="dropout on the concatenated embeddings (default: from --recipe)")
     p.add_argument("--p2", type=float, help="dropout after the hidden layer (default: from --recipe)")
     p.add_argument("--no-bias", dest="bias", action="store_false", help="no per-user/per-movie bias terms")
+    r = RankTrainConfig()
+    p.add_argument("--rank-epochs", type=int, default=r.epochs, help="the ranker's epochs (top-K lists)")
+    p.add_argument("--rank-factors", type=int, default=r.n_factors, help="the ranker's factors per user and movie")
+    p.add_argument("--rank-lr", type=float, default=r.lr, help="the ranker's peak learning rate")
+    p.add_argument("--rank-wd", type=float, default=r.wd, help="the ranker's L2 on the factors of each example")
+    p.add_argument("--rank-batch", type=int, default=r.batch_size, help="the ranker's examples per step")
     p.add_argument("--val-frac", type=float, default=d.val_frac, help="random validation fraction (0 < f < 1)")
     p.add_argument(
         "--cold-users",
@@ -117,7 +138,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args = resumed_args(p, args)
     elif not args.out:
         p.error("--out is required (or --resume OUT)")
-    for name in ("epochs", "batch_size", "n_factors", "nh"):
+    if args.ratings and getattr(args, "dataset", None):
+        p.error("--ratings and --dataset exclude each other")
+    for name in ("epochs", "batch_size", "n_factors", "nh", "rank_epochs", "rank_factors", "rank_batch"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 < args.val_frac < 1:
@@ -177,7 +200,7 @@ def build_titles(
     """Titles aligned with the movie index (None where the titles file lacks a movie)."""
     source = movies_path or default_titles
     if source is None and ratings_path is not None:
-        for name in ("movies.csv", "u.item"):
+        for name in ("movies.csv", "u.item", "movies.dat"):
             if (ratings_path.parent / name).exists():
                 source = ratings_path.parent / name
                 break
@@ -201,12 +224,18 @@ def load_data(
         data: Ratings = load_ratings(ratings_path, scale=tuple(args.rating_scale))
         source = str(ratings_path)
     else:
-        ratings_path, default_titles = default_dataset()
+        name = getattr(args, "dataset", None) or "ml-100k"  # runs resumed from before --dataset have none
+        ratings_path, default_titles = dataset(name)
         data = load_ratings(ratings_path, scale=tuple(args.rating_scale))
-        source = DEFAULT_NAME
+        source = DATASETS[name]
     frame = data.frame
     if len(frame) < 10:
         raise DataError(f"{data.source}: only {len(frame)} ratings; need at least 10 to train and validate")
+    n_users, n_movies = len(data.codes("user_id")[0]), len(data.codes("movie_id")[0])
+    if n_users < 2 or n_movies < 2:
+        raise DataError(
+            f"{data.source}: {n_users} user(s) and {n_movies} movie(s); need at least 2 of each to learn a model"
+        )
     if data.duplicates_dropped:
         print(f"note: {data.duplicates_dropped} duplicate (user, movie) rows dropped, kept the latest by timestamp")
     cold = None
@@ -321,18 +350,39 @@ def train(args: argparse.Namespace) -> dict:
     train_seconds = sum(h["seconds"] for h in history)  # a resumed run counts its earlier epochs too
 
     metrics, scripted = evaluate_and_export(model, train_t, val_t)
+    rank_cfg = rank_config(args)
+    ranker, rank_history = fit_ranker(
+        urows[tr_idx], mrows[tr_idx], ratings[tr_idx], len(users), len(movies), rank_cfg, device, args.seed, args.quiet
+    )
+    scripted_ranker, ranker_diff = export(ranker, val_t[0], val_t[1])
+    if ranker_diff > PARITY_TOL:
+        raise RuntimeError(f"TorchScript export of the ranker differs by {ranker_diff:.2e} (> {PARITY_TOL})")
     # Same key order in metadata.json as before: timings and history, then the export parity.
     metrics.update(train_seconds=round(train_seconds, 2), device=str(device), recipe=recipe, history=history)
     metrics.update(export_max_abs_diff=metrics.pop("export_max_abs_diff"), beats_global_mean=check_beats_mean(metrics))
     meta = artifact_metadata(cfg, net_cfg, data, source, (len(tr_idx), len(va_idx)), metrics)
     meta["data"]["cold_users"] = getattr(args, "cold_users", 0.0)
     meta["cold_start"] = ColdStart.average_of(model.state_dict(), metrics["global_mean"]).to_dict()
+    meta["ranker"] = {
+        "arch": "dot",
+        "net": {"n_users": len(users), "n_movies": len(movies), "n_factors": rank_cfg.n_factors},
+        "train": rank_cfg.to_dict(),
+        "loss": "softmax" if len(movies) <= FULL_SOFTMAX_MAX else "sampled-softmax",
+        "history": rank_history,
+        "export_max_abs_diff": ranker_diff,
+    }
+    # Judged as served: the serving core's top-K over what the user had rated in training only.
+    seen = Artifact(out, scripted, users, movies, titles, *rated_csr(urows[tr_idx], mrows[tr_idx], len(users)), meta)
+    seen.ranker = scripted_ranker
+    metrics.update(
+        ranking_metrics(seen, (urows[tr_idx], mrows[tr_idx]), (urows[va_idx], mrows[va_idx], ratings[va_idx]))
+    )
     rated = rated_csr(urows, mrows, len(users))
     if cold is not None:
         # Scored by the serving core on the artifact about to be written: what clients will get.
         served = Artifact(out, scripted, users, movies, titles, *rated, meta)
         metrics["cold_users"] = cold_user_metrics(served, cold, mrows[tr_idx], ratings[tr_idx])
-    save_artifact(out, scripted, users, movies, titles, rated, meta)
+    save_artifact(out, scripted, users, movies, titles, rated, meta, scripted_ranker)
     plot_history(history, out / "loss.png")
     # The held-out rows, for `movierec ab-eval`: comparing two versions on rows
     # neither saw in training (same --seed and --val-frac give the same rows).
@@ -343,6 +393,11 @@ def train(args: argparse.Namespace) -> dict:
         f"validation RMSE {metrics['val_rmse']:.4f} (global mean {metrics['val_rmse_global_mean']:.4f}); "
         f"trained in {train_seconds:.1f}s; TorchScript parity {metrics['export_max_abs_diff']:.1e}"
     )
+    print(
+        f"validation top-{K} (served lists, {metrics['val_rank_users']:,} users): recall@{K} {metrics[f'val_recall@{K}']:.4f}, "
+        f"NDCG@{K} {metrics[f'val_ndcg@{K}']:.4f} (most popular: {metrics[f'val_recall@{K}_most_popular']:.4f}, "
+        f"{metrics[f'val_ndcg@{K}_most_popular']:.4f})"
+    )
     if cold is not None:
         c = metrics["cold_users"]
         print(
@@ -351,6 +406,40 @@ def train(args: argparse.Namespace) -> dict:
         )
     print(f"artifacts: {out}/ (model.pt, index maps, metadata.json, loss.png, validation.csv)")
     return metrics
+
+
+def rank_config(args: argparse.Namespace) -> RankTrainConfig:
+    """The ranker's recipe from the command line (a run resumed from before the ranker takes the defaults)."""
+    d = RankTrainConfig()
+    return RankTrainConfig(
+        epochs=getattr(args, "rank_epochs", d.epochs),
+        batch_size=getattr(args, "rank_batch", d.batch_size),
+        lr=getattr(args, "rank_lr", d.lr),
+        wd=getattr(args, "rank_wd", d.wd),
+        n_factors=getattr(args, "rank_factors", d.n_factors),
+    )
+
+
+EVAL_USERS = 10_000  # users whose served lists are judged; a seeded sample above this keeps 25M runs short
+
+
+def ranking_metrics(artifact: Artifact, train_pairs: tuple, val: tuple, seed: int = 0) -> dict:
+    """recall@K / NDCG@K of the served top-K on the validation ratings, and of the most-popular list beside it."""
+    users, movies, ratings = val
+    candidates = np.unique(users[ratings >= RELEVANT_RATING])
+    if len(candidates) > EVAL_USERS:
+        candidates = np.sort(np.random.default_rng(seed).choice(candidates, EVAL_USERS, replace=False))
+    rec = Recommender(artifact, min_movie_ratings=MIN_MOVIE_RATINGS)
+    served = dict(zip(candidates.tolist(), (rows for rows, _ in rec.recommend_many(candidates, K)), strict=True))
+    popular = popular_top_k(*train_pairs, len(artifact.movies), candidates, K, MIN_MOVIE_RATINGS)
+    ours, reference = top_k_metrics(served, users, movies, ratings), top_k_metrics(popular, users, movies, ratings)
+    return {
+        f"val_recall@{K}": ours[f"recall@{K}"],
+        f"val_ndcg@{K}": ours[f"ndcg@{K}"],
+        "val_rank_users": ours["users"],
+        f"val_recall@{K}_most_popular": reference[f"recall@{K}"],
+        f"val_ndcg@{K}_most_popular": reference[f"ndcg@{K}"],
+    }
 
 
 def check_beats_mean(metrics: dict) -> bool:

@@ -15,7 +15,7 @@ import torch
 
 from model.artifact import load_artifact
 from model.core import Recommender
-from model.protocol import ArrowBody, Reply, ServiceOptions, error_reply, is_arrow
+from model.protocol import Reply, ServiceOptions, error_reply, request_body
 from model.service import RatingService
 
 log = logging.getLogger(__name__)
@@ -78,18 +78,14 @@ class MovierecHandler:
         (root.addFilter if quiet else root.removeFilter)(_not_per_batch_line)
         self.initialized = True
 
-    def preprocess(self, data: list[dict], context=None) -> list:
-        """The raw body of each request (bytes when decode_input_request=false, else as TorchServe decoded it).
+    def preprocess(self, data: list[dict], context) -> list:
+        """Each request's body as model.protocol.request_body reads it by the request's Content-Type.
 
-        A body sent with the Arrow Content-Type comes wrapped as an ArrowBody, so the service reads it as Arrow.
+        A JSON body stays raw (bytes when decode_input_request=false, else as TorchServe decoded it), an
+        Arrow one is wrapped as an ArrowBody, and any other Content-Type, or none, becomes a RefusedBody (a 400).
         """
         bodies = [row.get("body") if row.get("body") is not None else row.get("data") for row in data]
-        if context is None:
-            return bodies
-        for idx, body in enumerate(bodies):
-            if is_arrow(_content_type(context, idx)):
-                bodies[idx] = ArrowBody(bytes(body) if isinstance(body, (bytes, bytearray)) else b"")
-        return bodies
+        return [request_body(body, _content_type(context, idx)) for idx, body in enumerate(bodies)]
 
     def handle(self, data: list[dict], context) -> list[bytes]:
         """Answer every request of the batch, setting each one's own HTTP status."""
@@ -126,7 +122,7 @@ def _not_per_batch_line(record: logging.LogRecord) -> bool:
 
 
 def _content_type(context, idx: int) -> str | None:
-    """A request's Content-Type from TorchServe's context, or None (then the body is read as JSON).
+    """A request's Content-Type from TorchServe's context, or None when it was sent without one.
 
     TorchServe 0.12 passes the HTTP headers under their names as sent (any case), and the body's
     own content type under the "body" parameter: {"body": {"content-type": ...}}.

@@ -2,17 +2,18 @@
 
 Request (Content-Type application/vnd.apache.arrow.stream): one Arrow IPC stream whose record
 batches hold a `user_id` and a `movie_id` column, each of an integer or a string type; 196 and
-"196" are the same ID, as in JSON. Answer: an IPC stream with one row per request row, in order:
-`rating` (float32, null where the row failed) and `error` (string, null where it succeeded); the
-schema metadata carries `model_version`. A bad row fails alone with the JSON path's error text;
-a body that is not such a stream is a RequestError, which the service answers in JSON.
+"196" are the same ID and " 196" is a bad row, as in JSON. Answer: an IPC stream with one row
+per request row, in order: `rating` (float32, null where the row failed) and `error` (string,
+null where it succeeded); the schema metadata carries `model_version`. A bad row fails alone
+with the JSON path's error text; a body that is not such a stream, or repeats a column or a
+schema metadata key, is a RequestError, which the service answers in JSON.
 
 Recommendations for many users: a stream whose schema metadata has `top_k` (a decimal string;
 optional `exclude_rated`, "true" or "false", default true) and one `user_id` column, or no column
 and `user_rows` = "START:STOP" (the model's users START..STOP-1 in its order; STOP is clipped).
 Answer, long format, users in request order, each user's movies best first: `user` (int32,
 request row or offset in the range), `user_id` (string), `rank` (int32, from 1), `movie_id`,
-`title` (strings), `score` (float64, four decimals like JSON) and `error` (string, set only on the
+`title` (strings), `score` (float64, rounded as in JSON: round_scores) and `error` (string, set only on the
 one row of a user that failed, whose other fields are null). A user with no movie left has one
 row with only `user` and `user_id`, so every user asked for is in the answer. Metadata: `model_version` and `n_users` (the model's user count).
 
@@ -23,6 +24,8 @@ and both answers gain a `fallback` column (string): "unknown_user", "unknown_mov
 
 from __future__ import annotations
 
+import ctypes
+import struct
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -38,8 +41,10 @@ from model.protocol import (
     check_top_k,
     check_user_rows,
     fallback_kind,
+    id_error,
     id_problem,
     is_id,
+    round_scores,
 )
 
 if TYPE_CHECKING:
@@ -95,11 +100,8 @@ class ArrowIds:
         """Rows of an int64 or string column as int64; -1 where null or unknown."""
         if pa.types.is_int64(column.type):
             return self._int_rows(column)
+        # The exact spelling only: " 196" is not user 196 but a bad row (protocol.is_id), as in JSON.
         found = pc.index_in(column, value_set=self._spellings)
-        missed = pc.and_(found.is_null(), column.is_valid())
-        if pc.any(missed).as_py():
-            # Like IdIndex.get: the exact spelling first, then without surrounding whitespace.
-            found = pc.coalesce(found, pc.index_in(pc.utf8_trim_whitespace(column), value_set=self._spellings))
         return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
 
     def _int_rows(self, column: pa.Array) -> np.ndarray:
@@ -142,7 +144,54 @@ def read_table(body: object, max_instances: int) -> pa.Table:
         table = pa.Table.from_batches(batches, schema=reader.schema)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
         raise RequestError(400, f"request body is not a valid Arrow IPC stream: {exc}") from None
+    # Like a repeated key in JSON: which one was meant is unknown (pyarrow's metadata dict keeps the first).
+    for kind, names in (("column", table.column_names), ("schema metadata key", _metadata_keys(table.schema))):
+        repeated = _first_repeat(names)
+        if repeated is not None:
+            raise RequestError(400, f"duplicate {kind} {repeated!r:.60} in the request body")
     return table
+
+
+def _first_repeat(names: list) -> str | None:
+    """The first name that occurs twice, as text, or None."""
+    seen = set()
+    for name in names:
+        if name in seen:
+            return name.decode(errors="replace") if isinstance(name, bytes) else name
+        seen.add(name)
+    return None
+
+
+class _CSchemaHead(ctypes.Structure):
+    """The first fields of the Arrow C data interface's ArrowSchema struct, up to its metadata."""
+
+    _fields_ = [("format", ctypes.c_char_p), ("name", ctypes.c_char_p), ("metadata", ctypes.c_void_p)]
+
+
+# Its own prototype, so ctypes.pythonapi's shared function object is left as it is.
+_capsule_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(
+    ("PyCapsule_GetPointer", ctypes.pythonapi)
+)
+
+
+def _metadata_keys(schema: pa.Schema) -> list[bytes]:
+    """Every key of a schema's metadata in order, repeats included (pyarrow's `schema.metadata` dict drops them).
+
+    Read from the schema's C data interface export: an int32 count, then per entry an int32 length and
+    the key, an int32 length and the value (native byte order). About 10 us, and only with metadata.
+    """
+    if not schema.metadata:
+        return []
+    capsule = schema.__arrow_c_schema__()  # kept alive while its memory is read
+    at = _CSchemaHead.from_address(_capsule_pointer(capsule, b"arrow_schema")).metadata
+    (count,) = struct.unpack("=i", ctypes.string_at(at, 4))
+    keys, at = [], at + 4
+    for _ in range(count):
+        (key_len,) = struct.unpack("=i", ctypes.string_at(at, 4))
+        keys.append(ctypes.string_at(at + 4, key_len))
+        (value_len,) = struct.unpack("=i", ctypes.string_at(at + 4 + key_len, 4))
+        at += 8 + key_len + value_len
+    return keys
 
 
 def pair_columns(table: pa.Table) -> tuple[pa.Array, pa.Array]:
@@ -151,8 +200,6 @@ def pair_columns(table: pa.Table) -> tuple[pa.Array, pa.Array]:
     for name in names:
         if name not in ID_COLUMNS:
             raise RequestError(400, f"unknown column '{name}' (allowed: {', '.join(sorted(ID_COLUMNS))})")
-    if len(set(names)) != len(names):
-        raise RequestError(400, f"duplicate column in {names}")
     return tuple(_id_array(table, name) for name in ID_COLUMNS)
 
 
@@ -246,8 +293,7 @@ class ArrowScorer:
         ratings = np.zeros(len(urows), dtype=np.float32)
         good = ~bad
         predicted = self.rec.predict_or_fallback(urows[good], mrows[good])
-        # The JSON path's four decimals, so both protocols give the same ratings.
-        ratings[good] = np.round(predicted.astype(np.float64), 4)
+        ratings[good] = round_scores(predicted)
         errors = None
         if bad.any():
             errors = [None] * len(urows)
@@ -286,7 +332,7 @@ class ArrowScorer:
                 answers = [average if unknown[i] else next(known) for i in np.flatnonzero(good | unknown).tolist()]
                 good = good | unknown
             kinds = [fallback_kind(bool(u), False) for u in unknown]
-        errors = [None if ok else _user_problem(user) for ok, user in zip(good, sent.to_pylist(), strict=True)]
+        errors = [None if ok else id_error("user_id", user) for ok, user in zip(good, sent.to_pylist(), strict=True)]
         return self._render(answers, good, sent, errors, {N_USERS_KEY: str(n_users).encode()}, kinds)
 
     def _render(
@@ -304,8 +350,7 @@ class ArrowScorer:
         scores = np.zeros(len(user), dtype=np.float64)
         if answers:
             movie_rows[~failed] = np.concatenate([movies for movies, _ in answers])
-            # The JSON path's four decimals, so both protocols give the same scores.
-            scores[~failed] = np.round(np.concatenate([s for _, s in answers]).astype(np.float64), 4)
+            scores[~failed] = round_scores(np.concatenate([s for _, s in answers]))
         mask = pa.array(failed)
         columns = [
             pa.array(user),
@@ -328,10 +373,12 @@ class ArrowScorer:
 
 
 def _valid_ids(column: pa.Array) -> np.ndarray:
-    """Where an ID column holds a well-formed ID (not null, not an empty string), as a bool array."""
+    """Where an ID column holds a well-formed ID (protocol.is_id: not null, not empty, no surrounding whitespace)."""
     valid = column.is_valid()
     if pa.types.is_string(column.type):
+        # Arrow's whitespace is Python's str.strip() whitespace (all 29 characters; checked in tests).
         valid = pc.and_(valid, pc.greater(pc.utf8_length(column), 0))
+        valid = pc.and_(valid, pc.equal(pc.utf8_trim_whitespace(column), column))
     return pc.fill_null(valid, False).to_numpy(zero_copy_only=False)
 
 
@@ -351,11 +398,6 @@ def _range(raw: bytes) -> object:
     text = raw.decode(errors="replace")
     parts = [_canonical_int(part) for part in text.split(":")]
     return parts if len(parts) == 2 and None not in parts else text
-
-
-def _user_problem(user: str | None) -> str:
-    """Why a listed user gets no recommendations, worded as in the JSON path."""
-    return id_problem("user_id", user) if user is None or user == "" else f"unknown user_id {user}"
 
 
 def row_problem(user: object, movie: object, urow: int, mrow: int) -> str:

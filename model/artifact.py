@@ -1,6 +1,9 @@
-"""The artifact directory train.py writes and the handler serves (format `movierec-artifact` v2).
+"""The artifact directory train.py writes and the handler serves (format `movierec-artifact` v3).
 
-    model.pt        TorchScript EmbeddingNet: forward(users int64[B], movies int64[B]) -> float32[B]
+    model.pt        TorchScript rating model (EmbeddingNet): forward(users int64[B], movies int64[B])
+                    -> predicted ratings float32[B]
+    ranker.pt       (v3) TorchScript ranker (model.ranking.DotRanker): forward(users, movies) -> scores
+                    float32[B]; top-K lists are ranked by it
     users.json      ["196", "186", ...]   raw user IDs; position = embedding row
     movies.json     ["1", "2", ...]       raw movie IDs; position = embedding row
     titles.json     ["Toy Story (1995)", null, ...]   aligned with movies.json
@@ -10,7 +13,10 @@
                     cold_start (v2): the average user and movie, for IDs the model never saw:
                     {"method", "global_mean", "user": {"embedding": [n_factors floats], "bias"},
                      "movie": {"embedding", "bias"}}
-Version 1 (no cold_start) still loads; it just cannot answer for unknown IDs.
+                    ranker (v3): {"arch": "dot", "net": {n_users, n_movies, n_factors},
+                     "train": the ranker's recipe, "loss": "softmax" | "sampled-softmax"}
+Version 2 (no ranker) still loads and ranks by predicted rating; version 1 (no cold_start) also
+loads, and cannot answer for unknown IDs.
 
 JSON and NumPy only (loaded with allow_pickle=False): nothing a user hands us is unpickled.
 """
@@ -32,11 +38,17 @@ from model.index import IdIndex
 from model.net import NetConfig
 
 FORMAT = "movierec-artifact"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MODEL_FILE = "model.pt"
+RANKER_FILE = "ranker.pt"
 DATA_FILES = ("users.json", "movies.json", "titles.json", "rated.npz")
-FILES = (MODEL_FILE, *DATA_FILES)
+FILES = (MODEL_FILE, RANKER_FILE, *DATA_FILES)
+
+
+def files_of(meta: dict) -> tuple[str, ...]:
+    """The files an artifact of this metadata holds besides metadata.json (v1/v2 have no ranker)."""
+    return FILES if meta.get("format_version", FORMAT_VERSION) >= 3 else (MODEL_FILE, *DATA_FILES)
 
 
 class ArtifactError(ValueError):
@@ -109,6 +121,7 @@ class Artifact:
     rated_indptr: np.ndarray
     rated_indices: np.ndarray
     metadata: dict
+    ranker: torch.jit.ScriptModule | None = None  # None in a v1/v2 artifact: top-K ranks by rating
 
     @property
     def net(self) -> NetConfig:
@@ -154,6 +167,7 @@ def save_artifact(
     titles: list[str | None],
     rated: tuple[np.ndarray, np.ndarray],
     metadata: dict,
+    ranker: torch.jit.ScriptModule,
 ) -> Path:
     """Write every file, then metadata.json (last, with checksums) so a half-written dir never validates."""
     out = Path(out)
@@ -162,6 +176,7 @@ def save_artifact(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.jit.save(module, str(out / MODEL_FILE))
+        torch.jit.save(ranker, str(out / RANKER_FILE))
     _write_json(out / "users.json", users.ids)
     _write_json(out / "movies.json", movies.ids)
     _write_json(out / "titles.json", titles)
@@ -199,6 +214,7 @@ def load_metadata(path: str | os.PathLike) -> dict:
             f"(this code reads versions {', '.join(map(str, READABLE_VERSIONS))})"
         )
     required = ("net", "rating_range", "files", "counts") + (("cold_start",) if version >= 2 else ())
+    required += ("ranker",) if version >= 3 else ()
     for key in required:
         if key not in meta:
             raise ArtifactError(f"{meta_path}: missing key {key!r}")
@@ -209,7 +225,7 @@ def load_artifact(path: str | os.PathLike, map_location: str | torch.device = "c
     """Load an artifact directory and validate all of it; ArtifactError names what is wrong."""
     path = Path(path)
     meta = load_metadata(path)
-    for name in FILES:
+    for name in files_of(meta):
         file = path / name
         if not file.exists():
             raise ArtifactError(f"{file}: missing")
@@ -234,21 +250,29 @@ def load_artifact(path: str | os.PathLike, map_location: str | torch.device = "c
         raise ArtifactError(f"{path}/titles.json: {len(titles)} titles for {len(movies)} movies")
     if len(indptr) != len(users) + 1 or (len(indices) and (indices.min() < 0 or indices.max() >= len(movies))):
         raise ArtifactError(f"{path}/rated.npz: does not match the {len(users)} users / {len(movies)} movies")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            module = torch.jit.load(str(path / MODEL_FILE), map_location=map_location)
-    except RuntimeError as exc:
-        raise ArtifactError(f"{path / MODEL_FILE}: not a loadable TorchScript module: {str(exc)[:200]}") from None
-    state = module.state_dict()
-    for key, rows in (("u.weight", len(users)), ("m.weight", len(movies))):
-        if key not in state or state[key].shape[0] != rows:
-            got = tuple(state[key].shape) if key in state else "absent"
-            raise ArtifactError(f"{path / MODEL_FILE}: {key} has shape {got}, index map has {rows} rows")
-    module.eval()
-    artifact = Artifact(path, module, users, movies, titles, indptr, indices, meta)
+    module = _load_module(path / MODEL_FILE, map_location, len(users), len(movies))
+    ranker = None
+    if RANKER_FILE in files_of(meta):
+        ranker = _load_module(path / RANKER_FILE, map_location, len(users), len(movies))
+    artifact = Artifact(path, module, users, movies, titles, indptr, indices, meta, ranker)
     try:
         artifact.cold_start  # noqa: B018 - parsed now so a bad entry fails the load, not a request
     except ValueError as exc:
         raise ArtifactError(f"{path}/metadata.json: {exc}") from None
     return artifact
+
+
+def _load_module(file: Path, map_location: str | torch.device, n_users: int, n_movies: int) -> torch.jit.ScriptModule:
+    """A TorchScript module whose user and movie tables match the index maps, in eval mode."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(file), map_location=map_location)
+    except RuntimeError as exc:
+        raise ArtifactError(f"{file}: not a loadable TorchScript module: {str(exc)[:200]}") from None
+    state = module.state_dict()
+    for key, rows in (("u.weight", n_users), ("m.weight", n_movies)):
+        if key not in state or state[key].shape[0] != rows:
+            got = tuple(state[key].shape) if key in state else "absent"
+            raise ArtifactError(f"{file}: {key} has shape {got}, index map has {rows} rows")
+    return module.eval()

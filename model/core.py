@@ -1,4 +1,9 @@
-"""The recommendation core: batched rating predictions and top-K over all movies."""
+"""The recommendation core: batched rating predictions and top-K over all movies.
+
+Ratings come from the rating model (model.pt). Top-K lists come from the ranker (ranker.pt) when the
+artifact has one, one matrix-vector product per user, and their scores are the ranker's; a v1/v2
+artifact has none, and ranks by predicted rating.
+"""
 
 from __future__ import annotations
 
@@ -40,6 +45,12 @@ class Recommender:
             self._w_out = w["lin2.weight"][0].contiguous()
         nh = self._movie_part.shape[1]
         self._buffers = (torch.empty(CHUNK, nh, device=self.device), torch.empty(CHUNK, nh, device=self.device))
+        self.ranker = artifact.ranker.to(self.device).eval() if artifact.ranker is not None else None
+        if self.ranker is not None:
+            with torch.inference_mode():
+                r = {k: v.detach().to(self.device).float() for k, v in self.ranker.state_dict().items()}
+                self._rank_user, self._rank_movie = r["u.weight"], r["m.weight"].contiguous()
+                self._rank_bias = r["mb.weight"][:, 0].contiguous()
         self.parity = self._check_parity()
         # Movies with only a handful of ratings get extreme learned biases and would top every list
         # ("Santa with Muscles", 1 rating); recommendations skip them, rating predictions do not.
@@ -75,6 +86,11 @@ class Recommender:
         self._movie_logit = torch.cat([self._movie_logit, movie_logit])
         self._rare_host = np.append(self._rare_host, True)
         self._rare = torch.from_numpy(self._rare_host).to(self.device)
+        if self.ranker is not None:
+            # The ranker's average user ranks by what everyone picks: a popularity list.
+            self._rank_user = torch.cat([self._rank_user, self._rank_user.mean(0, keepdim=True)])
+            self._rank_movie = torch.cat([self._rank_movie, self._rank_movie.new_zeros(1, self._rank_movie.shape[1])])
+            self._rank_bias = torch.cat([self._rank_bias, self._rank_bias.new_zeros(1)])
         return rows
 
     def predict_or_fallback(self, user_rows: np.ndarray, movie_rows: np.ndarray) -> np.ndarray:
@@ -94,6 +110,15 @@ class Recommender:
         diff = float(np.abs(self._factorised(users, movies) - exact.float().cpu().numpy()).max())
         if diff > PARITY_TOL:
             raise ValueError(f"factorised scoring differs from the TorchScript model by {diff:.2e}")
+        if self.ranker is not None:
+            u, m = torch.from_numpy(users).to(self.device), torch.from_numpy(movies).to(self.device)
+            with torch.inference_mode():
+                exact = self.ranker(u, m).float()
+                mine = (self._rank_user[u] * self._rank_movie[m]).sum(1) + self._rank_bias[m]
+            ranker_diff = float((exact - mine).abs().max())
+            if ranker_diff > PARITY_TOL:
+                raise ValueError(f"ranking by factors differs from the TorchScript ranker by {ranker_diff:.2e}")
+            diff = max(diff, ranker_diff)
         return diff
 
     @torch.inference_mode()
@@ -129,14 +154,16 @@ class Recommender:
         return torch.sigmoid(logit) * (self.y_max - self.y_min + 1) + self.y_min - 0.5
 
     def recommend(self, user_row: int, k: int, exclude_rated: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k movie rows and predicted ratings for one user, best first."""
+        """Top-k movie rows and their scores for one user, best first (see recommend_many)."""
         return self.recommend_many(np.array([user_row], dtype=np.int64), k, exclude_rated)[0]
 
     @torch.inference_mode()
     def recommend_many(
         self, user_rows: np.ndarray, k: int, exclude_rated: bool = True
     ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Top-k (movie rows, predicted ratings) for each of many users, best first, a block of users at a time.
+        """Top-k (movie rows, scores) for each of many users, best first, a block of users at a time.
+
+        Scores are the ranker's when the artifact has one, else predicted ratings.
 
         recommend() must equal this exactly, since it is this with one user: every user's logits come
         from the same calls on the same shapes and buffers (see _block_logits), whatever the block holds.
@@ -147,6 +174,19 @@ class Recommender:
         for start in range(0, len(user_rows), per_step):
             answers.extend(self._top_k_block(user_rows[start : start + per_step], k, exclude_rated))
         return answers
+
+    def _block_scores(self, users: torch.Tensor) -> torch.Tensor:
+        """[users, movies] ranker scores: one matrix-vector product per user into the same scratch row.
+
+        Per user rather than one matmul per block, so that a user's bits do not depend on the block.
+        """
+        n_movies = self._rank_movie.shape[0]
+        if self._topk_row.shape[0] != n_movies:
+            self._topk_row = torch.empty(n_movies, device=self.device)
+        scores = torch.empty(len(users), n_movies, device=self.device)
+        for i, u in enumerate(users.tolist()):
+            scores[i] = torch.mv(self._rank_movie, self._rank_user[u], out=self._topk_row)
+        return scores.add_(self._rank_bias)
 
     def _block_logits(self, users: torch.Tensor) -> torch.Tensor:
         """[users, movies] logits: per slice of movies and per user, add + ReLU into one buffer, then a BLAS mv.
@@ -172,7 +212,7 @@ class Recommender:
 
     def _top_k_block(self, user_rows: np.ndarray, k: int, exclude_rated: bool) -> list[tuple[np.ndarray, np.ndarray]]:
         users = torch.from_numpy(user_rows).to(self.device)
-        logit = self._block_logits(users)
+        logit = self._block_scores(users) if self.ranker is not None else self._block_logits(users)
         logit.masked_fill_(self._rare, float("-inf"))
         available = np.full(len(user_rows), self._n_eligible, dtype=np.int64)
         if exclude_rated:
@@ -185,6 +225,10 @@ class Recommender:
         # The sigmoid is monotonic, so rank on logits and scale only the winners. Each user keeps only
         # its own available count: the rest of its row is -inf.
         best = torch.topk(logit, max(0, min(k, int(available.max(initial=0)))), dim=1)
+        rows = best.indices.cpu().numpy()
+        if self.ranker is not None:
+            scores = best.values.float().cpu().numpy()
+            return [(rows[i, :n], scores[i, :n]) for i, n in enumerate(np.minimum(available, k).tolist())]
         # torch's CPU sigmoid takes a scalar path for short tensors and a SIMD one for long ones, which
         # differ in the last bit; padding every row to whole SIMD widths makes a user's scores the same
         # in a block of one as in a block of many.
@@ -192,5 +236,4 @@ class Recommender:
         padded = best.values.new_zeros(len(user_rows), width)
         padded[:, : best.values.shape[1]] = best.values
         scores = self._scale(padded)[:, : best.values.shape[1]].float().cpu().numpy()
-        rows = best.indices.cpu().numpy()
         return [(rows[i, :n], scores[i, :n]) for i, n in enumerate(np.minimum(available, k).tolist())]

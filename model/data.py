@@ -4,17 +4,25 @@ Supported layouts:
 - ml-latest / ml-25m: `ratings.csv` (userId,movieId,rating,timestamp) + `movies.csv`
   (movieId,title,genres); `user_id,movie_id,rating[,timestamp]` headers work too.
 - ML-100K: `u.data` (tab separated, no header) + `u.item` (pipe separated, latin-1).
+- ML-1M / ML-10M: `ratings.dat` (`UserID::MovieID::Rating::Timestamp`, no header) + `movies.dat`
+  (`MovieID::Title::Genres`; latin-1 in ML-1M, UTF-8 in ML-10M).
 - RecBole atomic files: `ml-100k.inter` + `ml-100k.item` (tab separated, typed header).
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import html
 import os
 import re
+import ssl
 import subprocess
 import sys
+import tarfile
 import tempfile
+import urllib.parse
+import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +35,14 @@ import pyarrow.csv as pa_csv
 DEFAULT_SCALE = (0.5, 5.0)
 RECBOLE_WHEEL = "recbole==1.2.1"
 RECBOLE_DIR = "recbole/dataset_example/ml-100k/"
-DEFAULT_NAME = "ml-100k (MovieLens 100K from the recbole 1.2.1 wheel)"
+LENSKIT_SDIST = "lenskit-2025.8.1.tar.gz"  # its data/ml-latest-small/ is the 2016 edition
+LENSKIT_SHA256 = "954b22a81e8a0d2012a173340079aa3d0c68dcc8cb9954e488fc228d77d4cb55"
+LENSKIT_DIR = "lenskit-2025.8.1/data/ml-latest-small/"
+DATASETS = {  # name -> the source an artifact records
+    "ml-100k": "ml-100k (MovieLens 100K from the recbole 1.2.1 wheel)",
+    "ml-latest-small": "ml-latest-small (the 2016 edition, 100,004 ratings, from the lenskit 2025.8.1 sdist)",
+}
+DEFAULT_NAME = DATASETS["ml-100k"]
 
 COLUMN_ALIASES = {
     "user_id": ("userid", "user_id", "user"),
@@ -82,11 +97,20 @@ class Ratings:
         return "sha256:" + h.hexdigest()
 
 
-def cache_dir() -> Path:
-    """Where the default dataset is cached (outside git: MovieLens may not be redistributed)."""
+def cache_dir(name: str = "ml-100k") -> Path:
+    """Where a downloaded dataset is cached (outside git: MovieLens may not be redistributed)."""
     env = os.environ.get("MOVIEREC_DATA_DIR")
     base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return (base if env else base / "movierec") / "ml-100k"
+    return (base if env else base / "movierec") / name
+
+
+def dataset(name: str = "ml-100k", fetch: bool = True) -> tuple[Path, Path]:
+    """Return (ratings, titles) paths of a dataset named in DATASETS, downloading it once."""
+    if name == "ml-100k":
+        return default_dataset(fetch)
+    if name == "ml-latest-small":
+        return latest_small_dataset(fetch)
+    raise DataError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)})")
 
 
 def default_dataset(fetch: bool = True) -> tuple[Path, Path]:
@@ -112,6 +136,90 @@ def default_dataset(fetch: bool = True) -> tuple[Path, Path]:
     return inter, item
 
 
+def latest_small_dataset(fetch: bool = True) -> tuple[Path, Path]:
+    """Return (ratings.csv, movies.csv) of ml-latest-small (2016), downloading the lenskit sdist once."""
+    target = cache_dir("ml-latest-small")
+    ratings, movies = target / "ratings.csv", target / "movies.csv"
+    if ratings.exists() and movies.exists():
+        return ratings, movies
+    if not fetch:
+        raise DataError(f"{ratings}: dataset not downloaded (run `make data DATASET=ml-latest-small`)")
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        sdist = Path(tmp) / LENSKIT_SDIST
+        download_sdist(sdist)
+        digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
+        if digest != LENSKIT_SHA256:
+            raise DataError(f"{LENSKIT_SDIST}: sha256 is {digest}, not the pinned {LENSKIT_SHA256}; not unpacked")
+        try:
+            with tarfile.open(sdist, "r:gz") as archive:
+                for path in (ratings, movies):
+                    member = archive.extractfile(LENSKIT_DIR + path.name)
+                    tmp_path = path.with_suffix(path.suffix + ".part")
+                    tmp_path.write_bytes(member.read())
+                    tmp_path.replace(path)
+        except (KeyError, AttributeError, tarfile.TarError) as exc:
+            raise DataError(
+                f"{LENSKIT_SDIST}: cannot unpack ratings.csv and movies.csv of {LENSKIT_DIR}: {exc}"
+            ) from None
+    return ratings, movies
+
+
+def download_sdist(dest: Path) -> None:
+    """Download LENSKIT_SDIST to dest from the first index pip is configured with that has it.
+
+    `pip download` would try to build the sdist (Rust), so the file is found on the indexes' simple pages.
+    """
+    indexes, cert = _pip_indexes()
+    context = ssl.create_default_context(cafile=cert) if cert else None
+    for index in indexes:
+        url = _index_file_url(index, "lenskit", LENSKIT_SDIST, context)
+        if url is None:
+            continue
+        try:
+            with urllib.request.urlopen(url, timeout=180, context=context) as reply, open(dest, "wb") as out:
+                while chunk := reply.read(1 << 20):
+                    out.write(chunk)
+        except OSError as exc:
+            raise DataError(f"could not download {url}: {exc}") from None
+        return
+    raise DataError(f"could not download {LENSKIT_SDIST}: not found on {', '.join(indexes)}")
+
+
+def _pip_indexes() -> tuple[list[str], str | None]:
+    """(index URLs in pip's order: index-url, PyPI unless set, then extra-index-url; CA bundle) from pip's config."""
+    done = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True)
+    options: dict[str, str] = {}
+    for line in done.stdout.splitlines():  # `global.index-url='...'`, in pip's order: later lines win
+        key, _, value = line.partition("=")
+        section, _, option = key.partition(".")
+        if section in ("global", "download", ":env:"):
+            try:
+                options[option] = str(ast.literal_eval(value))
+            except (ValueError, SyntaxError):
+                options[option] = value
+    index = options.get("index-url", "https://pypi.org/simple")
+    return [index, *options.get("extra-index-url", "").split()], options.get("cert")
+
+
+def _index_file_url(index: str, project: str, filename: str, context: ssl.SSLContext | None) -> str | None:
+    """The URL of filename on a PEP 503 simple index's page for project, or None if it is not there."""
+    page = f"{index.rstrip('/')}/{project}/"
+    parts = urllib.parse.urlparse(page)
+    if parts.scheme == "file" and Path(urllib.request.url2pathname(parts.path)).is_dir():
+        page += "index.html"  # as pip reads a local index
+    try:
+        with urllib.request.urlopen(page, timeout=180, context=context) as reply:
+            text = reply.read().decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return None
+    for href in re.findall(r'href="([^"]+)"', text):
+        url = urllib.parse.urljoin(page, html.unescape(href))
+        if urllib.parse.urlparse(url).path.rsplit("/", 1)[-1] == filename:
+            return url
+    return None
+
+
 def _sniff(path: Path) -> tuple[str, bool, list[str] | None]:
     """Guess (separator, has_header, header names) from the first line."""
     if not path.exists():
@@ -122,7 +230,7 @@ def _sniff(path: Path) -> tuple[str, bool, list[str] | None]:
         first = fh.readline().decode("latin-1").rstrip("\r\n")
     if not first.strip():
         raise DataError(f"{path}:1: file is empty")
-    sep = "\t" if "\t" in first else ("|" if "|" in first and "," not in first else ",")
+    sep = "\t" if "\t" in first else "::" if "::" in first else ("|" if "|" in first and "," not in first else ",")
     fields = [f.strip().strip('"') for f in first.split(sep)]
     has_header = any(not _is_number(f) for f in fields[:3]) and not path.name.startswith("u.")
     if sep == "\t" and all(_is_number(f) for f in fields):
@@ -223,15 +331,25 @@ def load_ratings_fast(
     if layout is None:
         return None
     cols, ncol = layout
+    source, delimiter = path, sep
+    if sep == "::":  # pyarrow splits on one byte: `::` becomes a tab, in a file with no tab of its own
+        raw = path.read_bytes()
+        if b"\t" in raw:
+            return None
+        source, delimiter = pa.BufferReader(raw.replace(b"::", b"\t")), "\t"
+        del raw
     dict_type = pa.dictionary(pa.int32(), pa.binary())
     types = {"user_id": dict_type, "movie_id": dict_type, "rating": pa.float64(), "timestamp": pa.int64()}
     try:
         table = pa_csv.read_csv(
-            path,
+            source,
             read_options=pa_csv.ReadOptions(
                 skip_rows=int(has_header), column_names=[f"c{i}" for i in range(ncol)], block_size=1 << 24
             ),
-            parse_options=pa_csv.ParseOptions(delimiter=sep, ignore_empty_lines=True),
+            # The checker splits `::` with a regex, which keeps quotes as they are: so must this read.
+            parse_options=pa_csv.ParseOptions(
+                delimiter=delimiter, quote_char='"' if len(sep) == 1 else False, ignore_empty_lines=True
+            ),
             convert_options=pa_csv.ConvertOptions(
                 column_types={f"c{i}": types[ours] for ours, i in cols.items()},
                 include_columns=[f"c{i}" for i in cols.values()],
@@ -303,6 +421,7 @@ def _read_rows(path: Path, sep: str, has_header: bool) -> tuple[pd.DataFrame, np
             keep_default_na=False,
             encoding="latin-1",
             skipinitialspace=True,
+            engine="python" if len(sep) > 1 else "c",  # `::` is a regex separator, which only Python's reads
             # Kept, then dropped below: skipping them in the parser shifts every later line number.
             skip_blank_lines=False,
         )
@@ -384,7 +503,7 @@ def _load_checked(
 
 
 def load_titles(path: str | os.PathLike) -> dict[str, str]:
-    """Read movie titles (movies.csv, u.item or ml-100k.item) into {raw movie ID: title}."""
+    """Read movie titles (movies.csv, movies.dat, u.item or ml-100k.item) into {raw movie ID: title}."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
@@ -392,6 +511,8 @@ def load_titles(path: str | os.PathLike) -> dict[str, str]:
         if path.name == "u.item" or path.suffix == ".item" and "|" in _first_line(path):
             frame = pd.read_csv(path, sep="|", header=None, dtype=str, encoding="latin-1", usecols=[0, 1])
             ids, titles = frame[0], frame[1]
+        elif "::" in _first_line(path):
+            ids, titles = _dat_titles(path)
         elif path.suffix == ".item":
             frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, encoding="utf-8")
             frame.columns = [c.split(":")[0] for c in frame.columns]
@@ -408,6 +529,28 @@ def load_titles(path: str | os.PathLike) -> dict[str, str]:
     except (pd.errors.ParserError, UnicodeDecodeError, KeyError) as exc:
         raise DataError(f"{path}: cannot read titles: {exc}") from None
     return dict(zip(ids.str.strip(), titles.fillna("").str.strip(), strict=False))
+
+
+def _dat_titles(path: Path) -> tuple[pd.Series, pd.Series]:
+    """(IDs, titles) of a `MovieID::Title::Genres` file: UTF-8 (ML-10M), else latin-1 (ML-1M)."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    ids, titles = [], []
+    # split("\n"), not splitlines(): latin-1 byte 0x85 decodes to a character splitlines() breaks at.
+    for line_no, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        fields = line.rstrip("\r").split("::")
+        if not fields[0].strip():
+            raise DataError(f"{path}:{line_no}: column 'MovieID': empty ID in {line!r}")
+        if len(fields) < 2:
+            raise DataError(f"{path}:{line_no}: column 'Title': missing, expected MovieID::Title::Genres: {line!r}")
+        ids.append(fields[0])
+        titles.append(fields[1])
+    return pd.Series(ids, dtype=object), pd.Series(titles, dtype=object)
 
 
 def _first_line(path: Path) -> str:

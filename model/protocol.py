@@ -6,8 +6,12 @@ Kept free of torch so the client can import the caps (one source for both ends).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import orjson
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MAX_INSTANCES = 20_000
 MAX_TOP_K = 100
@@ -24,6 +28,9 @@ MANY_FIELDS = frozenset(("users", "user_rows", "top_k", "exclude_rated"))
 
 JSON_CONTENT_TYPE = "application/json"
 ARROW_STREAM = "application/vnd.apache.arrow.stream"  # model/arrow.py: many pairs as Arrow IPC
+
+# Ratings and scores in every answer, JSON or Arrow: four decimals is far below the model's error and keeps answers short.
+SCORE_DECIMALS = 4
 
 NOT_UTF8 = f"body must be UTF-8 JSON (or an Arrow IPC stream with Content-Type {ARROW_STREAM})"
 
@@ -106,19 +113,41 @@ class ArrowBody:
     data: bytes
 
 
+@dataclass(frozen=True)
+class RefusedBody:
+    """A request refused before its body is read (a Content-Type the service does not take): a 400 saying why."""
+
+    message: str
+
+
+def round_scores(values: np.ndarray) -> np.ndarray:
+    """Ratings or scores as answers carry them: float64 rounded to SCORE_DECIMALS (numpy's arithmetic, both protocols)."""
+    return values.astype("float64").round(SCORE_DECIMALS)
+
+
 def is_id(value: object) -> bool:
-    """A raw ID as the protocol accepts it: an int, or a non-empty string (never a float or a bool)."""
-    return type(value) is int or (type(value) is str and value != "")
+    """A raw ID as the protocol accepts it: an int, or a non-empty string without surrounding whitespace.
+
+    Never a float or a bool; " 196" is refused rather than read as 196, so one ID has one spelling.
+    """
+    return type(value) is int or (type(value) is str and value != "" and value.strip() == value)
 
 
 def id_problem(name: str, value: object) -> str:
     """What is wrong with a raw ID field, phrased for the error answer."""
     if value is None:
         return f"missing field '{name}'"
+    if type(value) is str and value.strip() != value:
+        return f"'{name}' has surrounding whitespace: {value!r:.40}"
     if type(value) is float and value.is_integer() and abs(value) >= 2**63:
         # orjson reads integers beyond 64 bits as floats: name the real problem, not the float.
         return f"'{name}' is out of range: integer IDs must fit in 64 bits; send larger ones as strings"
     return f"'{name}' must be an integer or a non-empty string, got {type(value).__name__} {value!r:.40}"
+
+
+def id_error(name: str, value: object) -> str:
+    """Why an ID found no row: what is wrong with it, or else that the model does not know it."""
+    return id_problem(name, value) if not is_id(value) else f"unknown {name} {value}"
 
 
 def undecodable_body(body: bytes | bytearray | memoryview | str) -> RequestError | None:
@@ -173,9 +202,29 @@ def check_user_rows(value: object, n_users: int, max_users: int) -> tuple[int, i
     return min(start, stop), stop
 
 
+def media_type(content_type: str | None) -> str:
+    """A Content-Type without its parameters, in lower case ("" when there is none)."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
 def is_arrow(content_type: str | None) -> bool:
     """Whether a request's Content-Type asks for the Arrow protocol (parameters and case ignored)."""
-    return bool(content_type) and content_type.split(";", 1)[0].strip().lower() == ARROW_STREAM
+    return media_type(content_type) == ARROW_STREAM
+
+
+def request_body(body: object, content_type: str | None) -> object:
+    """A request's body as the service reads it, by its Content-Type: as it came, an ArrowBody, or a RefusedBody.
+
+    JSON bodies pass as they came. Any other type, or none, is refused rather than guessed at:
+    TorchServe decodes form types itself (their body never arrives), and text/plain or no type
+    is usually a client that forgot the header.
+    """
+    kind = media_type(content_type)
+    if kind == JSON_CONTENT_TYPE:
+        return body
+    if kind == ARROW_STREAM:
+        return ArrowBody(bytes(body) if isinstance(body, (bytes, bytearray, memoryview)) else b"")
+    return RefusedBody(f"Content-Type must be {JSON_CONTENT_TYPE} or {ARROW_STREAM}, got {kind[:80] or 'none'}")
 
 
 def error_reply(status: int, message: str, model_version: str | None) -> Reply:

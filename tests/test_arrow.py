@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from handler.movierec_handler import MovierecHandler
@@ -68,7 +69,7 @@ def test_ids_map_ints_and_both_spellings_of_strings():
     ints = pa.array([1, 20, -5, 7, 2, None, (1 << 63) - 1, 0, -(1 << 63)], type=pa.int64())
     assert ids.rows(ints).tolist() == [1, 4, 0, -1, -1, -1, -1, 5, -1]
     strings = pa.array(["1", " 20 ", "abc", "007", "7", "", None, "ABC", "0"])
-    assert ids.rows(strings).tolist() == [1, 4, 2, 3, -1, -1, -1, -1, 5]
+    assert ids.rows(strings).tolist() == [1, -1, 2, 3, -1, -1, -1, -1, 5]  # " 20 " is a bad row, not 20
 
 
 def test_ids_of_a_sparse_index_map_by_search():
@@ -125,12 +126,23 @@ def test_mixed_good_and_bad_rows_fail_alone_in_order(rec, scorer):
 
 
 def test_string_rows_with_blanks_and_spaces_match_json(rec, scorer):
-    users = ["1", "", " 2 ", "x1", "3", "4"]
-    movies = ["101", "102", "103", "104", "", "0105"]
+    users = ["1", "", " 2 ", "x1", "3", "4", "5"]
+    movies = ["101", "102", "103", "104", "", "0105", "\t106\n"]
     answer = read_answer(scorer.answer(arrow_body({"user_id": users, "movie_id": movies})))
-    assert answer["rating"].to_pylist()[0] is not None and answer["rating"].to_pylist()[2] is not None
-    assert answer["error"].to_pylist()[1] == "'user_id' must be an integer or a non-empty string, got str ''"
+    assert answer["rating"].to_pylist()[0] is not None and answer["rating"].to_pylist()[2] is None
+    errors = answer["error"].to_pylist()
+    assert errors[1] == "'user_id' must be an integer or a non-empty string, got str ''"
+    assert errors[2] == "'user_id' has surrounding whitespace: ' 2 '"  # not user 2: a bad row, alone
+    assert errors[6] == "'movie_id' has surrounding whitespace: '\\t106\\n'"
     assert_same_as_json(answer, json_predictions(rec, users, movies))
+
+
+def test_arrow_and_python_agree_on_what_whitespace_is():
+    """_valid_ids trims with Arrow, protocol.is_id with str.strip(): the same characters (all up to U+3000), one rule."""
+    chars = [chr(c) for c in range(0x3001)]
+    trimmed = pc.utf8_trim_whitespace(pa.array([f"{c}7{c}" for c in chars])).to_pylist()
+    assert [t == "7" for t in trimmed] == [c.isspace() for c in chars]
+    assert sum(c.isspace() for c in chars) == sum(chr(c).isspace() for c in range(0x110000)) == 29
 
 
 def test_empty_request_gives_an_empty_answer(scorer):
@@ -147,6 +159,25 @@ def test_row_cap_is_a_413_and_the_cap_itself_is_fine(scorer):
     assert caught.value.status == 413 and "50" in str(caught.value)
 
 
+def repeated_column(*names: str, **meta: str) -> bytes:
+    """A stream whose columns are `names` (repeats allowed), with `meta` as schema metadata."""
+    table = pa.Table.from_arrays([pa.array([1], pa.int64()) for _ in names], names=list(names))
+    table = table.replace_schema_metadata(meta or None)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def repeated_metadata(pairs: list[tuple[str, str]]) -> bytes:
+    """A user_id stream whose schema metadata holds `pairs` in order, repeats kept (pyarrow's dict would drop them)."""
+    schema = pa.schema([pa.field("user_id", pa.int64())], metadata=pa.KeyValueMetadata(pairs))
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, schema) as writer:
+        writer.write_batch(pa.record_batch([pa.array([1], pa.int64())], schema=schema))
+    return sink.getvalue().to_pybytes()
+
+
 @pytest.mark.parametrize(
     ("body", "named"),
     [
@@ -157,6 +188,12 @@ def test_row_cap_is_a_413_and_the_cap_itself_is_fine(scorer):
         (arrow_body({"user_id": [1], "movie_id": [101], "rating": [4.0]}), "unknown column 'rating'"),
         (arrow_body({"user_id": [1.5], "movie_id": [101]}), "column 'user_id' must have an integer or string type"),
         (arrow_body({"user_id": [1], "movie_id": [True]}), "column 'movie_id' must have an integer or string type"),
+        (repeated_column("user_id", "movie_id", "user_id"), "duplicate column 'user_id' in the request body"),
+        (repeated_column("user_id", "user_id", top_k="5"), "duplicate column 'user_id' in the request body"),
+        (
+            repeated_metadata([("top_k", "5"), ("exclude_rated", "true"), ("top_k", "7")]),
+            "duplicate schema metadata key 'top_k' in the request body",
+        ),
     ],
 )
 def test_malformed_bodies_are_400_naming_the_problem(scorer, body, named):
@@ -198,18 +235,6 @@ def test_service_answers_arrow_and_json_bodies_of_one_batch_each_in_kind(rec):
     assert "not a valid Arrow IPC stream" in orjson.loads(replies[2].body)["error"]
 
 
-class HeaderContext(LocalContext):
-    """LocalContext plus the request headers, as TorchServe 0.12 hands them over (names as sent)."""
-
-    def __init__(self, headers: list[dict]):
-        super().__init__(".")
-        self.headers = headers
-
-    def get_all_request_header(self, idx: int) -> dict:
-        """TorchServe's per-request header map."""
-        return self.headers[idx]
-
-
 @pytest.mark.parametrize(
     "headers",
     [
@@ -223,12 +248,42 @@ def test_handler_picks_arrow_by_content_type(tiny_artifact, tmp_path, headers):
     handler = MovierecHandler()
     handler.initialize(LocalContext(tmp_path))
     arrow = arrow_body({"user_id": [1], "movie_id": [101]})
-    ctx = HeaderContext([headers, {"Content-Type": "application/json"}, {}])
+    ctx = LocalContext(
+        ".",
+        request_headers=[headers, {"Content-Type": "application/json"}, {"body": {"content-type": "application/json"}}],
+    )
     json_pair = orjson.dumps({"user_id": 1, "movie_id": 101})
     out = handler.handle([{"body": arrow}, {"body": json_pair}, {"body": json_pair}], ctx)
     assert ctx.content_types == {0: ARROW_STREAM, 1: "application/json", 2: "application/json"}
     assert read_answer(out[0])["rating"][0].as_py() == np.float32(orjson.loads(out[1])["rating"])
     assert out[1] == out[2]
+
+
+@pytest.mark.parametrize(
+    ("headers", "got"),
+    [
+        ({}, "none"),
+        ({"body": {"content-type": ""}}, "none"),  # what TorchServe passes for a body sent without one
+        ({"Content-Type": "text/plain"}, "text/plain"),
+        (
+            {"content-type": "multipart/form-data; boundary=x", "data": {"content-type": "application/json"}},
+            "multipart/form-data",
+        ),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, "application/x-www-form-urlencoded"),
+    ],
+)
+def test_handler_refuses_other_content_types_alone_in_the_batch(tiny_artifact, tmp_path, headers, got):
+    """Neither JSON nor Arrow, or none at all: a JSON 400 naming what came, even for a body that would parse."""
+    shutil.copytree(tiny_artifact, tmp_path / "artifact")
+    handler = MovierecHandler()
+    handler.initialize(LocalContext(tmp_path))
+    json_pair = orjson.dumps({"user_id": 1, "movie_id": 101})
+    ctx = LocalContext(".", request_headers=[headers, {"Content-Type": "application/json"}, headers])
+    out = handler.handle([{"body": json_pair}, {"body": json_pair}, {"data": json_pair}], ctx)
+    want = f"Content-Type must be application/json or application/vnd.apache.arrow.stream, got {got}"
+    for idx in (0, 2):
+        assert ctx.status(idx) == 400 and orjson.loads(out[idx])["error"] == want
+    assert ctx.status(1) == 200 and orjson.loads(out[1])["user_id"] == 1
 
 
 # -- Recommendations for many users ----------------------------------------------------------------------------
@@ -337,3 +392,23 @@ def test_a_user_with_no_movie_left_has_one_row_without_a_movie(rec):
     assert as_json_entries(answer, users) == want
     assert want[heavy] == {"recommendations": []} and any(entry["recommendations"] for entry in want)
     assert sorted(set(answer["user"].to_pylist())) == list(range(len(users)))
+
+
+@pytest.mark.parametrize("cold_start", ["error", "fallback"])
+def test_padded_ids_fail_alone_and_never_fall_back(rec, cold_start):
+    """' 1' is a bad row or user (the JSON path's 400 text), not user 1 and not an unknown user to fall back for."""
+    scorer = ArrowScorer(rec, VERSION, max_instances=50, cold_start=cold_start)
+    users, movies = ["1", " 1", "1", "nobody"], ["101", "101", "101\n", "101"]
+    answer = read_answer(scorer.answer(arrow_body({"user_id": users, "movie_id": movies})))
+    errors = answer["error"].to_pylist()
+    assert errors[:3] == [
+        None,
+        "'user_id' has surrounding whitespace: ' 1'",
+        "'movie_id' has surrounding whitespace: '101\\n'",
+    ]
+    assert errors[3] == (None if cold_start == "fallback" else "unknown user_id nobody")
+    if cold_start == "error":
+        assert_same_as_json(answer, json_predictions(rec, users, movies))
+    many = read_answer(scorer.answer(recommend_body({"user_id": ["1", "1 "]}, top_k="2")))
+    assert many.filter(pc.equal(many["user"], 1))["error"].to_pylist() == ["'user_id' has surrounding whitespace: '1 '"]
+    assert many.filter(pc.equal(many["user"], 0))["error"].null_count == 2

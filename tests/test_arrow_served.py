@@ -77,9 +77,13 @@ def test_arrow_and_json_answers_are_identical(http, server, ids, path):
 def test_string_ids_get_the_ratings_of_their_int_spelling(http, server, ids):
     users, movies = sample_pairs(ids, 200, seed=2)
     as_int = read_answer(post_arrow(http, server, arrow_body({"user_id": users, "movie_id": movies})).content)
-    strings = {"user_id": [str(u) for u in users], "movie_id": [f" {m}" for m in movies]}
+    strings = {"user_id": [str(u) for u in users], "movie_id": [str(m) for m in movies]}
     as_str = read_answer(post_arrow(http, server, arrow_body(strings)).content)
     assert as_str["error"].null_count == 200 and as_str["rating"].equals(as_int["rating"])
+    strings["movie_id"][0] = f" {movies[0]}"  # not movie movies[0]: a bad row, failing alone
+    padded = read_answer(post_arrow(http, server, arrow_body(strings)).content)
+    assert padded["error"].to_pylist()[:2] == [f"'movie_id' has surrounding whitespace: ' {movies[0]}'", None]
+    assert padded["rating"][1:].equals(as_int["rating"][1:])
 
 
 @pytest.mark.parametrize(

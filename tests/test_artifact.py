@@ -176,7 +176,7 @@ def test_unloadable_model_with_matching_checksum(copy):
     assert "model.pt" in message and "TorchScript" in message
 
 
-@pytest.mark.parametrize("version", [3, 0, "1", None, True])
+@pytest.mark.parametrize("version", [4, 0, "1", None, True])
 def test_unknown_format_version(copy, version):
     edit_metadata(copy, lambda meta: meta.update(format_version=version))
     message = load_error(copy)

@@ -18,7 +18,7 @@ import torch
 
 import train
 from model.arrow import ARROW_STREAM, ArrowScorer, read_answer
-from model.artifact import ArtifactError, ColdStart, load_artifact
+from model.artifact import FORMAT_VERSION, ArtifactError, ColdStart, load_artifact
 from model.core import PARITY_TOL, Recommender
 from model.data import load_ratings, split_indices
 from model.net import EmbeddingNet
@@ -72,10 +72,11 @@ def extended_module(artifact):
 
 
 def v1_copy(tiny_artifact, tmp_path) -> Path:
-    """A copy of the artifact as format v1 wrote it: no cold_start entry."""
+    """A copy of the artifact as format v1 wrote it: no cold_start entry, no ranker."""
     copy = Path(shutil.copytree(tiny_artifact, tmp_path / "v1"))
     meta = json.loads((copy / "metadata.json").read_text())
-    del meta["cold_start"]
+    del meta["cold_start"], meta["ranker"], meta["files"]["ranker.pt"]
+    (copy / "ranker.pt").unlink()
     meta["format_version"] = 1
     (copy / "metadata.json").write_text(json.dumps(meta))
     return copy
@@ -92,7 +93,7 @@ def ask(service: RatingService, body: object) -> tuple[int, dict]:
 
 def test_artifact_stores_the_plain_means_of_the_learned_rows(artifact):
     cold, state = artifact.cold_start, artifact.module.state_dict()
-    assert artifact.metadata["format_version"] == 2
+    assert artifact.metadata["format_version"] == FORMAT_VERSION
     np.testing.assert_allclose(cold.user_embedding, state["u.weight"].mean(0).numpy(), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(cold.movie_embedding, state["m.weight"].mean(0).numpy(), rtol=1e-6, atol=1e-7)
     assert cold.user_bias == pytest.approx(float(state["ub.weight"].mean()), abs=1e-7)
@@ -166,8 +167,10 @@ def test_the_average_movie_is_never_recommended(artifact):
     rows, _ = rec.recommend(0, len(artifact.movies) + 5, exclude_rated=False)
     assert len(rows) == len(artifact.movies) and rows.max() < len(artifact.movies)
     rows, scores = rec.recommend(rec.average_user, 5, exclude_rated=False)
+    # The unknown user's list is the ranker's average user: the mean of its user factors.
+    state = artifact.ranker.state_dict()
     with torch.no_grad():
-        every = rec.predict(np.full(len(artifact.movies), rec.average_user), np.arange(len(artifact.movies)))
+        every = (state["m.weight"] @ state["u.weight"].mean(0) + state["mb.weight"][:, 0]).numpy()
     assert np.array_equal(np.sort(rows), np.sort(np.argsort(-every)[:5]))
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +15,19 @@ import pandas as pd
 import pytest
 
 import model.data
-from model.data import DataError, _load_checked, _sniff, load_ratings, load_ratings_fast, load_titles, split_indices
+from model.data import (
+    LENSKIT_DIR,
+    LENSKIT_SDIST,
+    DataError,
+    _index_file_url,
+    _load_checked,
+    _sniff,
+    dataset,
+    load_ratings,
+    load_ratings_fast,
+    load_titles,
+    split_indices,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = "userId,movieId,rating,timestamp\n"
@@ -191,6 +206,8 @@ FAST_GOOD = {
     "recbole_inter": "user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t2\t3\t4\n",
     "headerless_three_fields": "1,10,4\n2,10,3\n",
     "headerless_five_fields": "1,10,4,100,x\n2,10,3,101,y\n",
+    "dat": "1::10::4::978300760\n1::11::3.5::978300761\n\n2::10::5::978300762\n1::10::2::978300700\n",
+    "dat_crlf": "1::10::4::100\r\n2::x7::3::101\r\n",
     "quoted": '"userId","movieId","rating","timestamp"\n"1","10","4","100"\n',
 }
 # Files the fast path must hand to the checker (which then reads them as before).
@@ -200,6 +217,8 @@ FAST_DOUBTS = {
     "short_row_in_unused_column": "userId,movieId,rating,timestamp,x\n1,10,4,100,a\n2,10,4,100\n",
     "space_before_quote": HEADER + '2, "10",3,1\n',
     "u.data_bom_before_first_id": "\ufeff1\t10\t4\t100\n",
+    "dat_quoted_id": '"1"::10::4::100\n2::10::3::101\n',
+    "dat_with_a_tab": "1::10::4::100\n2::10\t::3::101\n",
 }
 
 
@@ -279,6 +298,113 @@ def test_titles_recbole_item_adds_year(tmp_path):
     text = "item_id:token\tmovie_title:token_seq\trelease_year:token\n1\tToy Story\t1995\n2\tUnknown\t\n"
     path = write(tmp_path / "x.item", text)
     assert load_titles(path) == {"1": "Toy Story (1995)", "2": "Unknown"}
+
+
+def test_ratings_dat_loads_like_ratings_csv(tmp_path):
+    rows = [(1, 1193, 5, 978300760), (1, 661, 3, 978302109), (6040, 1097, 4, 956715518), (2, 1193, 4.5, 1)]
+    csv = write(tmp_path / "ratings.csv", HEADER + "".join(f"{u},{m},{r},{t}\n" for u, m, r, t in rows))
+    dat = write(tmp_path / "ratings.dat", "".join(f"{u}::{m}::{r}::{t}\n" for u, m, r, t in rows))
+    expected, ratings = load_ratings(csv), load_ratings(dat)
+    pd.testing.assert_frame_equal(ratings.frame, expected.frame)
+    assert ratings.fingerprint() == expected.fingerprint()
+
+
+# ratings.dat rows the checker must refuse: (file text, line, text the message must name)
+BAD_DAT = {
+    "non_numeric_rating": ("1::10::4::100\n1::11::abc::101\n", 2, "column 'rating'"),
+    "too_many_fields": ("1::10::4::100\n\n1::11::3::101::9\n", 3, "5 fields"),
+    "single_colon": ("1::10::4::100\n1::11::3:101\n", 2, "column 'rating': rating is not a number: '3:101'"),
+    "empty_movie_id": ("1::10::4::100\n1:: ::3::101\n", 2, "column 'movie_id'"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_DAT))
+def test_bad_ratings_dat_row_names_line_and_column(tmp_path, name):
+    text, line, problem = BAD_DAT[name]
+    message = load_error(write(tmp_path / "ratings.dat", text))
+    assert f"ratings.dat:{line}: " in message and problem in message, message
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "utf-8"])  # ML-1M, ML-10M
+def test_titles_movies_dat(tmp_path, encoding):
+    text = "1::Toy Story (1995)::Animation|Children's\n73::Misérables, Les (1995)::Drama|War\n\n"
+    path = write(tmp_path / "movies.dat", text + "260::Star Wars: Episode IV (1977)::Sci-Fi\n", encoding=encoding)
+    titles = load_titles(path)
+    assert titles == {"1": "Toy Story (1995)", "73": "Misérables, Les (1995)", "260": "Star Wars: Episode IV (1977)"}
+
+
+def test_titles_movies_dat_bad_line_is_named(tmp_path):
+    with pytest.raises(DataError, match=r"movies.dat:2: column 'Title'"):
+        load_titles(write(tmp_path / "movies.dat", "1::Heat (1995)::Action\n2\n"))
+
+
+def sdist_bytes(files: dict[str, bytes]) -> bytes:
+    """A small tar.gz holding files (archive path -> content), like the lenskit sdist."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def fake_sdist(tmp_path, monkeypatch):
+    """Point the cache at tmp and make download_sdist write a small fake sdist; return its bytes."""
+    monkeypatch.setenv("MOVIEREC_DATA_DIR", str(tmp_path / "cache"))
+    data = sdist_bytes(
+        {
+            LENSKIT_DIR + "ratings.csv": (HEADER + GOOD).encode(),
+            LENSKIT_DIR + "movies.csv": b"movieId,title,genres\n10,Heat (1995),Action\n11,Clueless (1995),Comedy\n",
+            LENSKIT_DIR + "tags.csv": b"not wanted\n",
+            "lenskit-2025.8.1/pyproject.toml": b"",
+        }
+    )
+    downloads = []
+    monkeypatch.setattr(model.data, "download_sdist", lambda dest: (downloads.append(dest), dest.write_bytes(data)))
+    return data, downloads
+
+
+def test_latest_small_refuses_an_archive_of_another_hash(tmp_path, fake_sdist):
+    with pytest.raises(DataError, match=rf"{LENSKIT_SDIST}: sha256 is .*not the pinned"):
+        dataset("ml-latest-small")
+    assert not list((tmp_path / "cache" / "ml-latest-small").iterdir())
+
+
+def test_latest_small_unpacks_ratings_and_movies_once(tmp_path, monkeypatch, fake_sdist):
+    data, downloads = fake_sdist
+    monkeypatch.setattr(model.data, "LENSKIT_SHA256", hashlib.sha256(data).hexdigest())
+    with pytest.raises(DataError, match="make data DATASET=ml-latest-small"):
+        dataset("ml-latest-small", fetch=False)
+    ratings, movies = dataset("ml-latest-small")
+    assert (ratings.parent, ratings.name, movies.name) == (
+        tmp_path / "cache" / "ml-latest-small",
+        "ratings.csv",
+        "movies.csv",
+    )
+    assert sorted(p.name for p in ratings.parent.iterdir()) == ["movies.csv", "ratings.csv"]
+    assert len(load_ratings(ratings).frame) == 3 and load_titles(movies)["11"] == "Clueless (1995)"
+    assert dataset("ml-latest-small") == (ratings, movies) and len(downloads) == 1  # cached
+
+
+def test_unknown_dataset_names_the_known_ones():
+    with pytest.raises(DataError, match="unknown dataset 'ml-1b' .*ml-100k, ml-latest-small"):
+        dataset("ml-1b")
+
+
+def test_sdist_url_from_a_local_simple_index(tmp_path):
+    page = tmp_path / "simple" / "lenskit"
+    page.mkdir(parents=True)
+    links = ['<a href="../../files/lenskit-2025.8.0.tar.gz#sha256=00">old</a>']
+    links.append(f'<a href="../../files/{LENSKIT_SDIST}#sha256=11">it</a>')
+    (page / "index.html").write_text("<html><body>" + "".join(links) + "</body></html>")
+    index = (tmp_path / "simple").as_uri()
+    assert (
+        _index_file_url(index, "lenskit", LENSKIT_SDIST, None)
+        == (tmp_path / "files").as_uri() + f"/{LENSKIT_SDIST}#sha256=11"
+    )
+    assert _index_file_url(index, "nothere", LENSKIT_SDIST, None) is None
 
 
 def test_titles_missing_file_and_column(tmp_path):

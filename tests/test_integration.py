@@ -22,6 +22,9 @@ def ref(tiny_artifact):
     return art, Recommender(art)
 
 
+PAIR = b'{"user_id": 1, "movie_id": 101}'
+
+
 def post(http, server, body, path="/predictions/movierec"):
     data = body if isinstance(body, (bytes, str)) else json.dumps(body)
     return http.post(server.inference_url + path, data=data, headers={"Content-Type": "application/json"}, timeout=30)
@@ -119,6 +122,8 @@ MALFORMED = [
     b'{"user_id": 1, "movie_id": 424242}',
     b"\xff\xfe\x00garbage",
     b'{"user_id": "", "movie_id": 101}',
+    b'{"user_id": 1, "user_id": 2, "movie_id": 101}',
+    b'{"user_id": " 1", "movie_id": 101}',
 ]
 
 
@@ -156,15 +161,32 @@ def test_concurrent_mixed_requests_are_batched_without_hurting_good_ones(http, s
             assert r.json()["rating"] == pytest.approx(want, abs=1e-4)
 
 
-def test_a_form_encoded_body_gets_a_clear_400(http, server):
-    """curl -d without a JSON Content-Type: TorchServe decodes a form and the body never arrives."""
-    r = http.post(
-        server.inference_url + "/predictions/movierec",
-        data='{"user_id": 1, "movie_id": 101}',
-        headers={"Content-Type": "application/x-www-form-urlencoded"},
-        timeout=30,
-    )
-    assert r.status_code == 400 and "Content-Type: application/json" in r.json()["error"]
+@pytest.mark.parametrize(
+    ("sent", "got"),
+    [
+        ({"headers": {"Content-Type": "application/x-www-form-urlencoded"}}, "application/x-www-form-urlencoded"),
+        ({"headers": {"Content-Type": "text/plain"}}, "text/plain"),
+        ({}, "none"),  # requests sends bytes without a Content-Type
+        ({"files": {"data": ("pair.json", PAIR, "application/json")}}, "multipart/form-data"),
+    ],
+)
+def test_a_body_that_is_not_json_typed_gets_a_400_naming_its_content_type(http, server, sent, got):
+    """curl -d without -H, text/plain, no type, a multipart form: a JSON 400 naming what came, never a guess."""
+    url = server.inference_url + "/predictions/movierec"
+    body = {} if "files" in sent else {"data": PAIR}
+    r = http.post(url, **body, **sent, timeout=30)
+    want = f"Content-Type must be application/json or application/vnd.apache.arrow.stream, got {got}"
+    assert (r.status_code, r.json()) == (400, {"error": want, "model_version": "1.0"})
+    assert r.request.headers.get("Content-Type", "none").split(";")[0] == got  # sent as the case says
+    ok = http.post(url, data=PAIR, headers={"Content-Type": "application/json; charset=utf-8"}, timeout=30)
+    assert ok.status_code == 200
+
+
+def test_a_repeated_key_and_a_padded_id_are_400s_naming_them_over_http(http, server):
+    r = post(http, server, b'{"user_id": 1, "user_id": 2, "movie_id": 101}')
+    assert (r.status_code, r.json()["error"]) == (400, "duplicate key 'user_id' in the request body")
+    r = post(http, server, b'{"user_id": " 1", "movie_id": 101}')
+    assert (r.status_code, r.json()["error"]) == (400, "'user_id' has surrounding whitespace: ' 1'")
 
 
 def test_instances_cap_comes_from_the_archive_config(http, server, model_store):

@@ -156,6 +156,22 @@ def test_too_few_ratings(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "rows, named",
+    [
+        ([f"1,{m},4,{m}" for m in range(20)], "1 user(s) and 20 movie(s)"),
+        ([f"{u},7,4,{u}" for u in range(20)], "20 user(s) and 1 movie(s)"),
+    ],
+)
+def test_a_file_with_one_user_or_one_movie_is_refused_in_one_line(tmp_path, capsys, rows, named):
+    path = tmp_path / "ratings.csv"
+    path.write_text("userId,movieId,rating,timestamp\n" + "".join(f"{r}\n" for r in rows))
+    assert train.main(["--ratings", str(path), "--out", str(tmp_path / "out"), *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "need at least 2 of each" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow  # a Python + torch start-up
 def test_help():
     done = subprocess.run([sys.executable, "train.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)

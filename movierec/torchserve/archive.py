@@ -17,22 +17,19 @@ from pathlib import Path
 
 import yaml
 
-from model.artifact import FILES, load_artifact
 from model.protocol import COLD_START_MODES, ServiceOptions
+from movierec.defaults import MODEL as MODEL_NAME
+from movierec.defaults import MODEL_STORE
+from movierec.defaults import archive_file as archive_file  # movierec-VERSION.mar, re-exported for callers
 from movierec.paths import HANDLER, MODEL_CONFIG, REPO
 
-MODEL_NAME = "movierec"
 # The model-config.yaml keys TorchServe applies per model version (workers and dynamic batching).
 BATCH_KEYS = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout")
+MANIFEST = "MAR-INF/MANIFEST.json"
 
 
 class ArchiveError(RuntimeError):
     """The archive could not be built."""
-
-
-def archive_file(version: str) -> str:
-    """File name of a version's archive in a model store."""
-    return f"{MODEL_NAME}-{version}.mar"
 
 
 def build_mar(
@@ -48,6 +45,8 @@ def build_mar(
     cold_start ("error" or "fallback") overrides the model config's handler.cold_start for this archive,
     batch_size its batchSize (1: no dynamic batching, the lowest latency while few requests are in flight).
     """
+    from model.artifact import files_of, load_artifact  # torch: only when building, not when reading archives
+
     artifacts, model_store = Path(artifacts), Path(model_store)
     artifact = load_artifact(artifacts)  # refuse a broken artifact before TorchServe ever sees it
     model_store.mkdir(parents=True, exist_ok=True)
@@ -62,7 +61,7 @@ def build_mar(
         # The handler imports `model` and reads `artifact/` beside itself in the unpacked archive.
         shutil.copytree(REPO / "model", extra / "model", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         (extra / "artifact").mkdir()
-        for name in (*FILES, "metadata.json"):
+        for name in (*files_of(artifact.metadata), "metadata.json"):
             shutil.copy2(artifacts / name, extra / "artifact" / name)
         cmd = [sys.executable, "-m", "model_archiver.model_packaging", "--model-name", MODEL_NAME]
         cmd += ["--version", version, "--handler", str(HANDLER), "--extra-files", str(extra)]
@@ -98,9 +97,16 @@ def load_model_config(archive: str | Path | None = None) -> dict:
     if archive is None:
         return yaml.safe_load(MODEL_CONFIG.read_text()) or {}
     with zipfile.ZipFile(archive) as mar:
-        manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
-        name = manifest["model"].get("configFile")
+        name = read_manifest(mar).get("configFile")
         return (yaml.safe_load(mar.read(name)) or {}) if name else {}
+
+
+def read_manifest(archive: str | Path | zipfile.ZipFile) -> dict:
+    """The model section of an archive's MAR-INF/MANIFEST.json: modelName, modelVersion, configFile ..."""
+    if isinstance(archive, zipfile.ZipFile):
+        return json.loads(archive.read(MANIFEST))["model"]
+    with zipfile.ZipFile(archive) as mar:
+        return read_manifest(mar)
 
 
 def batch_settings(config: dict | None = None) -> dict[str, int]:
@@ -114,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifacts", type=Path, required=True, help="artifact directory written by train.py")
     parser.add_argument("--version", required=True, help="model version (also the archive's file name)")
-    parser.add_argument("--model-store", type=Path, default=Path("model_store"), help="where the .mar goes")
+    parser.add_argument("--model-store", type=Path, default=Path(MODEL_STORE), help="where the .mar goes")
     parser.add_argument(
         "--cold-start",
         choices=COLD_START_MODES,

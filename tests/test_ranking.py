@@ -1,0 +1,154 @@
+"""The ranker (model/ranking.py), its place in the serving core, and the measure of served lists."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model import ranking
+from model.artifact import load_artifact
+from model.core import Recommender
+from model.ranking import DotRanker, RankerConfig, RankTrainConfig, fit_ranker, popular_top_k, top_k_metrics
+
+
+@pytest.fixture(scope="module")
+def rec(tiny_artifact) -> Recommender:
+    """The serving core over the session's tiny artifact (rating model and ranker)."""
+    return Recommender(load_artifact(tiny_artifact))
+
+
+def test_the_ranker_reads_like_its_formula():
+    torch.manual_seed(0)
+    net = DotRanker(RankerConfig(n_users=5, n_movies=7, n_factors=3))
+    torch.nn.init.normal_(net.mb.weight)
+    users, movies = torch.tensor([0, 4, 2]), torch.tensor([6, 0, 3])
+    expected = (net.u.weight[users] * net.m.weight[movies]).sum(1) + net.mb.weight[movies, 0]
+    torch.testing.assert_close(net(users, movies), expected)
+
+
+def test_recall_and_ndcg_by_hand():
+    # User 0: relevant {1, 2} (ratings >= 4; movie 3 rated 3 is not), list [1, 9, 2]: both found, at ranks 1 and 3.
+    # User 1: relevant {5}, list [4, 6]: nothing found. User 2 has no relevant rating and does not count.
+    users = np.array([0, 0, 0, 1, 2])
+    movies = np.array([1, 2, 3, 5, 7])
+    ratings = np.array([4.0, 5.0, 3.0, 4.5, 2.0])
+    lists = {0: np.array([1, 9, 2]), 1: np.array([4, 6]), 2: np.array([7])}
+    got = top_k_metrics(lists, users, movies, ratings, k=3)
+    ideal = 1 + 1 / np.log2(3)
+    assert got["users"] == 2
+    assert got["recall@3"] == pytest.approx((1.0 + 0.0) / 2)
+    assert got["ndcg@3"] == pytest.approx(((1 + 1 / np.log2(4)) / ideal + 0.0) / 2)
+
+
+def test_recall_caps_at_k_and_counts_a_movie_the_model_never_saw():
+    users = np.zeros(4, dtype=np.int64)
+    movies = np.array([1, 2, -1, -1])  # two held-out movies unknown to the model: relevant, never found
+    ratings = np.full(4, 5.0)
+    assert top_k_metrics({0: np.array([1, 2])}, users, movies, ratings, k=2)["recall@2"] == 1.0
+    assert top_k_metrics({0: np.array([1, 2])}, users, movies, ratings, k=4)["recall@4"] == 0.5
+
+
+def test_most_popular_skips_rated_and_rare_movies():
+    train_users = np.array([0, 1, 1, 2, 2, 2, 0, 1, 2, 3])
+    train_movies = np.array([0, 0, 1, 0, 1, 2, 3, 3, 3, 4])
+    # counts: movie 0: 3, movie 3: 3, movie 1: 2, movie 2: 1, movie 4: 1
+    lists = popular_top_k(train_users, train_movies, 5, np.array([0, 3]), k=3, min_count=2)
+    assert lists[0].tolist() == [1]  # rated 0 and 3; 2 and 4 are rare
+    assert lists[3].tolist() == [0, 3, 1]
+
+
+def _planted(n_users=80, n_movies=60, seed=0):
+    """Two tastes: even users pick from the first half of the catalogue, odd users from the second."""
+    rng = np.random.default_rng(seed)
+    users, movies = [], []
+    for u in range(n_users):
+        pool = np.arange(n_movies // 2) + (u % 2) * (n_movies // 2)
+        picked = rng.choice(pool, 12, replace=False)
+        users += [u] * len(picked)
+        movies += picked.tolist()
+    return np.array(users), np.array(movies), np.full(len(users), 5.0, dtype=np.float32)
+
+
+@pytest.mark.parametrize("sampled", [False, True])
+def test_the_ranker_learns_who_picks_what(monkeypatch, sampled):
+    """Fitted on planted tastes, each user's best unseen movies are from their own half (full and sampled softmax)."""
+    if sampled:
+        monkeypatch.setattr(ranking, "FULL_SOFTMAX_MAX", 10)
+    users, movies, ratings = _planted()
+    cfg = RankTrainConfig(epochs=30, batch_size=64, lr=3e-2, wd=1e-3, n_factors=8, negatives=16)
+    model, history = fit_ranker(users, movies, ratings, 80, 60, cfg, torch.device("cpu"), seed=0, quiet=True)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    with torch.no_grad():
+        scores = model.u.weight @ model.m.weight.T + model.mb.weight.T
+    scores[torch.from_numpy(users), torch.from_numpy(movies)] = -float("inf")
+    top = scores.topk(5, dim=1).indices.numpy()
+    own_half = (top >= 30) == (np.arange(80)[:, None] % 2 == 1)
+    assert own_half.mean() > 0.9
+
+
+def test_rating_weights_favour_what_users_liked():
+    """The same picks, but each user's second movie is rated 1: with rating weights it ranks below the first."""
+    users = np.repeat(np.arange(40), 2)
+    movies = np.tile([0, 1], 40)
+    ratings = np.tile([5.0, 1.0], 40).astype(np.float32)
+    cfg = RankTrainConfig(epochs=20, batch_size=16, lr=3e-2, wd=1e-4, n_factors=4)
+    model, _ = fit_ranker(users, movies, ratings, 41, 3, cfg, torch.device("cpu"), quiet=True)
+    new_user = torch.tensor([40, 40])
+    s = model(new_user, torch.tensor([0, 1]))
+    assert s[0] > s[1]
+    flat, _ = fit_ranker(
+        users, movies, ratings, 41, 3, dataclasses.replace(cfg, rating_power=0.0), torch.device("cpu"), quiet=True
+    )
+    gap = [abs(float((m.mb.weight[0, 0] - m.mb.weight[1, 0]).detach())) for m in (flat, model)]
+    assert gap[0] < gap[1]
+
+
+def test_top_k_ranks_by_the_ranker_and_its_torchscript_agrees(rec):
+    """Served lists are the TorchScript ranker's best unrated movies, with its scores."""
+    ranker = rec.artifact.ranker
+    assert ranker is not None
+    n_movies = len(rec.artifact.movies)
+    for user in (0, 11, 42):
+        with torch.no_grad():
+            exact = ranker(torch.full((n_movies,), user), torch.arange(n_movies)).numpy()
+        exact[rec.artifact.rated_by(user)] = -np.inf
+        rows, scores = rec.recommend(user, 6)
+        np.testing.assert_allclose(scores, exact[rows], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(scores, np.sort(exact)[::-1][:6], atol=1e-5, rtol=0)
+
+
+def test_an_artifact_without_a_ranker_ranks_by_predicted_rating(rec, tiny_artifact, tmp_path):
+    """A format v2 artifact (no ranker.pt) loads, and keeps serving the lists it always did."""
+    copy = Path(shutil.copytree(tiny_artifact, tmp_path / "v2"))
+    meta = json.loads((copy / "metadata.json").read_text())
+    del meta["ranker"], meta["files"]["ranker.pt"]
+    meta["format_version"] = 2
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    (copy / "ranker.pt").unlink()
+    legacy = Recommender(load_artifact(copy))
+    assert legacy.ranker is None
+    n_movies = len(rec.artifact.movies)
+    exact = rec.predict_exact(np.full(n_movies, 3), np.arange(n_movies))
+    exact[rec.artifact.rated_by(3)] = -np.inf
+    rows, scores = legacy.recommend(3, 5)
+    np.testing.assert_allclose(scores, np.sort(exact)[::-1][:5], atol=1e-5, rtol=0)
+
+
+class _Shifted(DotRanker):
+    """A ranker whose forward is not its factors' formula."""
+
+    def forward(self, users: torch.Tensor, movies: torch.Tensor) -> torch.Tensor:
+        return (self.u(users) * self.m(movies)).sum(1) + self.mb(movies).squeeze(1) + 0.01
+
+
+def test_a_ranker_that_disagrees_with_its_factors_is_refused(rec):
+    shifted = _Shifted(RankerConfig(**rec.artifact.metadata["ranker"]["net"]))
+    shifted.load_state_dict(rec.artifact.ranker.state_dict())
+    with pytest.raises(ValueError, match="TorchScript ranker"):
+        Recommender(dataclasses.replace(rec.artifact, ranker=torch.jit.script(shifted.eval())))
