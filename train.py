@@ -41,6 +41,7 @@ from model.data import (
 )
 from model.fit import (
     ARGS_FILE,
+    FUSED_N_DOT,
     CHECKPOINT_DIR,
     SCALE_FROM,
     SCALE_RECIPE,
@@ -53,7 +54,7 @@ from model.fit import (
     rmse,
 )
 from model.index import IdIndex
-from model.net import EmbeddingNet, NetConfig
+from model.net import ARCHS, EmbeddingNet, NetConfig
 from model.protocol import MIN_MOVIE_RATINGS
 from model.ranking import (
     FULL_SOFTMAX_MAX,
@@ -101,6 +102,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--p1", type=float, help="dropout on the concatenated embeddings (default: from --recipe)")
     p.add_argument("--p2", type=float, help="dropout after the hidden layer (default: from --recipe)")
     p.add_argument("--no-bias", dest="bias", action="store_false", help="no per-user/per-movie bias terms")
+    p.add_argument(
+        "--arch",
+        choices=ARCHS,
+        default=d.arch,
+        help=f"rating model: embedding-net (the lesson's) or fused (plus a dot product at the logit) (default {d.arch})",
+    )
+    p.add_argument("--n-dot", type=int, help="dot-product factors of --arch fused (default 32; 0 for embedding-net)")
     r = RankTrainConfig()
     p.add_argument("--rank-epochs", type=int, default=r.epochs, help="the ranker's epochs (top-K lists)")
     p.add_argument("--rank-factors", type=int, default=r.n_factors, help="the ranker's factors per user and movie")
@@ -143,6 +151,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("epochs", "batch_size", "n_factors", "nh", "rank_epochs", "rank_factors", "rank_batch"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    n_dot = getattr(args, "n_dot", None)
+    if n_dot is not None and (args.arch == "fused") != (n_dot > 0):
+        p.error(f"--arch {args.arch} with --n-dot {n_dot}: fused needs at least 1, embedding-net takes 0")
     if not 0 < args.val_frac < 1:
         p.error("--val-frac must be between 0 and 1")
     if not 0 <= getattr(args, "cold_users", 0.0) < 1:
@@ -297,10 +308,12 @@ def make_config(args: argparse.Namespace, n_ratings: int, n_train: int) -> tuple
     name, recipe = recipe_for(n_ratings, n_train, getattr(args, "recipe", "auto"))
     given = {k: getattr(args, k) for k in asdict(TrainConfig()) if getattr(args, k, None) is not None}
     cfg = TrainConfig(**{**recipe, **given})
+    if "n_dot" not in given:
+        cfg.n_dot = FUSED_N_DOT if cfg.arch == "fused" else 0
     print(
-        f"recipe: {name}: batch {cfg.batch_size:,} ({math.ceil(n_train / cfg.batch_size):,} steps/epoch), "
-        f"lr {cfg.lr:g}, wd {cfg.wd:g}, dropout {cfg.p1:g}/{cfg.p2:g}, {cfg.n_factors} factors, {cfg.nh} hidden, "
-        f"{cfg.epochs} epochs"
+        f"recipe: {name}: {cfg.arch}{f' ({cfg.n_dot} dot factors)' if cfg.n_dot else ''}, batch {cfg.batch_size:,} "
+        f"({math.ceil(n_train / cfg.batch_size):,} steps/epoch), lr {cfg.lr:g}, wd {cfg.wd:g}, "
+        f"dropout {cfg.p1:g}/{cfg.p2:g}, {cfg.n_factors} factors, {cfg.nh} hidden, {cfg.epochs} epochs"
     )
     return cfg, name
 
@@ -343,7 +356,9 @@ def train(args: argparse.Namespace) -> dict:
         )
 
     train_t, val_t = tensors(tr_idx), tensors(va_idx)
-    net_cfg = NetConfig(len(users), len(movies), cfg.n_factors, cfg.nh, cfg.p1, cfg.p2, y_min, y_max, cfg.bias)
+    net_cfg = NetConfig(
+        len(users), len(movies), cfg.n_factors, cfg.nh, cfg.p1, cfg.p2, y_min, y_max, cfg.bias, cfg.arch, cfg.n_dot
+    )
     model = EmbeddingNet(net_cfg).to(device)
     out, checkpoint = Path(args.out), start_checkpoint(args)
     history = fit(model, train_t, val_t, cfg, device, quiet=args.quiet, checkpoint=checkpoint)

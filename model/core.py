@@ -43,6 +43,9 @@ class Recommender:
             self._user_logit = w["ub.weight"][:, 0].contiguous()
             self._movie_logit = (w["mb.weight"][:, 0] + w["lin2.bias"][0]).contiguous()
             self._w_out = w["lin2.weight"][0].contiguous()
+            # Arch "fused" adds a dot product at the logit (none before format v3, or in the lesson's net).
+            self._user_dot = w.get("ud.weight", w["u.weight"][:, :0]).contiguous()
+            self._movie_dot = w.get("md.weight", w["m.weight"][:, :0]).contiguous()
         nh = self._movie_part.shape[1]
         self._buffers = (torch.empty(CHUNK, nh, device=self.device), torch.empty(CHUNK, nh, device=self.device))
         self.ranker = artifact.ranker.to(self.device).eval() if artifact.ranker is not None else None
@@ -86,6 +89,8 @@ class Recommender:
         self._movie_logit = torch.cat([self._movie_logit, movie_logit])
         self._rare_host = np.append(self._rare_host, True)
         self._rare = torch.from_numpy(self._rare_host).to(self.device)
+        self._user_dot = torch.cat([self._user_dot, self._user_dot.mean(0, keepdim=True)])
+        self._movie_dot = torch.cat([self._movie_dot, self._movie_dot.mean(0, keepdim=True)])
         if self.ranker is not None:
             # The ranker's average user ranks by what everyone picks: a popularity list.
             self._rank_user = torch.cat([self._rank_user, self._rank_user.mean(0, keepdim=True)])
@@ -135,6 +140,8 @@ class Recommender:
             hidden.add_(torch.index_select(self._movie_part, 0, m, out=hm[: len(m)])).relu_()
             torch.mv(hidden, self._w_out, out=logit[start : start + len(u)])
         logit.add_(self._user_logit.index_select(0, users)).add_(self._movie_logit.index_select(0, movies))
+        if self._user_dot.shape[1]:
+            logit.add_((self._user_dot.index_select(0, users) * self._movie_dot.index_select(0, movies)).sum(1))
         return self._scale(logit).cpu().numpy()
 
     def predict(self, user_rows: np.ndarray, movie_rows: np.ndarray) -> np.ndarray:
@@ -208,6 +215,9 @@ class Recommender:
             for i in range(len(users)):
                 torch.add(movies, user_part[i], out=hidden).relu_()
                 logit[i, start : start + len(movies)] = torch.mv(hidden, self._w_out, out=row)
+        if self._user_dot.shape[1]:
+            for i, u in enumerate(users.tolist()):
+                logit[i].add_(torch.mv(self._movie_dot, self._user_dot[u]))
         return logit.add_(self._movie_logit).add_(self._user_logit.index_select(0, users)[:, None])
 
     def _top_k_block(self, user_rows: np.ndarray, k: int, exclude_rated: bool) -> list[tuple[np.ndarray, np.ndarray]]:

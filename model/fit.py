@@ -29,12 +29,16 @@ class TrainConfig:
     p1: float = 0.4
     p2: float = 0.5
     bias: bool = True
+    arch: str = "embedding-net"
+    n_dot: int = 0
     val_frac: float = 0.1
     seed: int = 0
     device: str = "auto"
     threads: int = 0
     compile: bool = False
 
+
+FUSED_N_DOT = 32  # dot-product factors of arch "fused" unless --n-dot says otherwise
 
 # The ML-100K recipe (TrainConfig's defaults) was tuned for ~350 steps per epoch on 90,000 rows.
 # On ML-25M-shaped data of 2.5M ratings its dropout and weight decay hold the model near the

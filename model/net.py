@@ -1,4 +1,11 @@
-"""The fast.ai EmbeddingNet: concat(user, movie embeddings) -> MLP -> sigmoid scaled to the rating range."""
+"""The fast.ai EmbeddingNet: concat(user, movie embeddings) -> MLP -> sigmoid scaled to the rating range.
+
+Two architectures share the module (NetConfig.arch):
+    embedding-net   the lesson's network, as published
+    fused           the same, plus a dot product of a second pair of user and movie factors added at
+                    the logit (NeuMF-style, He et al. 2017): the MLP struggles to learn a dot product
+                    (Rendle et al. 2020), so the model is given one
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,9 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+ARCHS = ("embedding-net", "fused")
 
 
 @dataclass
@@ -22,6 +32,8 @@ class NetConfig:
     y_min: float = 1.0
     y_max: float = 5.0
     bias: bool = True
+    arch: str = "embedding-net"
+    n_dot: int = 0  # width of the dot-product factors (arch "fused"; 0 for the lesson's network)
 
     def to_dict(self) -> dict:
         """Plain-JSON form for metadata.json."""
@@ -37,18 +49,22 @@ class EmbeddingNet(nn.Module):
 
     def __init__(self, cfg: NetConfig):
         super().__init__()
+        if cfg.arch not in ARCHS or (cfg.arch == "embedding-net") != (cfg.n_dot == 0):
+            raise ValueError(f"arch {cfg.arch!r} with n_dot {cfg.n_dot}: embedding-net has none, fused needs some")
         nf = cfg.n_factors
         self.u = nn.Embedding(cfg.n_users, nf)
         self.m = nn.Embedding(cfg.n_movies, nf)
         self.ub = nn.Embedding(cfg.n_users, 1)
         self.mb = nn.Embedding(cfg.n_movies, 1)
+        self.ud = nn.Embedding(cfg.n_users, cfg.n_dot)
+        self.md = nn.Embedding(cfg.n_movies, cfg.n_dot)
         self.drop1 = nn.Dropout(cfg.p1)
         self.lin1 = nn.Linear(2 * nf, cfg.nh)
         self.drop2 = nn.Dropout(cfg.p2)
         self.lin2 = nn.Linear(cfg.nh, 1)
         self.y_min = float(cfg.y_min)
         self.y_max = float(cfg.y_max)
-        for emb in (self.u, self.m):
+        for emb in (self.u, self.m, self.ud, self.md):
             nn.init.uniform_(emb.weight, -0.01, 0.01)
         for bias in (self.ub, self.mb):
             nn.init.zeros_(bias.weight)
@@ -58,5 +74,6 @@ class EmbeddingNet(nn.Module):
         """Predicted ratings, shape [batch], in (y_min - 0.5, y_max + 0.5)."""
         x = self.drop1(torch.cat([self.u(users), self.m(movies)], dim=1))
         x = self.drop2(F.relu(self.lin1(x)))
-        logit = self.lin2(x).squeeze(1) + self.ub(users).squeeze(1) + self.mb(movies).squeeze(1)
+        dot = (self.ud(users) * self.md(movies)).sum(1)
+        logit = self.lin2(x).squeeze(1) + dot + self.ub(users).squeeze(1) + self.mb(movies).squeeze(1)
         return torch.sigmoid(logit) * (self.y_max - self.y_min + 1) + self.y_min - 0.5

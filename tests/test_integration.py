@@ -11,6 +11,7 @@ import requests
 
 from model.artifact import load_artifact
 from model.core import Recommender
+from model.protocol import ServiceOptions
 
 pytestmark = pytest.mark.integration
 
@@ -74,6 +75,11 @@ def test_recommendations_exclude_rated_and_carry_titles(http, server, ref):
     assert all(x["title"].startswith("Movie ") for x in recs)
     scores = [x["score"] for x in recs]
     assert scores == sorted(scores, reverse=True)
+    # The served list is the in-process one exactly: the ranker's, over the same eligible movies.
+    served = Recommender(art, min_movie_ratings=ServiceOptions().min_movie_ratings)
+    rows, want = served.recommend(2, 5)
+    assert [str(x["movie_id"]) for x in recs] == [art.movies.ids[m] for m in rows]
+    assert scores == [round(s, 4) for s in want.astype(float).tolist()]
     r = post(http, server, {"user_id": user, "top_k": 80, "exclude_rated": False})
     assert len(r.json()["recommendations"]) == len(art.movies)  # all movies, the rated included
 

@@ -47,6 +47,27 @@ def test_forward_matches_the_formula():
     torch.testing.assert_close(net(users, movies), expected)
 
 
+def test_fused_adds_a_dot_product_at_the_logit_and_scripts_the_same():
+    torch.manual_seed(0)
+    fused = EmbeddingNet(NetConfig(6, 9, n_factors=4, nh=8, arch="fused", n_dot=3)).eval()
+    scale_weights(fused, 0.5)
+    plain = EmbeddingNet(NetConfig(6, 9, n_factors=4, nh=8)).eval()
+    plain.load_state_dict(
+        {k: v for k, v in fused.state_dict().items() if not k.startswith(("ud.", "md."))}, strict=False
+    )
+    users, movies = all_pairs()
+    logit = lambda out: torch.logit((out - 0.5) / 5.0, eps=0)  # noqa: E731 - the scaled sigmoid's inverse
+    dot = (fused.ud.weight[users] * fused.md.weight[movies]).sum(1)
+    torch.testing.assert_close(logit(fused(users, movies)), logit(plain(users, movies)) + dot, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.jit.script(fused)(users, movies), fused(users, movies))
+
+
+@pytest.mark.parametrize(("arch", "n_dot"), [("embedding-net", 2), ("fused", 0), ("mlp", 0)])
+def test_an_arch_and_dot_width_that_do_not_go_together_are_refused(arch, n_dot):
+    with pytest.raises(ValueError, match="arch"):
+        EmbeddingNet(NetConfig(6, 9, arch=arch, n_dot=n_dot))
+
+
 @pytest.mark.parametrize("factor", [0.01, 0.3, 1.0])
 def test_output_strictly_inside_the_range(factor):
     net = make_net().eval()

@@ -18,6 +18,7 @@ import torch
 import train
 from model import fit
 from model.artifact import load_artifact
+from model.core import PARITY_TOL, Recommender
 from model.data import load_ratings, split_indices
 from model.index import IdIndex
 from model.net import EmbeddingNet
@@ -131,6 +132,16 @@ def test_no_bias_run(tmp_path, synth_data):
     assert torch.count_nonzero(state["ub.weight"]) == 0 and torch.count_nonzero(state["mb.weight"]) == 0
 
 
+def test_the_fused_arch_is_recorded_and_served_by_the_factorised_core(tmp_path, synth_data):
+    art = load_artifact(quick_run(synth_data[0], tmp_path / "fused", "--arch", "fused", "--n-dot", "4"))
+    assert (art.net.arch, art.net.n_dot) == ("fused", 4) and art.metadata["train"]["arch"] == "fused"
+    rec = Recommender(art)  # refuses a factorisation that differs from TorchScript
+    users, movies = np.repeat(np.arange(len(art.users)), 3), np.tile(np.arange(3), len(art.users))
+    np.testing.assert_allclose(rec.predict(users, movies), rec.predict_exact(users, movies), atol=PARITY_TOL, rtol=0)
+    lesson = load_artifact(quick_run(synth_data[0], tmp_path / "lesson", "--arch", "embedding-net"))
+    assert (lesson.net.arch, lesson.net.n_dot) == ("embedding-net", 0)
+
+
 def test_titles_found_beside_the_ratings(tmp_path, synth_data):
     # No --movies: movies.csv next to ratings.csv is used.
     art = load_artifact(quick_run(synth_data[0], tmp_path / "t"))
@@ -139,7 +150,15 @@ def test_titles_found_beside_the_ratings(tmp_path, synth_data):
 
 @pytest.mark.parametrize(
     "bad",
-    [["--epochs", "0"], ["--val-frac", "1"], ["--val-frac", "0"], ["--nh", "-3"]],
+    [
+        ["--epochs", "0"],
+        ["--val-frac", "1"],
+        ["--val-frac", "0"],
+        ["--nh", "-3"],
+        ["--arch", "embedding-net", "--n-dot", "8"],
+        ["--arch", "fused", "--n-dot", "0"],
+        ["--rank-epochs", "0"],
+    ],
 )
 def test_bad_options_are_usage_errors(tmp_path, bad, capsys):
     with pytest.raises(SystemExit) as info:
