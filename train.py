@@ -41,8 +41,8 @@ from model.data import (
 )
 from model.fit import (
     ARGS_FILE,
-    FUSED_N_DOT,
     CHECKPOINT_DIR,
+    FUSED_N_DOT,
     SCALE_FROM,
     SCALE_RECIPE,
     STEPS_PER_EPOCH,
