@@ -54,17 +54,10 @@ from model.fit import (
     rmse,
 )
 from model.index import IdIndex
+from model.metrics import RELEVANT_RATING, K, popular_top_k, top_k_metrics
 from model.net import ARCHS, EmbeddingNet, NetConfig
 from model.protocol import MIN_MOVIE_RATINGS
-from model.ranking import (
-    FULL_SOFTMAX_MAX,
-    RELEVANT_RATING,
-    K,
-    RankTrainConfig,
-    fit_ranker,
-    popular_top_k,
-    top_k_metrics,
-)
+from model.ranking import FULL_SOFTMAX_MAX, RankTrainConfig, fit_ranker
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

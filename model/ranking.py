@@ -1,4 +1,4 @@
-"""The ranker that top-K lists are served from, and the measure of what those lists are worth.
+"""The ranker that top-K lists are served from (the measure of those lists is model/metrics.py).
 
 A rating model answers "how much would this user like this movie, having seen it"; a top-K list
 must answer "which unseen movies will this user watch and like". The ranker learns the second from
@@ -24,8 +24,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-RELEVANT_RATING = 4.0  # a held-out rating at least this high is a movie the list should have found
-K = 10
 FULL_SOFTMAX_MAX = 20_000  # catalogues up to this size train on the exact softmax
 
 
@@ -143,52 +141,3 @@ def fit_ranker(
                 f"ranker epoch {epoch:3d}/{cfg.epochs}  softmax loss {row['train_loss']:.4f}  ({row['seconds']:.1f}s)"
             )
     return model.eval(), history
-
-
-def top_k_metrics(
-    top_k: dict[int, np.ndarray], users: np.ndarray, movies: np.ndarray, ratings: np.ndarray, k: int = K
-) -> dict:
-    """recall@k and NDCG@k of served lists against held-out ratings.
-
-    top_k maps a user row to its served list of movie rows, best first. Relevant = a held-out rating of
-    at least RELEVANT_RATING (a movie unknown to the model counts, and can never be found). recall@k is
-    hits / min(#relevant, k), averaged over users with a list and at least one relevant rating; NDCG@k
-    caps its ideal DCG the same way.
-    """
-    keep = np.asarray(ratings) >= RELEVANT_RATING
-    relevant: dict[int, list[int]] = {}
-    for u, m in zip(np.asarray(users)[keep].tolist(), np.asarray(movies)[keep].tolist(), strict=True):
-        if u in top_k:
-            relevant.setdefault(u, []).append(m)
-    discount = 1.0 / np.log2(np.arange(2, k + 2))
-    recall, ndcg = [], []
-    for u, wanted in relevant.items():
-        found = set(wanted)
-        hits = np.array([m in found for m in top_k[u][:k].tolist()] + [False] * max(0, k - len(top_k[u])))
-        cap = min(len(wanted), k)
-        recall.append(hits.sum() / cap)
-        ndcg.append(float((hits * discount).sum() / discount[:cap].sum()))
-    return {
-        f"recall@{k}": float(np.mean(recall)) if recall else 0.0,
-        f"ndcg@{k}": float(np.mean(ndcg)) if ndcg else 0.0,
-        "users": len(relevant),
-    }
-
-
-def popular_top_k(
-    train_users: np.ndarray, train_movies: np.ndarray, n_movies: int, users: np.ndarray, k: int, min_count: int
-) -> dict[int, np.ndarray]:
-    """The most-popular reference: each user's k most-rated movies they have not rated (same exclusions as serving)."""
-    counts = np.bincount(train_movies, minlength=n_movies)
-    order = np.argsort(-counts, kind="stable")
-    order = order[counts[order] >= min_count]
-    rated: dict[int, set[int]] = {}
-    wanted = set(np.asarray(users).tolist())
-    for u, m in zip(np.asarray(train_users).tolist(), np.asarray(train_movies).tolist(), strict=True):
-        if u in wanted:
-            rated.setdefault(u, set()).add(m)
-    lists = {}
-    for u in wanted:
-        seen = rated.get(u, set())
-        lists[u] = np.array([m for m in order[: k + len(seen)].tolist() if m not in seen][:k], dtype=np.int64)
-    return lists

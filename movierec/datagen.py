@@ -12,7 +12,7 @@ unavoidable; `generation.json` records that floor so a trained model can be judg
 - rmse_planted: the planted rating, clipped to the scale only, against the written rating.
 
     python -m movierec.datagen --out /tmp/ml25m                 # full size, about 25M rows
-    python -m movierec.datagen --out /tmp/small --users 1000 --movies 500 --ratings 50000
+    python -m movierec.datagen --out /tmp/small --n-users 1000 --n-movies 500 --n-ratings 50000
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 from tqdm import tqdm
+
+from movierec.flags import add_renamed
 
 HALF_STARS = np.arange(1, 11) / 2  # 0.5 .. 5.0
 FIRST_TS, LAST_TS = 789_652_009, 1_574_327_703  # ML-25M's first and last rating times
@@ -69,6 +71,15 @@ class GenConfig:
             raise ValueError(f"ratings must be in [{lo:,}, {hi:,}] for these users/movies/min-per-user")
         if self.id_spread < 1:
             raise ValueError("id-spread must be >= 1")
+
+
+def shape_for(n_ratings: int) -> GenConfig:
+    """ML-25M's shape scaled to n_ratings: users and movies in proportion, the matrix at most 1/4 full."""
+    full = GenConfig()
+    share = n_ratings / full.n_ratings
+    n_users = max(2, min(round(full.n_users * share), n_ratings // full.min_per_user))
+    n_movies = max(full.min_per_user * 2, round(full.n_movies * share), -(-4 * n_ratings // n_users))
+    return GenConfig(n_users=n_users, n_movies=n_movies, n_ratings=n_ratings)
 
 
 @dataclass
@@ -326,9 +337,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d = GenConfig()
     p = argparse.ArgumentParser(prog="python -m movierec.datagen", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, type=Path, help="folder for ratings.csv, movies.csv, generation.json")
-    p.add_argument("--users", type=int, default=d.n_users, help="number of users (default %(default)s)")
-    p.add_argument("--movies", type=int, default=d.n_movies, help="catalogue size (default %(default)s)")
-    p.add_argument("--ratings", type=int, default=d.n_ratings, help="number of ratings (default %(default)s)")
+    p.add_argument("--n-users", type=int, default=d.n_users, help="number of users (default %(default)s)")
+    p.add_argument("--n-movies", type=int, default=d.n_movies, help="catalogue size (default %(default)s)")
+    p.add_argument("--n-ratings", type=int, default=d.n_ratings, help="number of ratings (default %(default)s)")
+    # The old spellings: elsewhere (train.py) --ratings/--movies name files, so counts say n-.
+    for name in ("users", "movies", "ratings"):
+        add_renamed(p, f"--{name}", f"--n-{name}", type=int)
     p.add_argument("--min-per-user", type=int, default=d.min_per_user, help="default %(default)s, as ML-25M")
     p.add_argument("--activity-sigma", type=float, default=d.activity_sigma, help="log-normal sigma of user counts")
     p.add_argument("--zipf-exponent", type=float, default=d.zipf_exponent, help="popularity ~ 1/(rank+offset)^this")
@@ -344,9 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     """Generate the files and print the summary with the RMSE floor."""
     args = parse_args(argv)
     cfg = GenConfig(
-        n_users=args.users,
-        n_movies=args.movies,
-        n_ratings=args.ratings,
+        n_users=args.n_users,
+        n_movies=args.n_movies,
+        n_ratings=args.n_ratings,
         min_per_user=args.min_per_user,
         activity_sigma=args.activity_sigma,
         zipf_exponent=args.zipf_exponent,

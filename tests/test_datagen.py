@@ -15,7 +15,7 @@ import pytest
 
 from model.data import load_ratings, load_titles
 from movierec import datagen
-from movierec.datagen import GenConfig, expected_rating, generate, main, user_counts
+from movierec.datagen import GenConfig, expected_rating, generate, main, parse_args, user_counts
 
 SMALL = GenConfig(n_users=400, n_movies=300, n_ratings=30_000, min_per_user=20, chunk_ratings=7_000, seed=3)
 
@@ -120,13 +120,23 @@ def test_loader_reads_the_generated_file(small):
 
 
 def test_cli_writes_files_and_prints_the_floor(tmp_path, capsys):
-    argv = ["--out", str(tmp_path), "--users", "100", "--movies", "80", "--ratings", "3000", "--quiet"]
+    argv = ["--out", str(tmp_path), "--n-users", "100", "--n-movies", "80", "--n-ratings", "3000", "--quiet"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "generation.json").read_text())
     assert f"RMSE floor {report['rmse_floor']:.4f}" in out
-    assert main(["--out", str(tmp_path), "--users", "100", "--ratings", "10"]) == 2
+    assert main(["--out", str(tmp_path), "--n-users", "100", "--n-ratings", "10"]) == 2
     assert "error: ratings must be in" in capsys.readouterr().out
+
+
+def test_cli_old_count_flags_still_work_with_a_warning(capsys):
+    """--users/--movies/--ratings are counts here but files for train.py: the old spellings say so once each."""
+    args = parse_args(["--out", "x", "--users", "100", "--movies", "80", "--ratings", "3000"])
+    assert (args.n_users, args.n_movies, args.n_ratings) == (100, 80, 3000)
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"python -m movierec.datagen: --{n} is deprecated, use --n-{n}" for n in ("users", "movies", "ratings")
+    ]
 
 
 def test_cli_help():

@@ -1,4 +1,4 @@
-"""The ranker (model/ranking.py), its place in the serving core, and the measure of served lists."""
+"""The ranker (model/ranking.py), its place in the serving core, and the measure of served lists (model/metrics.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import torch
 from model import ranking
 from model.artifact import load_artifact
 from model.core import Recommender
-from model.ranking import DotRanker, RankerConfig, RankTrainConfig, fit_ranker, popular_top_k, top_k_metrics
+from model.metrics import popular_top_k, top_k_metrics
+from model.ranking import DotRanker, RankerConfig, RankTrainConfig, fit_ranker
 
 
 @pytest.fixture(scope="module")

@@ -21,39 +21,34 @@ import sys
 import zipfile
 from pathlib import Path
 
-from movierec.torchserve.archive import batch_settings, load_model_config
+from movierec.client.settings import DEFAULT_WORKERS
+from movierec.defaults import BATCH_MODEL as BATCH_MODEL_NAME
+from movierec.defaults import MODEL as MODEL_NAME
+from movierec.torchserve import registry
+from movierec.torchserve.archive import batch_settings, load_model_config, read_manifest
+from movierec.torchserve.properties import parse_properties, set_property
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE = HERE / "config" / "config.properties"
-MODEL_NAME = "movierec"
-BATCH_MODEL_NAME = "movierec-batch"
 # The settings of `movierec score`'s own registration (movierec/client/scoring.py BatchSettings):
 # a 20,000-row Arrow body is a whole batch, so no dynamic batching; 2 workers for the pod's 2 CPUs.
-BATCH_SETTINGS = {"minWorkers": 2, "maxWorkers": 2, "batchSize": 1, "maxBatchDelay": 1, "responseTimeout": 60}
-SNAPSHOT_KEY = "model_snapshot="
-
-
-def mar_manifest(mar: Path) -> dict:
-    """The model section of a .mar's MAR-INF/MANIFEST.json."""
-    with zipfile.ZipFile(mar) as archive:
-        return json.loads(archive.read("MAR-INF/MANIFEST.json"))["model"]
+BATCH_SETTINGS = {
+    "minWorkers": DEFAULT_WORKERS,
+    "maxWorkers": DEFAULT_WORKERS,
+    **registry.BATCH_SETTINGS,
+    "responseTimeout": 60,
+}
+SNAPSHOT_KEY = "model_snapshot"
 
 
 def render_config(
     template: str, mar_name: str, version: str, batching: dict[str, int], model_name: str = MODEL_NAME
 ) -> str:
     """The template with its single model_snapshot line serving mar_name as model_name's default version with `batching`."""
-    lines = template.splitlines()
-    found = [i for i, line in enumerate(lines) if line.startswith(SNAPSHOT_KEY)]
-    if len(found) != 1:
-        raise ValueError(f"expected exactly one {SNAPSHOT_KEY} line in the template, found {len(found)}")
-    snapshot = json.loads(lines[found[0]][len(SNAPSHOT_KEY) :])
+    snapshot = json.loads(parse_properties(template)[SNAPSHOT_KEY])
     (settings,) = snapshot["models"][MODEL_NAME].values()
     settings = {**settings, **batching, "defaultVersion": True, "marName": mar_name}
-    snapshot["models"] = {model_name: {version: settings}}
-    snapshot["modelCount"] = 1
-    lines[found[0]] = SNAPSHOT_KEY + json.dumps(snapshot, separators=(",", ":"))
-    return "\n".join(lines) + "\n"
+    return set_property(template, SNAPSHOT_KEY, registry.snapshot_json({model_name: {version: settings}}))
 
 
 def stage(mar: Path, out: Path, template: Path = TEMPLATE, batch: bool = False) -> Path:
@@ -61,7 +56,7 @@ def stage(mar: Path, out: Path, template: Path = TEMPLATE, batch: bool = False) 
 
     batch=True serves it as movierec-batch with BATCH_SETTINGS instead of the archive's own batching.
     """
-    model = mar_manifest(mar)
+    model = read_manifest(mar)
     if model.get("modelName") != MODEL_NAME:
         raise ValueError(f"{mar} holds model {model.get('modelName')!r}, expected {MODEL_NAME!r}")
     version = str(model["modelVersion"])

@@ -35,6 +35,7 @@ from movierec.bench.meter import load_average
 from movierec.bench.peer import Peer, start_peer
 from movierec.bench.report import owns, report
 from movierec.bench.settings import BENCH_VERSION, FULL, MODEL, QUICK, SECTIONS, SEED, Settings
+from movierec.defaults import VERSION, archive_file
 from movierec.paths import REPO
 from movierec.torchserve.archive import build_mar
 
@@ -87,14 +88,14 @@ def command_line() -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The movierec-bench command line; unset timing options take the --quick or full defaults."""
     p = argparse.ArgumentParser(prog="movierec-bench", description=__doc__.splitlines()[0])
-    p.add_argument("--artifacts", type=Path, default=REPO / "artifacts" / "v1.0", help="artifact directory")
+    p.add_argument("--artifacts", type=Path, default=REPO / "artifacts" / f"v{VERSION}", help="artifact directory")
     p.add_argument(
         "--mar-store",
         type=Path,
         help="serve an existing archive from this model store (default: build one from the working tree "
         "and --artifacts into WORK_DIR/model_store)",
     )
-    p.add_argument("--mar", default="movierec-1.0.mar", help="archive inside --mar-store (only with --mar-store)")
+    p.add_argument("--mar", default=archive_file(VERSION), help="archive inside --mar-store (only with --mar-store)")
     p.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="report to write")
     p.add_argument("--work-dir", type=Path, default=REPO / "bench_out", help="run dir, bodies, CSVs, results.json")
     p.add_argument("--quick", action="store_true", help="one short round: proves the setup, noisy numbers")

@@ -22,7 +22,6 @@ import platform
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,8 @@ from handler.movierec_handler import MovierecHandler
 from model.artifact import load_artifact
 from model.core import PARITY_TOL, Recommender
 from model.protocol import ServiceOptions
+from movierec.bench.settings import TOP_K
+from movierec.bench.timing import p50_ms
 from movierec.paths import REPO
 from movierec.testing import LocalContext
 from movierec.torchserve.archive import load_model_config
@@ -46,8 +47,8 @@ def mixed_batch(users: list, movies: list, rng: np.random.Generator) -> list[byt
     pick = lambda ids: ids[int(rng.integers(len(ids)))]  # noqa: E731
     bodies: list[object] = [{"user_id": pick(users), "movie_id": pick(movies)} for _ in range(8)]
     bodies.append({"instances": [{"user_id": pick(users), "movie_id": pick(movies)} for _ in range(5000)]})
-    bodies += [{"user_id": pick(users), "top_k": 10} for _ in range(8)]
-    bodies += [{"user_id": "no-such-user", "movie_id": pick(movies)}, {"top_k": 10}, b"{not json"]
+    bodies += [{"user_id": pick(users), "top_k": TOP_K} for _ in range(8)]
+    bodies += [{"user_id": "no-such-user", "movie_id": pick(movies)}, {"top_k": TOP_K}, b"{not json"]
     return [b if isinstance(b, bytes) else json.dumps(b).encode() for b in bodies]
 
 
@@ -112,23 +113,12 @@ def compare_top_k(i: int, cpu: list[dict], dev: list[dict], problems: list[str])
     return max([0.0, *(abs(r1["score"] - r2["score"]) for r1, r2 in zip(cpu, dev, strict=False))])
 
 
-def p50_ms(fn: Callable[[], object], repeat: int) -> float:
-    """Median ms of `repeat` calls after one untimed call."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1e3)
-
-
 def timings(rec: Recommender, n_pairs: int, repeat: int, rng: np.random.Generator) -> dict:
     """p50 of factorised scoring of n_pairs random pairs and of one top-10, on the recommender's device."""
     u = rng.integers(len(rec.artifact.users), size=n_pairs)
     m = rng.integers(len(rec.artifact.movies), size=n_pairs)
     score = p50_ms(lambda: rec.predict(u, m), repeat)
-    top = p50_ms(lambda: rec.recommend(int(u[0]), 10), repeat)
+    top = p50_ms(lambda: rec.recommend(int(u[0]), TOP_K), repeat)
     return {f"predict_{n_pairs}_pairs_p50_ms": score, "pairs_per_s": n_pairs / score * 1e3, "top10_p50_ms": top}
 
 
@@ -169,8 +159,7 @@ def train_on(device: torch.device, artifact_dir: Path, args: argparse.Namespace)
 
 def scale_data(n_ratings: int, folder: Path) -> dict:
     """Generate ML-25M-shaped ratings of that size into folder; the generator's report."""
-    from movierec.bench.scale import shape_for
-    from movierec.datagen import generate
+    from movierec.datagen import generate, shape_for
 
     started = time.perf_counter()
     report = generate(shape_for(n_ratings), folder, quiet=True)

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from movierec.bench.timing import percentiles_ms
+
 
 @dataclass(frozen=True)
 class CpuSample:
@@ -125,6 +127,5 @@ def summarize(times: np.ndarray, pairs: int) -> dict:
         "calls": len(times),
         "pairs_s": pairs * len(times) / times.sum() if pairs else 0.0,
         "calls_s": len(times) / times.sum(),
-        "p50_ms": float(np.percentile(times, 50) * 1e3),
-        "p99_ms": float(np.percentile(times, 99) * 1e3),
+        **percentiles_ms(times),
     }

@@ -25,6 +25,7 @@ from movierec import torchserve
 from movierec.bench.meter import CpuMeter
 from movierec.bench.peer import Peer
 from movierec.bench.settings import ARROW_KIND, BULK_MODEL, Settings
+from movierec.bench.timing import percentiles_ms
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,7 @@ def closed_loop(url: str, bodies: list[bytes], headers: dict[str, str], connecti
     return {
         "requests": float(sum(len(slot) for slot in latencies)),
         "duration_s": wall,
-        "p50_ms": float(np.percentile(times, 50) * 1e3),
-        "p90_ms": float(np.percentile(times, 90) * 1e3),
-        "p99_ms": float(np.percentile(times, 99) * 1e3),
+        **percentiles_ms(times, (50, 90, 99)),
         "max_ms": float(times.max() * 1e3),
         **{k: float(v) for k, v in errors.items()},
     }

@@ -25,21 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from movierec.bench.gpu_check import p50_ms
-from movierec.datagen import GenConfig, generate
+from movierec.bench.settings import TOP_K
+from movierec.bench.timing import p50_ms
+from movierec.datagen import generate
+from movierec.datagen import shape_for as shape_for  # ML-25M's shape at a size, re-exported for callers
+from movierec.defaults import BATCH_MODEL, MODEL, VERSION
 from movierec.paths import REPO
-
-FULL = GenConfig()  # ML-25M's sizes
-VERSION = "1.0"
-TOP_K = 10
-
-
-def shape_for(n_ratings: int) -> GenConfig:
-    """ML-25M's shape scaled to n_ratings: users and movies in proportion, the matrix at most 1/4 full."""
-    share = n_ratings / FULL.n_ratings
-    n_users = max(2, min(round(FULL.n_users * share), n_ratings // FULL.min_per_user))
-    n_movies = max(FULL.min_per_user * 2, round(FULL.n_movies * share), -(-4 * n_ratings // n_users))
-    return GenConfig(n_users=n_users, n_movies=n_movies, n_ratings=n_ratings)
 
 
 def run_child(argv: list[str], log: Path) -> tuple[str, float, float]:
@@ -159,9 +150,8 @@ def measure_served(store: Path, artifact: Path, seconds: int, work: Path) -> dic
     import psutil
 
     from movierec import torchserve
-    from movierec.torchserve.registry import BATCH_MODELS
 
-    unbatched = BATCH_MODELS["movierec"]
+    unbatched = BATCH_MODEL
     users = json.loads((artifact / "users.json").read_text())
     run_dir = Path(tempfile.mkdtemp(prefix="scale-run-", dir="/tmp"))
     server = torchserve.start(run_dir, store, [], ports=torchserve.Ports.free(), timeout=600)
@@ -187,7 +177,7 @@ def measure_served(store: Path, artifact: Path, seconds: int, work: Path) -> dic
     return row
 
 
-def served_p50(server, bodies: list[bytes], seconds: int, work: Path, model: str = "movierec") -> dict:
+def served_p50(server, bodies: list[bytes], seconds: int, work: Path, model: str = MODEL) -> dict:
     """Top-10 p50 at concurrency 1 after a warm-up: wrk with post.lua, as `make bench`, else Python http.client."""
     from movierec.bench.pyload import closed_loop
 

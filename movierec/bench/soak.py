@@ -33,6 +33,7 @@ from movierec.bench.inprocess import load_service, make_bodies
 from movierec.bench.markdown import put_section
 from movierec.bench.meter import load_average
 from movierec.bench.settings import BENCH_VERSION, MODEL, SEED
+from movierec.bench.timing import percentiles_ms
 from movierec.paths import REPO
 from movierec.torchserve.archive import build_mar
 
@@ -176,8 +177,7 @@ def summarize(raw: dict, warmup_s: float, connections: int) -> dict:
         times = np.frombuffer(lat, dtype=float) if len(lat) else np.zeros(1)
         kinds[kind] = {
             "requests": len(lat),
-            "p50_ms": float(np.percentile(times, 50) * 1e3),
-            "p99_ms": float(np.percentile(times, 99) * 1e3),
+            **percentiles_ms(times),
             "statuses": {str(s): n for (k, s), n in sorted(tally.statuses.items()) if k == kind},
         }
     every = np.concatenate([np.frombuffer(lat, dtype=float) for lat in tally.latencies.values()] + [np.zeros(0)])
@@ -187,8 +187,7 @@ def summarize(raw: dict, warmup_s: float, connections: int) -> dict:
         "wall_s": raw["wall_s"],
         "warmup_s": warmup_s,
         "requests": sum(k["requests"] for k in kinds.values()),
-        "p50_ms": float(np.percentile(every, 50) * 1e3),
-        "p99_ms": float(np.percentile(every, 99) * 1e3),
+        **percentiles_ms(every),
         "kinds": kinds,
         "unexpected": {f"{k} {s}": n for (k, s), n in sorted(tally.unexpected.items())},
         "socket_errors": tally.socket_errors,

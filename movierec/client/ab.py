@@ -13,6 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from model.protocol import DEFAULT_TOP_K
 from movierec.client import abstats
 from movierec.client.abstats import (
     DEFAULT_MAX_ERROR_RATE_INCREASE,
@@ -27,11 +28,10 @@ from movierec.client.abstats import Decision as Decision  # the verdict type, re
 from movierec.client.api import DEFAULT_MODEL, MovieRecClient, MovieRecError, check_version
 from movierec.client.exposures import ExposureLog
 from movierec.client.scoring import InputError, find_columns
+from movierec.client.settings import DEFAULT_EVAL_CHUNK, DEFAULT_EVAL_CONCURRENCY
 
 BUCKETS = 10_000
 DEFAULT_SALT = "movierec-ab"
-DEFAULT_EVAL_CHUNK = 500
-DEFAULT_EVAL_CONCURRENCY = 4
 
 
 def bucket(user_id: int | str, salt: str = DEFAULT_SALT) -> int:
@@ -88,7 +88,9 @@ class ABRouter:
         answer = self.client.predict(user_id, movie_id, model=self.model, version=self.versions[arm])
         return self._served(user_id, answer, arm)
 
-    def recommend(self, user_id: int | str, top_k: int = 10, *, exclude_rated: bool = True) -> dict[str, Any]:
+    def recommend(
+        self, user_id: int | str, top_k: int = DEFAULT_TOP_K, *, exclude_rated: bool = True
+    ) -> dict[str, Any]:
         """Top-k recommendations from the user's arm; the answer carries "arm" and "served_by"."""
         arm = self.arm(user_id)
         answer = self.client.recommend(

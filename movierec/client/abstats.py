@@ -11,12 +11,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DEFAULT_SEED = 0
-DEFAULT_REPS = 2000
-DEFAULT_LEVEL = 0.95
-DEFAULT_MIN_ROWS = 500
-DEFAULT_MIN_IMPROVEMENT = 0.005
-DEFAULT_MAX_ERROR_RATE_INCREASE = 0.01
+from movierec.client.settings import (
+    DEFAULT_LEVEL,
+    DEFAULT_MAX_ERROR_RATE_INCREASE,
+    DEFAULT_MIN_IMPROVEMENT,
+    DEFAULT_MIN_ROWS,
+    DEFAULT_REPS,
+    DEFAULT_SEED,
+)
+
 # Resampled users held at once (replicates x users x columns), so 160k users stay within ~100 MB.
 BOOTSTRAP_BLOCK = 4_000_000
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from model.protocol import DEFAULT_TOP_K
+from movierec.defaults import ARCHIVE_PREFIX
 from movierec.torchserve.errors import (
     AuthError,
     ConfigError,
@@ -23,7 +25,6 @@ from movierec.torchserve.errors import (
     raise_for_response,
 )
 from movierec.torchserve.management import (
-    ARCHIVE_PREFIX,
     DEFAULT_INFERENCE_URL,
     DEFAULT_KEY_FILE,
     DEFAULT_MANAGEMENT_URL,
@@ -113,7 +114,7 @@ class MovieRecClient(ManagementClient):
     def recommend(
         self,
         user_id: int | str,
-        top_k: int = 10,
+        top_k: int = DEFAULT_TOP_K,
         *,
         exclude_rated: bool = True,
         model: str | None = None,

@@ -13,19 +13,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from model.arrow import ARROW_STREAM
+from model.protocol import round_scores
 from movierec.client.api import MovieRecClient, ServerError, check_version
 from movierec.client.columnar import FALLBACK_COLUMN, ID_COLUMNS, count_rows, open_output, read_chunks
-from movierec.client.scoring import (
-    DEFAULT_ARROW_CHUNK,
-    DEFAULT_CONCURRENCY,
-    MODE_CHANGED,
-    PROBE_ID,
-    SYNC_INTERVAL_S,
-    Progress,
-    ScoreSummary,
-    check_job,
-    v1_path,
-)
+from movierec.client.progress import Progress
+from movierec.client.score_job import MODE_CHANGED, PROBE_ID, SYNC_INTERVAL_S, ScoreSummary, check_job, v1_path
+from movierec.client.settings import DEFAULT_ARROW_CHUNK, DEFAULT_CONCURRENCY
 
 
 def wire_ids(column: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -59,7 +52,7 @@ def request_body(users: pa.Array, movies: pa.Array) -> bytes:
 
 
 def read_answer(body: bytes, expected_rows: int, first_row: int) -> tuple[np.ndarray, pa.Array]:
-    """Ratings (float64 with NaN where failed, four decimals like JSON answers) and error texts of an answer."""
+    """Ratings (float64 with NaN where failed, rounded as every answer: round_scores) and error texts of an answer."""
     ratings, errors, _ = read_flagged_answer(body, expected_rows, first_row)
     return ratings, errors
 
@@ -83,8 +76,7 @@ def read_flagged_answer(
     flags = None
     if FALLBACK_COLUMN in table.column_names:
         flags = table.column(FALLBACK_COLUMN).combine_chunks().cast(pa.string())
-    # Same arithmetic as the server's JSON rounding, so both protocols write the same digits.
-    return np.round(values, 4), error.cast(pa.string()), flags
+    return round_scores(values), error.cast(pa.string()), flags
 
 
 def arrow_answers_with_fallback(post: Callable[[bytes], bytes]) -> bool:

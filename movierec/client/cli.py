@@ -6,18 +6,20 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from movierec.client.api import ConfigError, MovieRecError
 from movierec.client.cli_ab import add_ab, add_ab_eval, add_ab_report, add_predict_and_recommend
 from movierec.client.cli_common import make_client as make_client  # re-exported for callers of the old module
 from movierec.client.cli_common import resume_command, server_options
 from movierec.client.cli_score import add_recommend_all, add_score
 from movierec.client.cli_versions import add_promote_and_rollback, add_versions
+from movierec.flags import add_version_option
+from movierec.torchserve.errors import ConfigError, MovieRecError
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of every subcommand."""
     server = server_options()
     parser = argparse.ArgumentParser(prog="movierec", description=__doc__)
+    add_version_option(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_score(sub, server)
     add_recommend_all(sub, server)

@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from typing import TYPE_CHECKING
 
 import orjson
 
-from model.protocol import MAX_TOP_K
-from movierec.client import ab, abstats, exposures, versions
-from movierec.client.ab import ArmStats
-from movierec.client.abstats import Comparison
-from movierec.client.api import ConfigError, MovieRecClient
+from model.protocol import DEFAULT_TOP_K, MAX_TOP_K
+from movierec.client import settings
 from movierec.client.cli_common import make_client, model_option, non_negative, percent, positive, raw_id
+from movierec.torchserve.errors import ConfigError
+
+if TYPE_CHECKING:
+    from movierec.client.ab import ArmStats
+    from movierec.client.abstats import Comparison, Decision
+    from movierec.client.api import MovieRecClient
 
 
 def add_predict_and_recommend(sub: argparse._SubParsersAction, server: argparse.ArgumentParser) -> None:
@@ -30,7 +34,10 @@ def add_predict_and_recommend(sub: argparse._SubParsersAction, server: argparse.
     p.add_argument("--version", help="model version (default: the server's default version)")
     p.add_argument("--user", required=True, type=raw_id, help="user ID")
     p.add_argument(
-        "--top-k", type=positive, default=10, help=f"how many movies (default %(default)s, at most {MAX_TOP_K})"
+        "--top-k",
+        type=positive,
+        default=DEFAULT_TOP_K,
+        help=f"how many movies (default %(default)s, at most {MAX_TOP_K})",
     )
     p.add_argument("--include-rated", action="store_true", help="let recommendations include rated movies")
     p.set_defaults(func=cmd_recommend)
@@ -54,7 +61,7 @@ def add_ab(sub: argparse._SubParsersAction, server: argparse.ArgumentParser) -> 
     what.add_argument(
         "--top-k",
         type=positive,
-        help="recommend this many movies (default 10 without --movie)",
+        help=f"recommend this many movies (default {DEFAULT_TOP_K} without --movie)",
     )
     p.add_argument(
         "--include-rated",
@@ -89,12 +96,12 @@ def add_ab_eval(sub: argparse._SubParsersAction, server: argparse.ArgumentParser
         "(default 50); compares latency and errors under the split",
     )
     p.add_argument(
-        "--chunk", type=positive, default=ab.DEFAULT_EVAL_CHUNK, help="rows per request (default %(default)s)"
+        "--chunk", type=positive, default=settings.DEFAULT_EVAL_CHUNK, help="rows per request (default %(default)s)"
     )
     p.add_argument(
         "--concurrency",
         type=positive,
-        default=ab.DEFAULT_EVAL_CONCURRENCY,
+        default=settings.DEFAULT_EVAL_CONCURRENCY,
         help="requests in flight (default %(default)s)",
     )
     p.add_argument("--plot", help="write a PNG comparison here")
@@ -103,10 +110,10 @@ def add_ab_eval(sub: argparse._SubParsersAction, server: argparse.ArgumentParser
     p.add_argument(
         "--max-error-rate-increase",
         type=float,
-        default=abstats.DEFAULT_MAX_ERROR_RATE_INCREASE,
+        default=settings.DEFAULT_MAX_ERROR_RATE_INCREASE,
         help="how much higher the winner's row error rate may be (default %(default)s)",
     )
-    p.add_argument("--state-file", help="A/B state file (default: ab_state.json next to the key file)")
+    p.add_argument("--state-file", help=f"A/B state file (default: {settings.STATE_FILE_NAME} next to the key file)")
     p.set_defaults(func=cmd_ab_eval)
 
 
@@ -115,25 +122,25 @@ def verdict_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--min-rows",
         type=positive,
-        default=abstats.DEFAULT_MIN_ROWS,
+        default=settings.DEFAULT_MIN_ROWS,
         help="scored rows each arm needs (default %(default)s)",
     )
     p.add_argument(
         "--min-improvement",
         type=float,
-        default=abstats.DEFAULT_MIN_IMPROVEMENT,
+        default=settings.DEFAULT_MIN_IMPROVEMENT,
         help="RMSE gap needed for a winner (default %(default)s)",
     )
     p.add_argument(
         "--seed",
         type=non_negative,
-        default=abstats.DEFAULT_SEED,
+        default=settings.DEFAULT_SEED,
         help="seed of the user bootstrap (default %(default)s)",
     )
     p.add_argument(
         "--reps",
         type=positive,
-        default=abstats.DEFAULT_REPS,
+        default=settings.DEFAULT_REPS,
         help="bootstrap resamples (default %(default)s)",
     )
 
@@ -173,6 +180,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 def cmd_ab(args: argparse.Namespace) -> int:
     """Run `ab`."""
+    from movierec.client import ab  # numpy, pandas and pyarrow: only once a command runs
+
     with (
         make_client(args) as client,
         ab.ABRouter(client, args.a, args.b, args.split, model=args.model, exposures=args.exposures) as router,
@@ -180,13 +189,15 @@ def cmd_ab(args: argparse.Namespace) -> int:
         if args.movie is not None:
             answer = router.predict(args.user, args.movie)
         else:
-            answer = router.recommend(args.user, args.top_k or 10, exclude_rated=not args.include_rated)
+            answer = router.recommend(args.user, args.top_k or DEFAULT_TOP_K, exclude_rated=not args.include_rated)
     print(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
     return 0
 
 
 def cmd_ab_eval(args: argparse.Namespace) -> int:
     """Run `ab-eval`."""
+    from movierec.client import ab
+
     if args.promote and args.split is not None:
         raise ConfigError("--promote needs the paired comparison: drop --split")
     with make_client(args, pool_size=args.concurrency) as client:
@@ -222,8 +233,10 @@ def cmd_ab_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def promote_winner(client: MovieRecClient, decision: abstats.Decision, args: argparse.Namespace) -> None:
+def promote_winner(client: MovieRecClient, decision: Decision, args: argparse.Namespace) -> None:
     """Make the verdict's winner the default, or say why the default stays."""
+    from movierec.client import versions
+
     default = client.default_version(args.model)
     if decision.winner is None:
         print(f"not promoting: default stays {default}")
@@ -235,6 +248,8 @@ def promote_winner(client: MovieRecClient, decision: abstats.Decision, args: arg
 
 def cmd_ab_report(args: argparse.Namespace) -> int:
     """Run `ab-report`."""
+    from movierec.client import abstats, exposures
+
     result = exposures.join_outcomes(exposures.read_exposures(args.exposures), args.outcomes)
     cmp = result.comparison(seed=args.seed, reps=args.reps)
     print(exposures.format_online_report(result, cmp))

@@ -6,18 +6,21 @@ import argparse
 import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from movierec.client.api import (
-    DEFAULT_KEY_FILE,
-    DEFAULT_MODEL,
+from movierec.defaults import (
     ENV_INFERENCE_URL,
     ENV_KEY_FILE,
     ENV_MANAGEMENT_URL,
-    MovieRecClient,
-    MovieRecError,
-    ServerError,
-    ServerUnreachable,
+    INFERENCE_URL,
+    KEY_FILE,
+    MANAGEMENT_URL,
+    MODEL,
 )
+from movierec.torchserve.errors import MovieRecError, ServerError, ServerUnreachable
+
+if TYPE_CHECKING:
+    from movierec.client.api import MovieRecClient
 
 
 class JobFailed(MovieRecError):
@@ -29,15 +32,15 @@ def server_options() -> argparse.ArgumentParser:
     group = parent.add_argument_group("server")
     group.add_argument(
         "--inference-url",
-        help=f"inference API (env {ENV_INFERENCE_URL}; default http://127.0.0.1:8080)",
+        help=f"inference API (env {ENV_INFERENCE_URL}; default {INFERENCE_URL})",
     )
     group.add_argument(
         "--management-url",
-        help=f"management API (env {ENV_MANAGEMENT_URL}; default http://127.0.0.1:8081)",
+        help=f"management API (env {ENV_MANAGEMENT_URL}; default {MANAGEMENT_URL})",
     )
     group.add_argument(
         "--key-file",
-        help=f"TorchServe key_file.json (env {ENV_KEY_FILE}; default {DEFAULT_KEY_FILE})",
+        help=f"TorchServe key_file.json (env {ENV_KEY_FILE}; default {KEY_FILE})",
     )
     group.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
     group.add_argument(
@@ -51,7 +54,7 @@ def server_options() -> argparse.ArgumentParser:
 
 
 def model_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="model name (default %(default)s)")
+    parser.add_argument("--model", default=MODEL, help="model name (default %(default)s)")
 
 
 def percent(text: str) -> float:
@@ -82,11 +85,13 @@ def raw_id(text: str) -> int | str:
 
 def make_client(args: argparse.Namespace, pool_size: int = 16) -> MovieRecClient:
     """A client from the server options of a parsed command line."""
+    from movierec.client.api import MovieRecClient  # requests and urllib3: only once a command runs
+
     return MovieRecClient(
         args.inference_url,
         args.management_url,
         args.key_file,
-        model=getattr(args, "model", DEFAULT_MODEL),
+        model=getattr(args, "model", MODEL),
         timeout=args.timeout,
         retries=args.retries,
         pool_size=pool_size,

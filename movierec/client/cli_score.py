@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from model.protocol import MAX_TOP_K, MAX_USERS
-from movierec.client import recommend_all, scoring
+from model.protocol import DEFAULT_TOP_K, MAX_INSTANCES, MAX_TOP_K, MAX_USERS
+from movierec.client import settings
 from movierec.client.cli_common import make_client, model_option, non_negative, positive, resumable
 
 
@@ -31,13 +31,13 @@ def add_score(sub: argparse._SubParsersAction, server: argparse.ArgumentParser) 
         "--chunk",
         type=positive,
         default=None,
-        help=f"rows per request (max {scoring.MAX_INSTANCES}; default {scoring.DEFAULT_ARROW_CHUNK} with arrow, "
-        f"{scoring.DEFAULT_CHUNK} with json)",
+        help=f"rows per request (max {MAX_INSTANCES}; default {settings.DEFAULT_ARROW_CHUNK} with arrow, "
+        f"{settings.DEFAULT_CHUNK} with json)",
     )
     p.add_argument(
         "--concurrency",
         type=positive,
-        default=scoring.DEFAULT_CONCURRENCY,
+        default=settings.DEFAULT_CONCURRENCY,
         help="requests in flight (default %(default)s)",
     )
     _add_batch_registration_options(p)
@@ -53,15 +53,15 @@ def add_score(sub: argparse._SubParsersAction, server: argparse.ArgumentParser) 
     )
     p.add_argument(
         "--protocol",
-        choices=scoring.PROTOCOLS,
-        default=scoring.DEFAULT_PROTOCOL,
+        choices=settings.PROTOCOLS,
+        default=settings.DEFAULT_PROTOCOL,
         help="request bodies: arrow (columnar, fastest) or json (CSV only; for JSON-only routes such as "
         "KServe's) (default %(default)s)",
     )
     p.add_argument(
         "--route",
-        choices=scoring.ROUTES,
-        default=scoring.DEFAULT_ROUTE,
+        choices=settings.ROUTES,
+        default=settings.DEFAULT_ROUTE,
         help="predictions, or v1: KServe's /v1/models/BATCH_MODEL:predict (needs --no-manage) (default %(default)s)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (or, off a terminal, progress lines)")
@@ -73,25 +73,25 @@ def _add_batch_registration_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers",
         type=positive,
-        default=scoring.DEFAULT_WORKERS,
+        default=settings.DEFAULT_WORKERS,
         help="workers during the job; jobs running side by side get the largest ask (default %(default)s)",
     )
     p.add_argument(
         "--idle-workers",
         type=non_negative,
-        default=scoring.DEFAULT_IDLE_WORKERS,
+        default=settings.DEFAULT_IDLE_WORKERS,
         help="workers after the last running job ends (default %(default)s)",
     )
     p.add_argument(
         "--batch-model",
-        default=scoring.BATCH_MODEL,
+        default=settings.BATCH_MODEL,
         help="name of the bulk-scoring registration; movierec-serve registers it with batch size 1 and a 1 ms "
         "delay for every version (default %(default)s)",
     )
     p.add_argument(
         "--linger",
         type=float,
-        default=scoring.DEFAULT_LINGER_S,
+        default=settings.DEFAULT_LINGER_S,
         metavar="SECONDS",
         help="keep the batch workers up this long after the last job, so the next job skips their start-up; "
         "0 scales down at once (default %(default)s)",
@@ -100,7 +100,9 @@ def _add_batch_registration_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Run `score`."""
-    settings = scoring.BatchSettings(args.workers, args.idle_workers, args.linger)
+    from movierec.client import scoring  # pandas and pyarrow: only once a job runs
+
+    batch = scoring.BatchSettings(args.workers, args.idle_workers, args.linger)
     with make_client(args, pool_size=args.concurrency) as client, resumable(args):
         summary = scoring.score_csv(
             client,
@@ -110,7 +112,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             version=args.version,
             chunk_size=args.chunk,
             concurrency=args.concurrency,
-            settings=settings,
+            settings=batch,
             batch_model=args.batch_model,
             resume=args.resume,
             progress=not args.no_progress,
@@ -136,7 +138,10 @@ def add_recommend_all(sub: argparse._SubParsersAction, server: argparse.Argument
     p.add_argument("output", help="CSV or Parquet (.parquet, .pq) file to write")
     p.add_argument("--users", help="CSV or Parquet file with a user_id column: recommend for these users, in order")
     p.add_argument(
-        "--top-k", type=positive, default=10, help=f"movies per user (default %(default)s, at most {MAX_TOP_K})"
+        "--top-k",
+        type=positive,
+        default=DEFAULT_TOP_K,
+        help=f"movies per user (default %(default)s, at most {MAX_TOP_K})",
     )
     p.add_argument("--include-rated", action="store_true", help="let recommendations include rated movies")
     model_option(p)
@@ -144,13 +149,13 @@ def add_recommend_all(sub: argparse._SubParsersAction, server: argparse.Argument
     p.add_argument(
         "--users-per-request",
         type=positive,
-        default=recommend_all.DEFAULT_USERS_PER_REQUEST,
+        default=settings.DEFAULT_USERS_PER_REQUEST,
         help=f"users per request (max {MAX_USERS}) (default %(default)s)",
     )
     p.add_argument(
         "--concurrency",
         type=positive,
-        default=scoring.DEFAULT_CONCURRENCY,
+        default=settings.DEFAULT_CONCURRENCY,
         help="requests in flight (default %(default)s)",
     )
     _add_batch_registration_options(p)
@@ -162,7 +167,9 @@ def add_recommend_all(sub: argparse._SubParsersAction, server: argparse.Argument
 
 def cmd_recommend_all(args: argparse.Namespace) -> int:
     """Run `recommend-all`."""
-    settings = scoring.BatchSettings(args.workers, args.idle_workers, args.linger)
+    from movierec.client import recommend_all, scoring
+
+    batch = scoring.BatchSettings(args.workers, args.idle_workers, args.linger)
     with make_client(args, pool_size=args.concurrency) as client, resumable(args):
         summary = recommend_all.recommend_all(
             client,
@@ -173,7 +180,7 @@ def cmd_recommend_all(args: argparse.Namespace) -> int:
             version=args.version,
             per_request=args.users_per_request,
             concurrency=args.concurrency,
-            settings=settings,
+            settings=batch,
             batch_model=args.batch_model,
             resume=args.resume,
             progress=not args.no_progress,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from movierec.client import versions
 from movierec.client.cli_common import make_client, model_option
+from movierec.client.settings import STATE_FILE_NAME
 
 
 def add_versions(sub: argparse._SubParsersAction, server: argparse.ArgumentParser) -> None:
@@ -42,7 +42,7 @@ def add_promote_and_rollback(sub: argparse._SubParsersAction, server: argparse.A
     model_option(p)
     p.add_argument(
         "--state-file",
-        help="A/B state file (default: ab_state.json next to the key file)",
+        help=f"A/B state file (default: {STATE_FILE_NAME} next to the key file)",
     )
     p.set_defaults(func=cmd_promote)
 
@@ -54,13 +54,15 @@ def add_promote_and_rollback(sub: argparse._SubParsersAction, server: argparse.A
     model_option(p)
     p.add_argument(
         "--state-file",
-        help="A/B state file (default: ab_state.json next to the key file)",
+        help=f"A/B state file (default: {STATE_FILE_NAME} next to the key file)",
     )
     p.set_defaults(func=cmd_rollback)
 
 
 def cmd_versions_list(args: argparse.Namespace) -> int:
     """Run `versions list`."""
+    from movierec.client import versions
+
     with make_client(args) as client:
         print(versions.format_versions(args.model, versions.list_versions(client, args.model)))
     return 0
@@ -76,6 +78,8 @@ def cmd_versions_set_default(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     """Run `promote`."""
+    from movierec.client import versions
+
     with make_client(args) as client:
         print(versions.promote(client, args.version, model=args.model, state_file=args.state_file))
     return 0
@@ -83,6 +87,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """Run `rollback`."""
+    from movierec.client import versions
+
     with make_client(args) as client:
         print(versions.rollback(client, model=args.model, state_file=args.state_file))
     return 0

@@ -40,8 +40,8 @@ from movierec.client.scoring import (
     Progress,
     leased_batch_version,
 )
+from movierec.client.settings import DEFAULT_USERS_PER_REQUEST
 
-DEFAULT_USERS_PER_REQUEST = 500
 OUTPUT_HEADER = ("user_id", "rank", "movie_id", "title", "score", "error")
 OUTPUT_SCHEMA = pa.schema(
     [

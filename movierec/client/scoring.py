@@ -11,12 +11,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
 
-from model.protocol import MAX_INSTANCES  # the server's default cap: a bigger chunk would get 413
+from model.protocol import MAX_INSTANCES  # noqa: F401 - the server's default cap, re-exported for callers
 from movierec.client.api import (
     DEFAULT_MODEL,
     ConfigError,
@@ -26,6 +25,7 @@ from movierec.client.api import (
     archive_name,
     recovering,
 )
+from movierec.client.arrow_scoring import post_arrow, score_file_arrow
 
 # Re-exported too: callers import InputError, OUTPUT_HEADER and the CSV helpers from here.
 from movierec.client.columnar import (  # noqa: F401
@@ -44,51 +44,32 @@ from movierec.client.columnar import (  # noqa: F401
 )
 from movierec.client.jobs import JobLeases, release
 from movierec.client.progress import Progress  # noqa: F401 - re-exported for the Arrow and recommend-all jobs
+from movierec.client.score_job import (  # noqa: F401 - re-exported: callers read these from here
+    MODE_CHANGED,
+    PROBE_ID,
+    SYNC_INTERVAL_S,
+    ScoreSummary,
+    check_job,
+    v1_path,
+)
+from movierec.client.settings import (  # noqa: F401 - re-exported: callers read the job defaults from here
+    BATCH_MODEL,
+    DEFAULT_ARROW_CHUNK,
+    DEFAULT_CHUNK,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_IDLE_WORKERS,
+    DEFAULT_LINGER_S,
+    DEFAULT_PROTOCOL,
+    DEFAULT_ROUTE,
+    DEFAULT_WORKERS,
+    PROTOCOLS,
+    ROUTES,
+)
 
-BATCH_MODEL = "movierec-batch"
-DEFAULT_CHUNK = 5000  # JSON bodies
-# Arrow bodies: the server's cap; 20,000-row bodies scored a 1M-row CSV ~1.5x faster than 5,000-row ones.
-DEFAULT_ARROW_CHUNK = MAX_INSTANCES
-DEFAULT_CONCURRENCY = 8
-DEFAULT_WORKERS = 2
-DEFAULT_IDLE_WORKERS = 0
-DEFAULT_LINGER_S = 120.0  # the CLI's default; library callers get 0 (scale down at once) unless they ask
-PROTOCOLS = ("arrow", "json")
-DEFAULT_PROTOCOL = "arrow"
-# "predictions": TorchServe's /predictions/{model}[/{version}]; "v1": its KServe v1 /v1/models/{model}:predict.
-ROUTES = ("predictions", "v1")
-DEFAULT_ROUTE = "predictions"
-SYNC_INTERVAL_S = 1.0
 Instance = dict[str, str]
 Prediction = dict[str, Any]
 ScoreChunk = Callable[[list[Instance]], list[Prediction]]
 JSON_HEADERS = {"Content-Type": "application/json"}
-PROBE_ID = "movierec-cold-start-probe"  # no model knows it: its answer shows the server's cold_start mode
-MODE_CHANGED = "its cold_start mode changed since the job started (or the versions differ); score the file again"
-
-
-@dataclass
-class ScoreSummary:
-    """What a scoring run did."""
-
-    rows_scored: int
-    rows_with_errors: int
-    rows_skipped: int
-    elapsed_s: float
-    rows_fallback: int | None = None  # answered by the cold-start fallback; None: the server has none
-
-    @property
-    def rows_per_s(self) -> float:
-        """Throughput of this run (resumed rows excluded)."""
-        return self.rows_scored / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    def __str__(self) -> str:
-        resumed = f", {self.rows_skipped:,} already done before resume" if self.rows_skipped else ""
-        cold = "" if self.rows_fallback is None else f", {self.rows_fallback:,} cold-start fallbacks"
-        return (
-            f"scored {self.rows_scored:,} rows ({self.rows_with_errors:,} with errors{cold}{resumed}) "
-            f"in {self.elapsed_s:.1f}s: {self.rows_per_s:,.0f} rows/s"
-        )
 
 
 def answers_with_fallback(score_chunk: ScoreChunk) -> bool:
@@ -132,18 +113,6 @@ def score_chunk_rows(
 def _one_line(text: str) -> str:
     # Keep one record per physical line so output files stay easy to inspect.
     return text.replace("\r", " ").replace("\n", " ")
-
-
-def check_job(
-    input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], chunk_size: int, concurrency: int
-) -> None:
-    """Refuse job settings that cannot work, before any file is touched."""
-    if not 1 <= chunk_size <= MAX_INSTANCES:
-        raise InputError(f"chunk size must be 1..{MAX_INSTANCES}, got {chunk_size}")
-    if concurrency < 1:
-        raise InputError(f"concurrency must be at least 1, got {concurrency}")
-    if Path(input_path).resolve() == Path(output_path).resolve():
-        raise InputError("input and output are the same file")
 
 
 def score_file(
@@ -359,8 +328,6 @@ def _score(
 ) -> ScoreSummary:
     """Run the job against one version of the bulk registration (or the v1 route), with JSON or Arrow bodies."""
     if protocol == "arrow":
-        # Imported here: arrow_scoring builds on this module.
-        from movierec.client.arrow_scoring import post_arrow, score_file_arrow
 
         def post(body: bytes) -> bytes:
             return recovering(lambda: post_arrow(client, body, model=batch_model, version=version, route=route))
@@ -379,8 +346,3 @@ def _score(
         return client.predict_many(instances, model=batch_model, version=version)["predictions"]
 
     return score_file(input_path, output_path, score_chunk, **job)
-
-
-def v1_path(model: str) -> str:
-    """KServe's v1 predict route, which TorchServe serves natively for the model's default version."""
-    return f"/v1/models/{model}:predict"

@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 
 from movierec.client.api import ConfigError, MovieRecClient, archive_name, check_version
+from movierec.client.settings import STATE_FILE_NAME
 
-STATE_FILE_NAME = "ab_state.json"
 HISTORY_LIMIT = 20
 
 

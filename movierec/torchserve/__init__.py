@@ -6,20 +6,36 @@ properties (java.util.Properties files) -> config (ports, rendered config.proper
 archive builds the .mar and reads its model config.
 """
 
-from movierec.torchserve.cli import main
-from movierec.torchserve.config import (
-    DEFAULT_CONFIG,
-    HOST,
-    Ports,
-    free_ports,
-    latest_snapshot,
-    render_config,
-)
-from movierec.torchserve.errors import ServeError
-from movierec.torchserve.instance import Server, health, launch, reload, running, start, stop, wait_ready
-from movierec.torchserve.management import ManagementClient
-from movierec.torchserve.processes import MAX_TMPDIR_LEN, torchserve_env
-from movierec.torchserve.properties import read_properties, write_properties
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Each name is imported from its module on first use, so importing one submodule (a command line's
+# --help, say) loads only what that submodule needs.
+_HOMES = {
+    "main": "movierec.torchserve.cli",
+    "DEFAULT_CONFIG": "movierec.torchserve.config",
+    "HOST": "movierec.torchserve.config",
+    "Ports": "movierec.torchserve.config",
+    "free_ports": "movierec.torchserve.config",
+    "latest_snapshot": "movierec.torchserve.config",
+    "render_config": "movierec.torchserve.config",
+    "ServeError": "movierec.torchserve.errors",
+    "Server": "movierec.torchserve.instance",
+    "health": "movierec.torchserve.instance",
+    "launch": "movierec.torchserve.instance",
+    "reload": "movierec.torchserve.instance",
+    "running": "movierec.torchserve.instance",
+    "start": "movierec.torchserve.instance",
+    "stop": "movierec.torchserve.instance",
+    "wait_ready": "movierec.torchserve.instance",
+    "ManagementClient": "movierec.torchserve.management",
+    "MAX_TMPDIR_LEN": "movierec.torchserve.processes",
+    "torchserve_env": "movierec.torchserve.processes",
+    "read_properties": "movierec.torchserve.properties",
+    "write_properties": "movierec.torchserve.properties",
+}
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -44,3 +60,17 @@ __all__ = [
     "wait_ready",
     "write_properties",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Load a public name from its home module when it is first asked for."""
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The loaded names and the ones __getattr__ can load."""
+    return sorted([*globals(), *_HOMES])

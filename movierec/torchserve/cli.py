@@ -9,14 +9,21 @@ import argparse
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from movierec.defaults import MODEL_STORE, RUN_DIR
+from movierec.flags import add_version_option
 from movierec.torchserve.config import DEFAULT_CONFIG, Ports, latest_snapshot
 from movierec.torchserve.errors import MovieRecError, ServeError
-from movierec.torchserve.instance import Server, health, leftovers, reload, running, start, stop
+
+if TYPE_CHECKING:
+    from movierec.torchserve.instance import Server
 
 
 def _print_status(server: Server | None, run_dir: Path) -> int:
     """Print what runs from RUN_DIR; exit status 0 if running, 3 if not (LSB style)."""
+    from movierec.torchserve.instance import leftovers
+
     if server is None:
         left = leftovers(run_dir)
         hint = f"; {left} leftover processes, run stop" if left else ""
@@ -40,13 +47,14 @@ def _print_status(server: Server | None, run_dir: Path) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     """The movierec-serve command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="movierec-serve", description=__doc__.splitlines()[0])
+    add_version_option(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     defaults = Ports()
 
     p_start = sub.add_parser("start", help="start TorchServe and wait for READY workers")
-    p_start.add_argument("--run-dir", default="run", help="instance directory (default: run)")
-    p_start.add_argument("--model-store", default="model_store", help="directory of .mar files")
+    p_start.add_argument("--run-dir", default=RUN_DIR, help="instance directory (default: %(default)s)")
+    p_start.add_argument("--model-store", default=MODEL_STORE, help="directory of .mar files (default: %(default)s)")
     p_start.add_argument(
         "--models",
         help="NAME=FILE.mar,... to serve when RUN_DIR has no snapshot yet (or with --fresh); "
@@ -68,27 +76,30 @@ def _parser() -> argparse.ArgumentParser:
         help="restart on the same ports serving every .mar now in the model store (how versions are added "
         "or removed); defaults and worker counts are kept",
     )
-    p_reload.add_argument("--run-dir", default="run")
+    p_reload.add_argument("--run-dir", default=RUN_DIR)
     p_reload.add_argument("--timeout", type=float, default=180, help="seconds to wait for READY")
 
     p_stop = sub.add_parser("stop", help="stop TorchServe and all its workers")
-    p_stop.add_argument("--run-dir", default="run")
+    p_stop.add_argument("--run-dir", default=RUN_DIR)
     p_stop.add_argument("--timeout", type=float, default=30, help="seconds before SIGKILL")
 
     p_status = sub.add_parser("status", help="show whether TorchServe runs and its models")
-    p_status.add_argument("--run-dir", default="run")
+    p_status.add_argument("--run-dir", default=RUN_DIR)
 
     p_health = sub.add_parser(
         "health",
         help="exit 0 if TorchServe answers /ping and every model has a READY worker, else 1 (for probes)",
     )
-    p_health.add_argument("--run-dir", default="run")
+    p_health.add_argument("--run-dir", default=RUN_DIR)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the movierec-serve command line."""
     args = _parser().parse_args(argv)
+    # requests, psutil and yaml: only once a command runs, so --help stays quick.
+    from movierec.torchserve.instance import health, reload, running, start, stop
+
     run_dir = Path(args.run_dir).resolve()
     try:
         if args.command == "start":

@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from movierec import defaults
 from movierec.paths import CONFIG_PROPERTIES
 from movierec.torchserve.errors import ServeError
 from movierec.torchserve.properties import read_properties, write_properties
 
 DEFAULT_CONFIG = CONFIG_PROPERTIES
-HOST = "127.0.0.1"
+HOST = defaults.HOST
 LOG4J_FLAG = "-Dlog4j.configurationFile="
 # allowed_urls that no URL matches: nothing is ever downloaded or copied into a store.
 NO_URL = "^$"
@@ -24,11 +25,11 @@ NO_URL = "^$"
 class Ports:
     """The five loopback ports one TorchServe instance listens on."""
 
-    inference: int = 8080
-    management: int = 8081
-    metrics: int = 8082
-    grpc_inference: int = 7070
-    grpc_management: int = 7071
+    inference: int = defaults.INFERENCE_PORT
+    management: int = defaults.MANAGEMENT_PORT
+    metrics: int = defaults.METRICS_PORT
+    grpc_inference: int = defaults.GRPC_INFERENCE_PORT
+    grpc_management: int = defaults.GRPC_MANAGEMENT_PORT
 
     @classmethod
     def free(cls) -> Ports:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import requests
+
+if TYPE_CHECKING:
+    import requests
 
 
 class ServeError(RuntimeError):

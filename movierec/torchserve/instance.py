@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from movierec.defaults import KEY_FILE_NAME, MODEL_STORE, RUN_DIR
 from movierec.torchserve.config import (
     DEFAULT_CONFIG,
     HOST,
@@ -39,7 +40,7 @@ from movierec.torchserve.properties import read_properties
 from movierec.torchserve.registry import plan_models, read_archive, snapshot_json, store_archives
 
 STATE_FILE = "serve.json"
-KEY_FILE = "key_file.json"
+KEY_FILE = KEY_FILE_NAME
 # What a poll of an instance that is still starting (or failing) may raise.
 NOT_ANSWERING = (MovieRecError, KeyError, ValueError, TypeError)
 
@@ -103,8 +104,8 @@ class Server:
 
 
 def start(
-    run_dir: str | Path = "run",
-    model_store: str | Path = "model_store",
+    run_dir: str | Path = RUN_DIR,
+    model_store: str | Path = MODEL_STORE,
     models: list[str] | str | None = None,
     ports: Ports | None = None,
     config: str | Path = DEFAULT_CONFIG,
@@ -176,7 +177,7 @@ def launch(
     return Server(run_dir, pid, ports, model_store)
 
 
-def reload(run_dir: str | Path = "run", timeout: float = 180) -> Server:
+def reload(run_dir: str | Path = RUN_DIR, timeout: float = 180) -> Server:
     """Restart the instance in RUN_DIR on the same ports so it serves exactly the archives now in its store.
 
     New .mar files get registered, removed ones are gone; versions still there keep their default and
@@ -193,7 +194,7 @@ def reload(run_dir: str | Path = "run", timeout: float = 180) -> Server:
     return start(run_dir, server.model_store, None, server.ports, config, timeout)
 
 
-def stop(run_dir: str | Path = "run", timeout: float = 30) -> bool:
+def stop(run_dir: str | Path = RUN_DIR, timeout: float = 30) -> bool:
     """Stop the instance in RUN_DIR and its workers; True if something was running."""
     run_dir = Path(run_dir).resolve()
     state = _read_state(run_dir)
@@ -206,7 +207,7 @@ def stop(run_dir: str | Path = "run", timeout: float = 30) -> bool:
     return bool(procs)
 
 
-def running(run_dir: str | Path = "run") -> Server | None:
+def running(run_dir: str | Path = RUN_DIR) -> Server | None:
     """The live instance started from RUN_DIR, or None."""
     run_dir = Path(run_dir).resolve()
     state = _read_state(run_dir)
@@ -215,7 +216,7 @@ def running(run_dir: str | Path = "run") -> Server | None:
     return Server(run_dir, state["pid"], Ports(**state["ports"]), Path(state["model_store"]))
 
 
-def leftovers(run_dir: str | Path = "run") -> int:
+def leftovers(run_dir: str | Path = RUN_DIR) -> int:
     """How many processes of a dead instance in RUN_DIR still run (stop() ends them)."""
     state = _read_state(Path(run_dir).resolve())
     return len(instance_processes(state["pid"], state["pgid"], state["tmp_dir"])) if state else 0
@@ -278,7 +279,7 @@ def not_ready(api: ManagementClient, expected: dict[str, list[str]], default_onl
     return ""
 
 
-def health(run_dir: str | Path = "run") -> str:
+def health(run_dir: str | Path = RUN_DIR) -> str:
     """Why the instance in RUN_DIR cannot serve, or "" when it can.
 
     Healthy means: the frontend runs, /ping answers Healthy with the inference key (renewed if it

@@ -21,6 +21,11 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from movierec.defaults import ENV_INFERENCE_URL, ENV_KEY_FILE, ENV_MANAGEMENT_URL, archive_file
+from movierec.defaults import INFERENCE_URL as DEFAULT_INFERENCE_URL
+from movierec.defaults import KEY_FILE as DEFAULT_KEY_FILE
+from movierec.defaults import MANAGEMENT_URL as DEFAULT_MANAGEMENT_URL
+from movierec.defaults import MODEL as DEFAULT_MODEL
 from movierec.torchserve.errors import (
     AuthError,
     ConfigError,
@@ -31,14 +36,6 @@ from movierec.torchserve.errors import (
     raise_for_response,
 )
 
-DEFAULT_INFERENCE_URL = "http://127.0.0.1:8080"
-DEFAULT_MANAGEMENT_URL = "http://127.0.0.1:8081"
-DEFAULT_KEY_FILE = "run/key_file.json"
-DEFAULT_MODEL = "movierec"
-ARCHIVE_PREFIX = "movierec"
-ENV_INFERENCE_URL = "MOVIEREC_INFERENCE_URL"
-ENV_MANAGEMENT_URL = "MOVIEREC_MANAGEMENT_URL"
-ENV_KEY_FILE = "MOVIEREC_KEY_FILE"
 # Synchronous scaling waits for workers to load; don't give up before the server.
 SLOW_CALL_TIMEOUT = 300.0
 # How long a bulk job keeps resending a request while TorchServe restarts lost workers (its restart
@@ -61,7 +58,7 @@ def check_version(version: str) -> str:
 
 def archive_name(version: str) -> str:
     """File name of a version's archive in the server's model store."""
-    return f"{ARCHIVE_PREFIX}-{check_version(version)}.mar"
+    return archive_file(check_version(version))
 
 
 @dataclass(frozen=True)

@@ -3,16 +3,37 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 
 def read_properties(path: Path) -> dict[str, str]:
     """Parse a Java properties file the way TorchServe's ConfigManager reads it."""
-    props: dict[str, str] = {}
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return parse_properties(Path(path).read_text(encoding="utf-8"))
+
+
+def parse_properties(text: str) -> dict[str, str]:
+    """Parse the text of a Java properties file the way TorchServe's ConfigManager reads it."""
+    lines = text.splitlines()
+    return {key: value for key, value, _, _ in _entries(lines)}
+
+
+def set_property(text: str, key: str, value: str) -> str:
+    """The properties text with the one entry of key replaced by key=value; comments and order are kept."""
+    lines = text.splitlines()
+    found = [(start, end) for name, _, start, end in _entries(lines) if name == key]
+    if len(found) != 1:
+        raise ValueError(f"expected exactly one {key} entry, found {len(found)}")
+    ((start, end),) = found
+    lines[start:end] = [f"{key}={_escape(value)}"]
+    return "\n".join(lines) + "\n"
+
+
+def _entries(lines: list[str]) -> Iterator[tuple[str, str, int, int]]:
+    """Each entry's key, value and the range of lines it spans, in file order."""
     i = 0
     while i < len(lines):
-        line = lines[i].lstrip()
+        start, line = i, lines[i].lstrip()
         i += 1
         if not line or line[0] in "#!":
             continue
@@ -21,8 +42,7 @@ def read_properties(path: Path) -> dict[str, str]:
             line = line[:-1] + lines[i].lstrip()
             i += 1
         key, value = _split_property(line)
-        props[_unescape(key)] = _unescape(value)
-    return props
+        yield _unescape(key), _unescape(value), start, i
 
 
 def _continues(line: str) -> bool:

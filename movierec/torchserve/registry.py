@@ -18,18 +18,18 @@ from typing import Any
 
 import yaml
 
+from movierec.defaults import BATCH_MODEL, MODEL
+from movierec.torchserve.archive import BATCH_KEYS, read_manifest
 from movierec.torchserve.errors import ServeError
 
 # Bulk jobs (`movierec score`, `recommend-all`) get their own registration of each archive of these
 # models, so their big requests never queue behind latency traffic. It starts with 0 workers: a job
 # scales it up (PUT min_worker, which works with the model API off) and back down.
-BATCH_MODELS = {"movierec": "movierec-batch"}
+BATCH_MODELS = {MODEL: BATCH_MODEL}
 # Its batching: one big request per handler call, answered as soon as it arrives.
 BATCH_SETTINGS = {"batchSize": 1, "maxBatchDelay": 1}
 # What TorchServe uses when an archive's model-config YAML leaves a key out (default_workers_per_model=1).
 DEFAULTS = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 1, "maxBatchDelay": 100, "responseTimeout": 120}
-# The registration settings an archive's model-config YAML sets.
-KEPT = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout")
 # What a restart carries over from the previous snapshot: only what the management API changes at
 # runtime (scaling). Batching comes from the archive, so a rebuilt one (make mar BATCH_SIZE=1) takes effect.
 SCALED = ("minWorkers", "maxWorkers")
@@ -69,12 +69,12 @@ def read_archive(model_store: Path, file_name: str) -> Archive:
     path = check_archive(model_store, file_name)
     try:
         with zipfile.ZipFile(path) as mar:
-            manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]
+            manifest = read_manifest(mar)
             config_name = manifest.get("configFile")
             config = (yaml.safe_load(mar.read(config_name)) or {}) if config_name else {}
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, yaml.YAMLError) as exc:
         raise ServeError(f"{path} is not a readable model archive: {exc}") from None
-    settings = {key: int(config.get(key, DEFAULTS[key])) for key in KEPT}
+    settings = {key: int(config.get(key, DEFAULTS[key])) for key in BATCH_KEYS}
     return Archive(file_name, manifest["modelName"], str(manifest["modelVersion"]), settings)
 
 
@@ -126,4 +126,4 @@ def _default_version(versions: dict[str, dict[str, Any]], previous: dict[str, di
 
 def snapshot_json(models: dict[str, dict[str, dict[str, Any]]]) -> str:
     """The model_snapshot value TorchServe restores at start."""
-    return json.dumps({"name": "startup.cfg", "modelCount": len(models), "models": models})
+    return json.dumps({"name": "startup.cfg", "modelCount": len(models), "models": models}, separators=(",", ":"))
