@@ -25,6 +25,9 @@ USER_ID ?= 196
 MOVIE_ID ?= 242
 TOP_K ?= 10
 PYTEST_ARGS ?=
+# make test: its time goes mostly to waiting on servers, so 3 workers keep 2 cores busy; each test
+# file runs on one worker (--dist loadfile), so module fixtures (servers) start once.
+TEST_WORKERS ?= 3
 COLD_START ?=
 BATCH_SIZE ?=
 
@@ -35,7 +38,7 @@ SERVE_PORTS := --inference-port $(INFERENCE_PORT) --management-port $(MANAGEMENT
 SERVER_FLAGS := --inference-url http://127.0.0.1:$(INFERENCE_PORT) \
 	--management-url http://127.0.0.1:$(MANAGEMENT_PORT) --key-file $(RUN_DIR)/key_file.json
 
-.PHONY: help install data datagen train mar serve reload stop status health predict recommend demo test test-fast lint install-bench bench soak bench-scale gpu-check kserve-layout clean
+.PHONY: help install data datagen train mar serve reload stop status health predict recommend demo test test-fast lint install-bench bench soak bench-scale install-surprise bench-accuracy gpu-check kserve-layout clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -52,13 +55,15 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-data: $(STAMP) ## download MovieLens 100K (from the recbole 1.2.1 wheel) into the user cache
-	$(PY) -c "from model.data import default_dataset; print(*default_dataset(), sep='\n')"
+DATASET ?= ml-100k
+
+data: $(STAMP) ## download a dataset into the user cache: MovieLens 100K (recbole 1.2.1 wheel) [DATASET=ml-latest-small]
+	$(PY) -c "from model.data import dataset; print(*dataset('$(DATASET)'), sep='\n')"
 
 DATA_OUT ?= data/synthetic
 DATAGEN_ARGS ?=
 
-datagen: $(STAMP) ## MovieLens-25M-shaped synthetic ratings.csv/movies.csv with a known RMSE floor: [DATA_OUT=dir] [DATAGEN_ARGS='--ratings 1000000 ...']
+datagen: $(STAMP) ## MovieLens-25M-shaped synthetic ratings.csv/movies.csv, planted truth (planted.npz), known RMSE floor: [DATA_OUT=dir] [DATAGEN_ARGS='--n-ratings 1000000 --exposure-strength 0.5 ...']
 	$(PY) -m movierec.datagen --out $(DATA_OUT) $(DATAGEN_ARGS)
 
 train: $(STAMP) ## train and export an artifact: make train [ARTIFACTS=dir] [TRAIN_ARGS='--epochs 5 ...']
@@ -101,10 +106,10 @@ demo: $(STAMP) ## the main job: train (or reuse ARTIFACTS), build the .mar, serv
 	$(MAKE) --no-print-directory recommend
 	@echo "TorchServe is running (inference http://127.0.0.1:$(INFERENCE_PORT)); 'make stop' stops it."
 
-test: $(BENCH_STAMP) ## all tests, including real-TorchServe integration tests and the benchmark peer (installs requirements-bench.txt)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+test: $(BENCH_STAMP) ## all tests, including real-TorchServe integration tests and the benchmark peer, on TEST_WORKERS pytest-xdist workers
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
-test-fast: $(STAMP) ## unit tests only (seconds)
+test-fast: $(STAMP) ## unit tests only: no Java, no server (under a minute on 2 cores)
 	$(PY) -m pytest -q -m "not integration and not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff check + format check
@@ -117,7 +122,7 @@ $(BENCH_STAMP): $(STAMP) requirements-bench.txt
 	$(PY) -m pip install -q -r requirements-bench.txt
 	touch $@
 
-bench: $(BENCH_STAMP) ## in-process vs served vs a FastAPI peer; rewrites its sections of BENCHMARKS.md (keeps Scale, Soak)
+bench: $(BENCH_STAMP) ## in-process vs served vs a FastAPI peer; rewrites its sections of BENCHMARKS.md (keeps Scale, Soak, Accuracy)
 	$(VENV)/bin/movierec-bench --artifacts $(ARTIFACTS) --out BENCHMARKS.md
 
 MINUTES ?= 20
@@ -128,6 +133,21 @@ soak: $(STAMP) $(ARTIFACTS)/metadata.json ## mixed traffic at c16 for MINUTES (2
 
 bench-scale: $(STAMP) ## generate -> load -> train -> .mar -> score -> serve at several sizes [SIZES='1000000 5000000'] [SCALE_ARGS='...']
 	$(PY) -m movierec.bench.scale --sizes $(or $(SIZES),1000000 5000000 25000095) --out bench_scale --serve $(SCALE_ARGS)
+
+SURPRISE_VENV ?= .venv-surprise
+SURPRISE_STAMP := $(SURPRISE_VENV)/.installed
+ACCURACY_ARGS ?=
+
+install-surprise: $(SURPRISE_STAMP) ## Surprise SVD/SVD++ for bench-accuracy in .venv-surprise (requirements-surprise.txt; builds from source, numpy<2)
+
+$(SURPRISE_STAMP): requirements-surprise.txt
+	$(PYTHON) -m venv $(SURPRISE_VENV)
+	$(SURPRISE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(SURPRISE_VENV)/bin/python -m pip install -q -r requirements-surprise.txt
+	touch $@
+
+bench-accuracy: $(STAMP) $(SURPRISE_STAMP) ## RMSE, recall@10, NDCG@10 of movierec vs mean/popular/EASE^R/SVD on ml-100k and ml-latest-small; writes the Accuracy section [ACCURACY_ARGS='--quick ...']
+	$(PY) -m movierec.bench.accuracy --work bench_accuracy --out BENCHMARKS.md $(ACCURACY_ARGS)
 
 gpu-check: $(STAMP) ## on a CUDA machine: train on the GPU, compare the GPU handler with the CPU one
 	$(PY) -m movierec.bench.gpu_check --device $(or $(DEVICE),cuda) --out gpu_out

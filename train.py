@@ -101,7 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=d.arch,
         help=f"rating model: embedding-net (the lesson's) or fused (plus a dot product at the logit) (default {d.arch})",
     )
-    p.add_argument("--n-dot", type=int, help="dot-product factors of --arch fused (default 32; 0 for embedding-net)")
+    p.add_argument(
+        "--n-dot", type=int, help=f"dot-product factors of --arch fused (default {FUSED_N_DOT}; 0 for embedding-net)"
+    )
     r = RankTrainConfig()
     p.add_argument("--rank-epochs", type=int, default=r.epochs, help="the ranker's epochs (top-K lists)")
     p.add_argument("--rank-factors", type=int, default=r.n_factors, help="the ranker's factors per user and movie")

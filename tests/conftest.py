@@ -1,8 +1,18 @@
-"""Shared fixtures: synthetic data and one tiny trained artifact per test session."""
+"""Shared fixtures: synthetic data and one tiny trained artifact per test session.
+
+Also the suite's rules for servers and programs: a test that starts TorchServe (Java) or the
+FastAPI peer carries the `integration` marker (checked at collection, enforced at run time), a test
+that needs a program (java, wrk, curl) skips with a one-line reason where it is missing, and every
+wait on a condition goes through wait_until().
+"""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,6 +25,81 @@ from movierec.torchserve.archive import build_mar
 from tests.synth import write_ratings
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Fixtures that start a server process, and the program each one needs. A test that uses one, directly
+# or through another fixture, must carry the integration marker; `make test-fast` deselects those.
+SERVER_FIXTURES = {
+    "server": "java",  # the session's TorchServe (conftest) and test_serve_config's echo server
+    "fallback_server": "java",  # test_cold_start
+    "kserve_ts": "java",  # test_kserve
+    "kserve_batch": "java",  # test_kserve
+    "served": "java",  # test_security (test_client_ab's `served` wraps `server`)
+    "running": None,  # test_peer: the FastAPI peer, a Python process
+}
+# What a server launch looks like on a command line: TorchServe's launcher, the peer.
+SERVER_COMMANDS = {"ts.model_server": "TorchServe", "movierec.bench.peer": "the FastAPI peer"}
+
+
+def needs(program: str) -> pytest.MarkDecorator:
+    """Skip unless `program` is on PATH; README "Two commands" installs it, and .ci/run does."""
+    return pytest.mark.skipif(
+        shutil.which(program) is None, reason=f"{program} is not installed (README, Two commands)"
+    )
+
+
+needs_java = needs("java")
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what} after {timeout:g} s"
+        time.sleep(interval)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Refuse server-starting tests without the integration marker; skip those whose program is missing."""
+    unmarked = []
+    for item in items:
+        uses = [name for name in item.fixturenames if name in SERVER_FIXTURES]
+        if uses and item.get_closest_marker("integration") is None:
+            unmarked.append(f"{item.nodeid} (uses {', '.join(uses)})")
+        for program in sorted({SERVER_FIXTURES[name] for name in uses} - {None}):
+            item.add_marker(needs(program))
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests start a server but lack @pytest.mark.integration:\n  " + "\n  ".join(unmarked)
+        )
+
+
+@pytest.fixture(autouse=True)
+def _no_server_outside_integration_tests(request, monkeypatch):
+    """A test without the integration marker fails if it launches TorchServe or the peer, by any path."""
+    if request.node.get_closest_marker("integration") is not None:
+        return
+
+    class Popen(subprocess.Popen):  # the same name keeps reprs and messages as they were
+        def __init__(self, args, *rest, **kwargs):
+            argv = args if isinstance(args, list | tuple) else str(args).split()
+            words = [str(word) for word in argv]
+            for command, what in SERVER_COMMANDS.items():
+                if command in words:
+                    pytest.fail(f"{request.node.nodeid} starts {what}: mark it @pytest.mark.integration")
+            super().__init__(args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", Popen)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_tmpdir(tmp_path_factory):
+    """$TMPDIR is per session (per pytest-xdist worker): torch-model-archiver stages each archive in
+    $TMPDIR/MODEL_NAME, so two sessions archiving "movierec" at once would otherwise collide."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TMPDIR", str(tmp_path_factory.mktemp("tmp")))
+    mp.setattr(tempfile, "tempdir", None)  # gettempdir() reads $TMPDIR again
+    yield
+    mp.undo()
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -50,6 +135,12 @@ TINY_TRAIN_ARGS = [
     "--quiet",
     "--threads",
     "1",
+    "--rank-epochs",
+    "10",
+    "--rank-factors",
+    "8",
+    "--rank-batch",
+    "256",
 ]
 
 

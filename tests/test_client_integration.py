@@ -25,6 +25,7 @@ from movierec.client import (
 )
 from movierec.client.ab import bucket
 from movierec.client.scoring import BatchSettings
+from tests.conftest import needs_java, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -169,7 +170,6 @@ def test_score_survives_its_workers_being_killed_twice(server, batch_client, ids
     """SIGKILL the movierec-batch workers twice mid-job: it waits for TorchServe to restart them and its
     output is byte-identical to a clean run's."""
     import threading
-    import time
 
     import psutil
 
@@ -192,13 +192,13 @@ def test_score_survives_its_workers_being_killed_twice(server, batch_client, ids
         workers = batch_client.describe("movierec-batch", "1.0")[0]["workers"]
         return [w["pid"] for w in workers if w["status"] == "READY"]
 
-    def wait_for(what: str, condition) -> None:
-        deadline = time.monotonic() + 120
-        while not condition():
+    def wait_mid_job(what: str, condition) -> None:
+        def running_and() -> bool:
             assert "error" not in results, f"the job failed: {results['error']!r}"
             assert runner.is_alive(), f"the job ended before {what}: make it longer"
-            assert time.monotonic() < deadline, f"still waiting for {what}"
-            time.sleep(0.02)
+            return condition()
+
+        wait_until(running_and, 120, what, interval=0.02)
 
     runner = threading.Thread(target=run)
     runner.start()
@@ -206,8 +206,8 @@ def test_score_survives_its_workers_being_killed_twice(server, batch_client, ids
     try:
         for kill in (1, 2):
             size = out.stat().st_size if out.exists() else 0
-            wait_for(f"rows before kill {kill}", lambda s=size: out.exists() and out.stat().st_size > s + 2_000)
-            wait_for(f"a new worker before kill {kill}", lambda: set(batch_pids()) - set(killed))
+            wait_mid_job(f"rows before kill {kill}", lambda s=size: out.exists() and out.stat().st_size > s + 2_000)
+            wait_mid_job(f"a new worker before kill {kill}", lambda: set(batch_pids()) - set(killed))
             for pid in batch_pids():
                 psutil.Process(pid).kill()
                 killed.append(pid)
@@ -223,7 +223,6 @@ def test_score_survives_its_workers_being_killed_twice(server, batch_client, ids
 def test_concurrent_score_jobs_do_not_scale_each_other_down(server, ids, tmp_path):
     """A short job that ends while a long one runs leaves the long one its workers."""
     import threading
-    import time
 
     users, movies = ids
     rng = random.Random(7)
@@ -254,10 +253,8 @@ def test_concurrent_score_jobs_do_not_scale_each_other_down(server, ids, tmp_pat
         try:
             runner = threading.Thread(target=long_job)
             runner.start()
-            deadline = time.monotonic() + 120
             out = tmp_path / "long.out.csv"
-            while time.monotonic() < deadline and not (out.exists() and out.stat().st_size > 10_000):
-                time.sleep(0.05)
+            wait_until(lambda: out.exists() and out.stat().st_size > 10_000, 120, "the long job's first rows", 0.05)
             short = score_csv(
                 c, tmp_path / "short.csv", tmp_path / "short.out.csv", settings=BatchSettings(workers=1), progress=False
             )
@@ -298,16 +295,6 @@ def test_cli_reaches_the_server_through_flags(server, client, ids, capsys, tmp_p
     assert "movierec-serve reload" in capsys.readouterr().err
 
 
-def wait_until(condition, timeout: float, what: str) -> None:
-    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting for {what} after {timeout}s"
-        time.sleep(0.2)
-
-
 def key_refused(url: str, headers: dict[str, str]) -> bool:
     """Whether TorchServe refuses this key now (it answers an expired key like a wrong one: 400)."""
     import requests
@@ -316,6 +303,7 @@ def key_refused(url: str, headers: dict[str, str]) -> bool:
     return r.status_code == 400 and r.json().get("type") == "InvalidKeyException"
 
 
+@needs_java
 def test_expired_keys_are_rotated_with_the_api_key(model_store, tmp_path, ids):
     """TorchServe does not renew expired keys; a long job must rotate them and go on."""
     from pathlib import Path

@@ -473,6 +473,7 @@ def test_a_linger_ends_only_if_no_job_runs_and_no_newer_linger_began(tmp_path):
     assert not jobs.end_linger(target, new, lambda: scaled.append("twice"))
 
 
+@pytest.mark.slow  # a Python start-up, then the client's retries against a closed port (~10 s)
 def test_the_lingerer_process_gives_up_quietly_when_the_server_is_gone(tmp_path):
     import subprocess
 

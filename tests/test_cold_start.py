@@ -65,6 +65,8 @@ def extended_module(artifact):
         state[f"{name}.weight"] = torch.cat([state[f"{name}.weight"], torch.from_numpy(vector)[None]])
     for name, bias in (("ub", cold.user_bias), ("mb", cold.movie_bias)):
         state[f"{name}.weight"] = torch.cat([state[f"{name}.weight"], torch.tensor([[bias]])])
+    for name in ("ud", "md"):  # the fused net's dot-product factors: their plain means, taken at load
+        state[f"{name}.weight"] = torch.cat([state[f"{name}.weight"], state[f"{name}.weight"].mean(0, keepdim=True)])
     net.n_users, net.n_movies = net.n_users + 1, net.n_movies + 1
     model = EmbeddingNet(net)
     model.load_state_dict(state)

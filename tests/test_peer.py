@@ -9,6 +9,7 @@ import requests
 from model.protocol import ARROW_STREAM, ArrowBody
 from movierec.bench import inprocess, load, peer, pyload
 from movierec.bench.settings import ARROW_KIND, Settings
+from tests.conftest import needs
 
 pytestmark = pytest.mark.integration
 
@@ -61,6 +62,7 @@ def test_a_peer_that_cannot_load_says_why(tmp_path):
         peer.start_peer(tmp_path / "no-such-artifact", tmp_path, "1.0")
 
 
+@needs("wrk")
 def test_the_bench_measures_the_peer_with_its_own_instruments(running, service):
     bodies = inprocess.make_bodies(service, np.random.default_rng(1))
     load.check_answers(running, service, bodies)

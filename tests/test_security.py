@@ -22,11 +22,9 @@ import pytest
 import requests
 
 from movierec import torchserve
+from tests.conftest import needs, needs_java
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs Java"),
-]
+pytestmark = [pytest.mark.integration, needs_java]
 
 HANDLER = """
 from pathlib import Path
@@ -157,15 +155,19 @@ def grpc_frame(*fields: tuple[int, str | int]) -> bytes:
     return b"\x00" + struct.pack(">I", len(body)) + body
 
 
-@pytest.mark.skipif(
-    "HTTP2" not in subprocess.run(["curl", "-V"], capture_output=True, text=True).stdout,
-    reason="grpcio is not installed and this curl cannot speak HTTP/2",
-)
+def curl_speaks_http2() -> bool:
+    """Whether the installed curl can send gRPC (HTTP/2 with prior knowledge)."""
+    return "HTTP2" in subprocess.run(["curl", "-V"], capture_output=True, text=True).stdout
+
+
+@needs("curl")
 def test_grpc_register_model_is_refused(served, attack, tmp_path):
     """gRPC RegisterModel (management port 7071's service) answers PERMISSION_DENIED: the model API is off.
 
     grpcio is not a dependency, so the call is a hand-made protobuf sent by curl over HTTP/2.
     """
+    if not curl_speaks_http2():
+        pytest.skip("grpcio is not installed and this curl cannot speak HTTP/2")
     key = json.loads(served.key_file.read_text())["management"]["key"]
     for url in (str(attack["dir"]), str(attack["mar"]), "echo-1.0.mar"):
         # RegisterModelRequest: model_name = 5, url = 9, initial_workers = 3, synchronous = 8

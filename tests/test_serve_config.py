@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,8 +20,7 @@ import requests
 from movierec import torchserve
 from movierec.paths import REPO as ROOT
 from movierec.torchserve import registry
-
-needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs Java")
+from tests.conftest import needs_java, wait_until
 
 ECHO_HANDLER = '''
 import json
@@ -77,14 +75,6 @@ def instance_pids(srv: torchserve.Server) -> set[int]:
     """The frontend pid and its worker pids."""
     frontend = psutil.Process(srv.pid)
     return {srv.pid} | {p.pid for p in frontend.children(recursive=True)}
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    """Poll condition() until it holds; fail naming `what` after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"still waiting for {what} after {timeout:.0f} s"
-        time.sleep(0.2)
 
 
 def alive(pid: int) -> bool:
@@ -276,10 +266,10 @@ def test_health_probe_fails_while_a_model_has_no_ready_worker(tmp_path):
         assert torchserve.health(run_dir) == ""
         flag.touch()
         psutil.Process(srv.describe("gated")[0]["workers"][0]["pid"]).kill()
-        wait_for(lambda: torchserve.health(run_dir) != "", 30, "health to notice the lost worker")
+        wait_until(lambda: torchserve.health(run_dir) != "", 30, "health to notice the lost worker")
         assert torchserve.health(run_dir) == "waiting for a READY worker for gated version 1.0"
         flag.unlink()
-        wait_for(lambda: torchserve.health(run_dir) == "", 90, "health after the worker loads again")
+        wait_until(lambda: torchserve.health(run_dir) == "", 90, "health after the worker loads again")
     finally:
         torchserve.stop(run_dir)
 
@@ -306,7 +296,7 @@ def test_start_and_status_outlive_expired_keys(store, tmp_path):
             ping = requests.get(f"{srv.inference_url}/ping", headers={"Authorization": f"Bearer {stale['inference']}"})
             return models.status_code == ping.status_code == 400
 
-        wait_for(expired, 30, "both keys to expire")
+        wait_until(expired, 30, "both keys to expire")
         assert srv.models() == ["echo"]
         assert torchserve.health(run_dir) == ""
         assert torchserve.main(["status", "--run-dir", str(run_dir)]) == 0

@@ -296,7 +296,7 @@ def test_resume_without_a_checkpoint_is_a_usage_error(tmp_path, capsys):
 def test_the_auto_recipe_keeps_ml100k_exactly_and_scales_the_batch_for_large_data():
     name, small = train.recipe_for(100_000, 90_000)
     assert name == "ml100k"
-    assert small == {"batch_size": 256, "lr": 3e-3, "wd": 0.3, "n_factors": 64, "nh": 128, "p1": 0.4, "p2": 0.5}
+    assert small == {"batch_size": 256, "lr": 3e-3, "wd": 0.5, "n_factors": 64, "nh": 128, "p1": 0.4, "p2": 0.5}
     name, large = train.recipe_for(25_000_095, 22_500_085)
     assert name == "scale" and large == {"batch_size": 64_000, **train.SCALE_RECIPE}
     assert math.ceil(22_500_085 / large["batch_size"]) == 352  # as many steps per epoch as ML-100K

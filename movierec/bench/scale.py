@@ -208,7 +208,7 @@ def served_recommend_all(server, output: Path) -> dict:
     with MovieRecClient(server.inference_url, server.management_url, key_file=server.key_file) as client:
         done = recommend_all(client, output, options=RecommendOptions(top_k=TOP_K), progress=False)
     wall = time.perf_counter() - started
-    return {"recommend_all_s": round(wall, 1), "recommend_all_users_per_s": round(done.users_done / wall)}
+    return {"recommend_all_s": round(wall, 1), "recommend_all_users_per_s": round(done.users_done / wall, 1)}
 
 
 def measure_size(n_ratings: int, work: Path, args: argparse.Namespace) -> dict:

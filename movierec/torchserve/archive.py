@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -66,7 +67,8 @@ def build_mar(
         cmd = [sys.executable, "-m", "model_archiver.model_packaging", "--model-name", MODEL_NAME]
         cmd += ["--version", version, "--handler", str(HANDLER), "--extra-files", str(extra)]
         cmd += ["--config-file", str(model_config), "--export-path", work, "--force"]
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        # The archiver stages files in $TMPDIR/<model name>: two builds at once would share that folder.
+        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TMPDIR": work})
         if done.returncode != 0:
             raise ArchiveError(f"torch-model-archiver failed:\n{done.stdout}{done.stderr}")
         out = model_store / archive_file(version)
