@@ -13,7 +13,9 @@ from movierec.client.abstats import (
     Interval,
     UserErrors,
     decide,
+    decide_ranking,
     paired_comparison,
+    ranking_comparison,
     split_comparison,
     user_totals,
 )
@@ -181,3 +183,67 @@ def test_split_arms_are_resampled_independently():
     cmp = split_comparison(sse, rows, sse, rows, seed=4, reps=2000)
     assert cmp.diff == 0 and width(cmp.ci_a) == pytest.approx(width(cmp.ci_b), rel=0.1)
     assert width(cmp.ci_diff) / width(cmp.ci_a) == pytest.approx(math.sqrt(2), rel=0.1)
+
+
+# --- top-K lists: per-user recall@K and NDCG@K, users as the unit ---
+
+
+def test_ranking_b_clearly_better_known_answer():
+    """Every user's recall and NDCG are 0.1 higher under B: the paired difference is exactly 0.1 in
+    every resample, so its interval is [0.1, 0.1]; each arm's mean is the plain mean over users."""
+    rng = np.random.default_rng(12)
+    recall_a, ndcg_a = rng.uniform(0, 0.5, (2, 300))
+    cmp = ranking_comparison((recall_a, ndcg_a), (recall_a + 0.1, ndcg_a + 0.1), k=10, paired=True, seed=3, reps=500)
+    for est, a in ((cmp.recall, recall_a), (cmp.ndcg, ndcg_a)):
+        assert est.a == pytest.approx(a.mean()) and est.diff == pytest.approx(0.1)
+        assert (est.ci_diff.low, est.ci_diff.high) == (pytest.approx(0.1), pytest.approx(0.1))
+        # One arm's interval: mean +- 1.96 standard errors over users.
+        se = a.std(ddof=1) / math.sqrt(len(a))
+        assert width(est.ci_a) == pytest.approx(2 * 1.96 * se, rel=0.15) and est.ci_a.covers(est.a)
+    assert (cmp.users_a, cmp.users_b, cmp.paired, cmp.seed, cmp.reps) == (300, 300, True, 3, 500)
+    d = decide_ranking(cmp, "1.0", "2.0")
+    assert (d.verdict, d.winner) == ("b-better", "2.0")
+    assert d.reason == (
+        "2.0 ranks better than 1.0 (recall@10 B - A = +0.1000, 95% interval [+0.1000, +0.1000]; "
+        "NDCG@10 B - A = +0.1000, 95% interval [+0.1000, +0.1000])"
+    )
+    assert "paired: the 300 users both versions judged" in cmp.describe() and "seed 3" in cmp.describe()
+
+
+def test_ranking_noisy_gain_is_found_and_equal_arms_are_not():
+    """Lists that hit a relevant movie with probability 0.2 (A) or 0.35 (B), per user: B's gain shows;
+    identical arms give B - A = 0 with [0, 0]; two arms of one quality give an interval covering 0."""
+    rng = np.random.default_rng(21)
+    n = 400
+    hits_a, hits_b, hits_a2 = (rng.binomial(10, p, n) / 10 for p in (0.2, 0.35, 0.2))
+    better = ranking_comparison((hits_a, hits_a), (hits_b, hits_b), k=10, paired=True, seed=1, reps=1000)
+    assert better.recall.ci_diff.low > 0 and better.recall.ci_diff.covers(0.15)
+    assert decide_ranking(better, "1.0", "2.0").verdict == "b-better"
+    same = ranking_comparison((hits_a, hits_a), (hits_a, hits_a), k=10, paired=True)
+    assert same.recall.diff == 0 and (same.recall.ci_diff.low, same.recall.ci_diff.high) == (0.0, 0.0)
+    assert decide_ranking(same, "1.0", "1.0") == abstats.Decision(
+        "no-difference",
+        None,
+        "both intervals include 0 (recall@10 B - A = +0.0000, 95% interval [+0.0000, +0.0000]; "
+        "NDCG@10 B - A = +0.0000, 95% interval [+0.0000, +0.0000])",
+    )
+    alike = ranking_comparison((hits_a, hits_a), (hits_a2, hits_a2), k=10, paired=True, seed=2, reps=1000)
+    assert alike.recall.ci_diff.covers(0) and decide_ranking(alike, "1.0", "2.0").verdict == "no-difference"
+
+
+def test_ranking_split_arms_and_the_other_verdicts():
+    rng = np.random.default_rng(5)
+    a, b = rng.uniform(0, 0.4, 250), rng.uniform(0.2, 0.6, 150)
+    split = ranking_comparison((a, a), (b, b), k=5, paired=False, seed=4, reps=1000)
+    assert (split.users_a, split.users_b, split.paired) == (250, 150, False)
+    assert split.recall.a == pytest.approx(a.mean()) and split.recall.b == pytest.approx(b.mean())
+    # Independent arms: the difference's interval is about as wide as the two arms' added in quadrature.
+    quad = math.hypot(width(split.recall.ci_a), width(split.recall.ci_b))
+    assert width(split.recall.ci_diff) == pytest.approx(quad, rel=0.15) and split.recall.ci_diff.low > 0
+    assert "split: disjoint users per arm" in split.describe() and "recall@5 B - A" in split.describe()
+    # B finds more relevant movies but ranks them lower: the metrics disagree, no winner.
+    mixed = ranking_comparison((a, b), (b, a), k=5, paired=False, seed=4, reps=1000)
+    assert decide_ranking(mixed, "1.0", "2.0").verdict == "mixed" and decide_ranking(mixed, "1", "2").winner is None
+    assert decide_ranking(ranking_comparison((b, b), (a, a), k=5, paired=False), "1.0", "2.0").winner == "1.0"
+    empty = ranking_comparison((np.empty(0), np.empty(0)), (np.empty(0), np.empty(0)), k=10, paired=True)
+    assert math.isnan(empty.recall.a) and decide_ranking(empty, "1.0", "2.0").verdict == "no-users"

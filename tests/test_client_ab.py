@@ -9,7 +9,19 @@ import random
 import orjson
 import pytest
 
-from movierec.client.ab import ABRouter, ArmStats, EvalRow, bucket, decide, evaluate, evaluate_paired, read_heldout
+from movierec.client.ab import (
+    ABRouter,
+    ArmLists,
+    ArmStats,
+    EvalRow,
+    RankingEval,
+    bucket,
+    decide,
+    evaluate,
+    evaluate_paired,
+    evaluate_ranking,
+    read_heldout,
+)
 from movierec.client.api import MovieRecClient, ServerError
 from movierec.client.scoring import InputError
 
@@ -191,6 +203,102 @@ def test_report_table_and_png_show_the_difference_and_its_interval(tmp_path):
     assert "200 resamples, seed 5)" in table[3] and "split: disjoint users per arm" in table[3]
 
 
+def test_arm_lists_keep_lists_as_strings_and_count_users_without_one():
+    lists = ArmLists("1.0")
+    answer = {
+        "recommendations": [
+            {"user_id": "1", "recommendations": [{"movie_id": 10, "score": 0.9}, {"movie_id": "x7", "score": 0.5}]},
+            {"user_id": "99", "error": "unknown user_id 99"},
+            {"user_id": "2", "recommendations": []},
+        ]
+    }
+    lists.add_answer(["1", "99", "2"], answer)
+    lists.add_answer(["3", "4"], ServerError(503, "busy"))
+    lists.add_answer(["5"], {"recommendations": []})
+    assert lists.lists == {"1": ["10", "x7"], "2": []} and (lists.asked, lists.not_judged) == (6, 4)
+    assert lists.error_examples == ["unknown user_id 99", str(ServerError(503, "busy")), "0 lists for 1 users"]
+
+
+def ranking_eval(paired: bool) -> RankingEval:
+    """Held-out: user 1 likes movies 10 and 20 (and not 30), user 2 likes 30, user 3 likes 40.
+    A lists 20 first for user 1 and misses user 2's movie; B finds both users' movies first; user 3 is
+    unknown to B."""
+    result = RankingEval(2, paired, ArmLists("1.0"), ArmLists("2.0"))
+    result.users, result.movies, result.ratings = (
+        ["1", "1", "1", "2", "3"],
+        ["10", "20", "30", "30", "40"],
+        [5, 4, 2, 4, 4],
+    )
+    result.a.add_answer(
+        ["1", "2", "3"],
+        {
+            "recommendations": [
+                {"recommendations": [{"movie_id": 30}, {"movie_id": 20}]},
+                {"recommendations": [{"movie_id": 10}, {"movie_id": 20}]},
+                {"recommendations": [{"movie_id": 40}]},
+            ]
+        },
+    )
+    result.b.add_answer(
+        ["1", "2", "3"],
+        {
+            "recommendations": [
+                {"recommendations": [{"movie_id": 10}, {"movie_id": 20}]},
+                {"recommendations": [{"movie_id": 30}]},
+                {"error": "unknown user_id 3"},
+            ]
+        },
+    )
+    return result
+
+
+def test_ranking_eval_scores_each_users_list_at_k():
+    result = ranking_eval(paired=True)
+    ideal = 1 + 1 / math.log2(3)
+    assert result.quality(result.a) == {
+        "1": (0.5, pytest.approx(1 / math.log2(3) / ideal)),  # one of two found, at rank 2
+        "2": (0.0, 0.0),
+        "3": (1.0, 1.0),
+    }
+    assert result.quality(result.b) == {"1": (1.0, 1.0), "2": (1.0, 1.0)}
+    assert result.relevant_users == 3 and (result.a.not_judged, result.b.not_judged) == (0, 1)
+    paired = result.comparison(seed=1, reps=200)  # over users 1 and 2, judged by both
+    assert (paired.users_a, paired.recall.a, paired.recall.b) == (2, 0.25, 1.0)
+    split = ranking_eval(paired=False).comparison(seed=1, reps=200)
+    assert (split.users_a, split.users_b, split.recall.a) == (3, 2, pytest.approx(0.5))
+
+
+def test_ranking_table_shows_both_arms_and_the_difference():
+    from movierec.client.cli_ab import format_ranking
+
+    result = ranking_eval(paired=True)
+    cmp = result.comparison(seed=1, reps=200)
+    table = format_ranking(result, cmp).splitlines()
+    assert table[0].startswith("top-2 lists of the 3 users with a held-out rating >= 4 (rated movies excluded)")
+    assert table[1].split() == [
+        "arm",
+        "version",
+        "asked",
+        "judged",
+        "not",
+        "judged",
+        "recall@2",
+        "95%",
+        "CI",
+        "NDCG@2",
+        "95%",
+        "CI",
+    ]
+    assert table[2].split()[:6] == ["A", "1.0", "3", "3", "0", "0.2500"]
+    assert table[3].split()[:6] == ["B", "2.0", "3", "2", "1", "1.0000"]
+    assert table[4] == cmp.describe() and "recall@2 B - A = +0.7500" in table[4]
+    assert table[5] == "  B top-2 error example: unknown user_id 3"
+    # Lists that never hold a relevant movie (the file's ratings were training data): the table says why.
+    result.a.lists = result.b.lists = {"1": ["30"], "2": ["10"]}
+    assert "no list holds a relevant held-out movie" in format_ranking(result, result.comparison(reps=200))
+    assert "no list holds" not in "\n".join(table)
+
+
 # --- against a real TorchServe serving 1.0 (default) and 2.0 ---
 
 
@@ -203,6 +311,26 @@ def served(server):
         yield c, flags
 
 
+@pytest.fixture(scope="module")
+def later_ratings(synth_data, tmp_path_factory):
+    """Ratings given after training: 12 movies each user had not rated (some >= 4, some not), and one user
+    no version knows. Unrated movies can be in the top-K lists (rated ones are excluded)."""
+    ratings, _ = synth_data
+    rated: dict[str, set[str]] = {}
+    for r in read_heldout(ratings):
+        rated.setdefault(r.user_id, set()).add(r.movie_id)
+    movies = sorted({m for seen in rated.values() for m in seen})
+    rng = random.Random(3)
+    lines = ["userId,movieId,rating"]
+    for user, seen in rated.items():
+        for i, movie in enumerate(rng.sample([m for m in movies if m not in seen], 12)):
+            lines.append(f"{user},{movie},{(5.0, 4.0, 2.0, 3.0)[i % 4]}")
+    lines.append(f"99999,{movies[0]},5.0")
+    path = tmp_path_factory.mktemp("later") / "later.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def served_rmse(client: MovieRecClient, path, version: str) -> float:
     """RMSE of one version on a ratings file, straight from predict_many."""
     with open(path, newline="") as f:
@@ -213,7 +341,7 @@ def served_rmse(client: MovieRecClient, path, version: str) -> float:
 
 
 @pytest.mark.integration
-def test_paired_eval_scores_every_row_with_both_versions(served, synth_data):
+def test_paired_eval_scores_every_row_with_both_versions(served, synth_data, later_ratings):
     client, _ = served
     ratings, _ = synth_data
     result = evaluate_paired(ABRouter(client, "1.0", "2.0", percent_b=10), ratings, chunk_size=700)
@@ -224,22 +352,55 @@ def test_paired_eval_scores_every_row_with_both_versions(served, synth_data):
     assert cmp.rmse_a == pytest.approx(served_rmse(client, ratings, "1.0"), rel=1e-6)
     assert cmp.rmse_b == pytest.approx(served_rmse(client, ratings, "2.0"), rel=1e-6)
     assert cmp.ci_diff.covers(cmp.diff) and cmp.ci_diff.low < cmp.ci_diff.high
+    # Top-10 lists of the users with a later rating >= 4, 25 users a request: what one-user requests serve.
+    ranking = evaluate_ranking(ABRouter(client, "1.0", "2.0"), later_ratings, users_per_request=25)
+    relevant: dict[str, set[str]] = {}
+    for r in read_heldout(later_ratings):
+        if r.rating >= 4:
+            relevant.setdefault(r.user_id, set()).add(r.movie_id)
+    assert ranking.relevant_users == len(relevant) == 61 and ranking.a.asked == ranking.b.asked == 61
+    assert ranking.a.not_judged == ranking.b.not_judged == 1 and "unknown user_id 99999" in ranking.a.error_examples
+    for version, arm in (("1.0", ranking.a), ("2.0", ranking.b)):
+        quality = ranking.quality(arm)
+        assert len(quality) == 60 and "99999" not in quality and any(r > 0 for r, _ in quality.values())
+        for user in sorted(relevant)[:3]:
+            served = [str(m["movie_id"]) for m in client.recommend(user, 10, version=version)["recommendations"]]
+            hits = [m in relevant[user] for m in served]
+            cap = min(len(relevant[user]), 10)
+            ndcg = sum(h / math.log2(i + 2) for i, h in enumerate(hits)) / sum(1 / math.log2(i + 2) for i in range(cap))
+            assert quality[user] == (pytest.approx(sum(hits) / cap), pytest.approx(ndcg))
+    ranked = ranking.comparison(seed=1, reps=500)
+    assert ranked.users_a == 60 and 0 < ranked.recall.a < 1 and 0 < ranked.ndcg.b < 1
+    assert ranked.recall.ci_diff.covers(ranked.recall.diff)
 
 
 @pytest.mark.integration
-def test_ab_eval_cli_paired_null_case_and_promote_gate(served, synth_data, tmp_path, capsys):
+def test_ab_eval_cli_paired_null_case_and_promote_gate(served, later_ratings, tmp_path, capsys):
     from movierec.client.cli import main
 
     client, flags = served
-    ratings, _ = synth_data
+    ratings = later_ratings
     png = tmp_path / "ab.png"
     assert main(["ab-eval", str(ratings), "--a", "1.0", "--b", "1.0", "--promote", "--plot", str(png), *flags]) == 0
     out = capsys.readouterr().out
     assert "RMSE B - A = +0.0000, 95% interval [+0.0000, +0.0000] (paired" in out
     assert "verdict: no-difference" in out and "not promoting: default stays 1.0" in out
+    # The top-10 rows: both arms are 1.0, so their lists, means and intervals agree and B - A is 0.
+    lines = out.splitlines()
+    top = lines.index(next(line for line in lines if line.startswith("top-10 lists of the ")))
+    assert lines[top + 1].split()[:7] == ["arm", "version", "asked", "judged", "not", "judged", "recall@10"]
+    rows = [lines[top + 2].split(), lines[top + 3].split()]
+    assert rows[0][0] == "A" and rows[1][0] == "B" and rows[0][2:] == rows[1][2:]
+    ranked = evaluate_ranking(ABRouter(client, "1.0", "1.0"), ratings).comparison()
+    assert rows[0][5] == f"{ranked.recall.a:.4f}" and rows[0][8] == f"{ranked.ndcg.a:.4f}"
+    assert 0 < ranked.recall.a < 1 and 0 < ranked.ndcg.a < 1 and rows[0][2:5] == ["61", "60", "1"]
+    assert lines[top + 4].startswith("recall@10 B - A = +0.0000, 95% interval [+0.0000, +0.0000]; NDCG@10 B - A")
+    assert "top-10 verdict: no-difference: both intervals include 0" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and client.default_version() == "1.0"
     assert main(["ab-eval", str(ratings), "--a", "1.0", "--b", "2.0", "--split", "--promote", *flags]) == 2
     assert "--promote needs the paired comparison" in capsys.readouterr().err
+    assert main(["ab-eval", str(ratings), "--a", "1.0", "--b", "2.0", "--top-k", "101", *flags]) == 2
+    assert "--top-k must be at most 100, got 101" in capsys.readouterr().err
 
 
 @pytest.mark.integration
@@ -258,7 +419,11 @@ def test_ab_eval_cli_split_keeps_sticky_routing(served, synth_data, capsys):
     assert lines[1].split()[:5] == ["A", "1.0", "70%", str(a.rows), str(a.scored)]
     assert lines[2].split()[:6] == ["B", "2.0", "30%", str(b.rows), str(b.scored), str(len(users_b))]
     assert "split: disjoint users per arm" in lines[3] and "seed 9" in lines[3]
-    assert lines[-1].startswith("verdict: ")
+    verdicts = [line for line in lines if "verdict: " in line]
+    assert verdicts[0].startswith("verdict: ") and verdicts[1].startswith("top-10 verdict: ")
+    # These ratings are the training data: every relevant movie is excluded as rated, and the report says so.
+    assert "(split: disjoint users per arm;" in lines[lines.index(verdicts[0]) - 2]
+    assert lines[lines.index(verdicts[0]) - 1].startswith("  no list holds a relevant held-out movie")
 
 
 @pytest.mark.integration

@@ -1,4 +1,5 @@
-"""Sticky A/B split between two model versions, and its offline evaluation on held-out ratings."""
+"""Sticky A/B split between two model versions, and its offline evaluation on held-out ratings: RMSE of the
+predicted ratings, and recall@K and NDCG@K of the top-K lists."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from model.metrics import RELEVANT_RATING, K, per_user_quality
 from model.protocol import DEFAULT_TOP_K
 from movierec.client import abstats
 from movierec.client.abstats import (
@@ -22,13 +26,14 @@ from movierec.client.abstats import (
     DEFAULT_REPS,
     DEFAULT_SEED,
     Comparison,
+    RankingComparison,
     UserErrors,
 )
 from movierec.client.abstats import Decision as Decision  # the verdict type, re-exported for callers
 from movierec.client.api import DEFAULT_MODEL, MovieRecClient, MovieRecError, check_version
 from movierec.client.exposures import ExposureLog
 from movierec.client.scoring import InputError, find_columns
-from movierec.client.settings import DEFAULT_EVAL_CHUNK, DEFAULT_EVAL_CONCURRENCY
+from movierec.client.settings import DEFAULT_EVAL_CHUNK, DEFAULT_EVAL_CONCURRENCY, DEFAULT_USERS_PER_REQUEST
 
 BUCKETS = 10_000
 DEFAULT_SALT = "movierec-ab"
@@ -128,6 +133,12 @@ class EvalRow:
     rating: float
 
 
+def _keep_example(examples: list[str], text: str) -> None:
+    """Keep a few distinct error messages to show."""
+    if len(examples) < 3 and text not in examples:
+        examples.append(text)
+
+
 @dataclass
 class ArmStats:
     """Running totals of one arm during an evaluation: rows, per-user squared errors, latency, failures."""
@@ -143,8 +154,7 @@ class ArmStats:
     def add_error(self, text: str) -> None:
         """Count one failed row and keep a few messages to show."""
         self.row_errors += 1
-        if len(self.error_examples) < 3 and text not in self.error_examples:
-            self.error_examples.append(text)
+        _keep_example(self.error_examples, text)
 
     def add_answer(self, rows: list[EvalRow], ms: float, answer: dict[str, Any] | Exception) -> list[float | None]:
         """Count one request of `rows`; returns each row's squared error, None where it got no rating."""
@@ -247,30 +257,37 @@ def read_heldout(path: str | os.PathLike[str]) -> Iterator[EvalRow | str]:
             yield EvalRow(reader.line_num, fields[u], fields[m], rating)
 
 
-Sent = tuple[str, list[EvalRow], float, Any]  # arm, rows, latency ms, answer or MovieRecError
+Sent = tuple[str, list[Any], float, Any]  # arm, items (rows or users), latency ms, answer or MovieRecError
+Request = Callable[[ABRouter, str, list[Any]], Any]  # (router, arm, items) -> the answer
+
+
+def _predict_rows(router: ABRouter, arm: str, rows: list[EvalRow]) -> dict[str, Any]:
+    """One {"instances": [...]} request of held-out rows to the arm's version."""
+    instances = [{"user_id": r.user_id, "movie_id": r.movie_id} for r in rows]
+    return router.client.predict_many(instances, model=router.model, version=router.versions[arm])
 
 
 def _send_all(
     router: ABRouter,
-    jobs: Iterator[list[tuple[str, list[EvalRow]]]],
+    jobs: Iterator[list[tuple[str, list[Any]]]],
     record: Callable[[list[Sent]], None],
     concurrency: int,
+    request: Request = _predict_rows,
 ) -> None:
-    """Send each job's (arm, rows) requests; hand a job's answers to `record` together, in job order."""
+    """Send each job's (arm, items) requests; hand a job's answers to `record` together, in job order."""
 
-    def send(arm: str, rows: list[EvalRow]) -> Sent:
-        instances = [{"user_id": r.user_id, "movie_id": r.movie_id} for r in rows]
+    def send(arm: str, items: list[Any]) -> Sent:
         t0 = time.perf_counter()
         try:
-            answer: Any = router.client.predict_many(instances, model=router.model, version=router.versions[arm])
+            answer: Any = request(router, arm, items)
         except MovieRecError as exc:
             answer = exc
-        return arm, rows, (time.perf_counter() - t0) * 1000, answer
+        return arm, items, (time.perf_counter() - t0) * 1000, answer
 
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ab-eval") as pool:
         pending: deque[list[Future[Sent]]] = deque()
         for job in jobs:
-            pending.append([pool.submit(send, arm, rows) for arm, rows in job])
+            pending.append([pool.submit(send, arm, items) for arm, items in job])
             # Record finished jobs as we go so memory stays bounded on big files.
             while pending and (all(f.done() for f in pending[0]) or len(pending) > 4 * concurrency):
                 record([f.result() for f in pending.popleft()])
@@ -360,4 +377,117 @@ def evaluate_paired(
                 result.pairs.add(row.user_id, ea, eb)
 
     _send_all(router, jobs(), record, concurrency)
+    return result
+
+
+# --- top-K lists: recall@K and NDCG@K of each version on the held-out ratings (model/metrics.py) ---
+
+
+@dataclass
+class ArmLists:
+    """One arm's top-K lists during an evaluation: each judged user's list, and the users who got none."""
+
+    version: str
+    asked: int = 0
+    lists: dict[str, list[str]] = field(default_factory=dict)
+    error_examples: list[str] = field(default_factory=list)
+
+    @property
+    def not_judged(self) -> int:
+        """Users asked who got no list (unknown to the version, or a failed request)."""
+        return self.asked - len(self.lists)
+
+    def add_answer(self, users: list[str], answer: dict[str, Any] | Exception) -> None:
+        """Count one multi-user request: keep each listed user's movie IDs (as strings), best first."""
+        self.asked += len(users)
+        if isinstance(answer, Exception):
+            _keep_example(self.error_examples, str(answer))
+            return
+        entries = answer.get("recommendations", [])
+        if len(entries) != len(users):
+            _keep_example(self.error_examples, f"{len(entries)} lists for {len(users)} users")
+            return
+        for user, entry in zip(users, entries, strict=True):
+            if "recommendations" in entry:
+                self.lists[user] = [str(r["movie_id"]) for r in entry["recommendations"]]
+            else:
+                _keep_example(self.error_examples, entry.get("error", "no list in the answer"))
+
+
+@dataclass
+class RankingEval:
+    """The top-K lists of both arms for the held-out users with a relevant rating, and those ratings."""
+
+    k: int
+    paired: bool
+    a: ArmLists
+    b: ArmLists
+    users: list[str] = field(default_factory=list)  # of each relevant held-out rating, as in the file
+    movies: list[str] = field(default_factory=list)
+    ratings: list[float] = field(default_factory=list)
+
+    @property
+    def relevant_users(self) -> int:
+        """Users with at least one relevant held-out rating: the users whose lists are asked for."""
+        return len(set(self.users))
+
+    def quality(self, arm: ArmLists) -> dict[str, tuple[float, float]]:
+        """User -> (recall@k, NDCG@k) of each user the arm judged (got a list and has a relevant rating)."""
+        judged, recall, ndcg = per_user_quality(
+            arm.lists, np.array(self.users), np.array(self.movies), np.array(self.ratings), self.k
+        )
+        return {u: (r, n) for u, r, n in zip(judged, recall.tolist(), ndcg.tolist(), strict=True)}
+
+    def comparison(self, *, seed: int = DEFAULT_SEED, reps: int = DEFAULT_REPS) -> RankingComparison:
+        """Mean recall@k and NDCG@k per arm and B - A, over users; paired, over the users both arms judged."""
+        qa, qb = self.quality(self.a), self.quality(self.b)
+        users_a, users_b = (sorted(qa.keys() & qb.keys()),) * 2 if self.paired else (sorted(qa), sorted(qb))
+
+        def columns(q: dict[str, tuple[float, float]], users: list[str]) -> tuple[np.ndarray, np.ndarray]:
+            return np.array([q[u][0] for u in users]), np.array([q[u][1] for u in users])
+
+        return abstats.ranking_comparison(
+            columns(qa, users_a), columns(qb, users_b), k=self.k, paired=self.paired, seed=seed, reps=reps
+        )
+
+
+def evaluate_ranking(
+    router: ABRouter,
+    heldout_path: str | os.PathLike[str],
+    *,
+    paired: bool = True,
+    top_k: int = K,
+    users_per_request: int = DEFAULT_USERS_PER_REQUEST,
+    concurrency: int = DEFAULT_EVAL_CONCURRENCY,
+) -> RankingEval:
+    """Ask for the top-k lists (rated movies excluded) of the held-out users with a rating >= RELEVANT_RATING:
+    from both versions (paired), or from each user's sticky arm (split)."""
+    result = RankingEval(top_k, paired, ArmLists(router.versions["a"]), ArmLists(router.versions["b"]))
+    for item in read_heldout(heldout_path):
+        if not isinstance(item, str) and item.rating >= RELEVANT_RATING:
+            result.users.append(item.user_id)
+            result.movies.append(item.movie_id)
+            result.ratings.append(item.rating)
+    users = list(dict.fromkeys(result.users))
+    arms = {"a": users, "b": users} if paired else {"a": [], "b": []}
+    if not paired:
+        for user in users:
+            arms[router.arm(user)].append(user)
+
+    def jobs() -> Iterator[list[tuple[str, list[str]]]]:
+        for start in range(0, len(users), users_per_request):
+            job = [(arm, listed[start : start + users_per_request]) for arm, listed in arms.items()]
+            job = [(arm, chunk) for arm, chunk in job if chunk]
+            if job:
+                yield job
+
+    def request(router: ABRouter, arm: str, chunk: list[str]) -> dict[str, Any]:
+        version = router.versions[arm]
+        return router.client.recommend_many(chunk, top_k, exclude_rated=True, model=router.model, version=version)
+
+    def record(sent: list[Sent]) -> None:
+        for arm, chunk, _, answer in sent:
+            (result.a if arm == "a" else result.b).add_answer(chunk, answer)
+
+    _send_all(router, jobs(), record, concurrency, request)
     return result

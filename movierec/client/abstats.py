@@ -1,4 +1,5 @@
-"""A/B statistics on RMSE with users as the unit: per-user error sums, user bootstrap intervals, the verdict.
+"""A/B statistics with users as the unit: RMSE from per-user error sums, recall@K and NDCG@K from per-user
+values, user bootstrap intervals, the verdicts.
 
 Pure numpy, no server. Rows of one user share that user's taste and the model's bias about them, so
 they are not independent; resampling whole users gives intervals that hold for correlated rows.
@@ -7,6 +8,7 @@ they are not independent; resampling whole users gives intervals that hold for c
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,6 +144,87 @@ def _rmse(sse: np.ndarray, rows: np.ndarray) -> np.ndarray:
         return np.sqrt(sse / rows)
 
 
+def _mean(total: np.ndarray, count: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / count
+
+
+Statistic = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (summed values, summed weights) -> the statistic
+
+
+@dataclass(frozen=True)
+class Estimates:
+    """A statistic of arms A and B and the difference B - A, with user-bootstrap intervals."""
+
+    a: float
+    b: float
+    ci_a: Interval
+    ci_b: Interval
+    ci_diff: Interval
+
+    @property
+    def diff(self) -> float:
+        """B - A."""
+        return self.b - self.a
+
+
+NAN_ESTIMATES = Estimates(math.nan, math.nan, NAN_INTERVAL, NAN_INTERVAL, NAN_INTERVAL)
+
+
+def paired_estimates(
+    values: np.ndarray,
+    weights: np.ndarray,
+    statistic: Statistic,
+    *,
+    seed: int = DEFAULT_SEED,
+    reps: int = DEFAULT_REPS,
+    level: float = DEFAULT_LEVEL,
+) -> Estimates:
+    """Both arms on the same users: `values` [users, 2] under A and B, `weights` [users] shared.
+
+    One resample of users moves both statistics together, so B - A keeps their correlation.
+    """
+    if len(weights) == 0:
+        return NAN_ESTIMATES
+    boot = bootstrap_totals(np.column_stack([values, weights]), reps, np.random.default_rng(seed))
+    a, b = statistic(boot[:, 0], boot[:, 2]), statistic(boot[:, 1], boot[:, 2])
+    totals, n = values.sum(axis=0), weights.sum()
+    return Estimates(
+        float(statistic(totals[0], n)),
+        float(statistic(totals[1], n)),
+        _interval(a, level),
+        _interval(b, level),
+        _interval(b - a, level),
+    )
+
+
+def split_estimates(
+    arms: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+    statistic: Statistic,
+    *,
+    seed: int = DEFAULT_SEED,
+    reps: int = DEFAULT_REPS,
+    level: float = DEFAULT_LEVEL,
+) -> Estimates:
+    """Disjoint users per arm, `arms` = ((values, weights) of A, of B): resample within each arm independently."""
+    rng = np.random.default_rng(seed)
+    draws, cis, point = [], [], []
+    for values, weights in arms:
+        values = np.asarray(values, dtype=np.float64).reshape(-1)
+        if len(weights) == 0:
+            draws.append(np.full(reps, math.nan))
+            cis.append(NAN_INTERVAL)
+            point.append(math.nan)
+            continue
+        boot = bootstrap_totals(np.column_stack([values, weights]), reps, rng)
+        draws.append(statistic(boot[:, 0], boot[:, 1]))
+        cis.append(_interval(draws[-1], level))
+        point.append(float(statistic(values.sum(), np.sum(weights))))
+    diff = draws[1] - draws[0]
+    ci_diff = NAN_INTERVAL if np.isnan(diff).any() else _interval(diff, level)
+    return Estimates(point[0], point[1], cis[0], cis[1], ci_diff)
+
+
 def paired_comparison(
     sse: np.ndarray,
     rows: np.ndarray,
@@ -155,28 +238,10 @@ def paired_comparison(
     One resample of users moves both RMSEs together, so the difference keeps their correlation
     and its interval is far narrower than that of two independent arms.
     """
-    n_rows = int(rows.sum())
-    if len(rows) == 0:
-        return Comparison(
-            True, math.nan, math.nan, NAN_INTERVAL, NAN_INTERVAL, NAN_INTERVAL, 0, 0, 0, 0, seed, reps, level
-        )
-    boot = bootstrap_totals(np.column_stack([sse, rows]), reps, np.random.default_rng(seed))
-    a, b = _rmse(boot[:, 0], boot[:, 2]), _rmse(boot[:, 1], boot[:, 2])
-    totals = sse.sum(axis=0)
+    est = paired_estimates(sse, rows, _rmse, seed=seed, reps=reps, level=level)
+    n_users, n_rows = len(rows), int(np.sum(rows))
     return Comparison(
-        paired=True,
-        rmse_a=math.sqrt(totals[0] / n_rows),
-        rmse_b=math.sqrt(totals[1] / n_rows),
-        ci_a=_interval(a, level),
-        ci_b=_interval(b, level),
-        ci_diff=_interval(b - a, level),
-        users_a=len(rows),
-        users_b=len(rows),
-        rows_a=n_rows,
-        rows_b=n_rows,
-        seed=seed,
-        reps=reps,
-        level=level,
+        True, est.a, est.b, est.ci_a, est.ci_b, est.ci_diff, n_users, n_users, n_rows, n_rows, seed, reps, level
     )
 
 
@@ -191,27 +256,14 @@ def split_comparison(
     level: float = DEFAULT_LEVEL,
 ) -> Comparison:
     """Arms hold disjoint users (a sticky split): resample users within each arm independently."""
-    rng = np.random.default_rng(seed)
-    draws, cis, point = [], [], []
-    for sse, rows in ((sse_a, rows_a), (sse_b, rows_b)):
-        sse = np.asarray(sse, dtype=np.float64).reshape(-1)
-        if len(rows) == 0:
-            draws.append(np.full(reps, math.nan))
-            cis.append(NAN_INTERVAL)
-            point.append(math.nan)
-            continue
-        boot = bootstrap_totals(np.column_stack([sse, rows]), reps, rng)
-        draws.append(_rmse(boot[:, 0], boot[:, 1]))
-        cis.append(_interval(draws[-1], level))
-        point.append(math.sqrt(sse.sum() / rows.sum()))
-    diff = draws[1] - draws[0]
+    est = split_estimates(((sse_a, rows_a), (sse_b, rows_b)), _rmse, seed=seed, reps=reps, level=level)
     return Comparison(
         paired=False,
-        rmse_a=point[0],
-        rmse_b=point[1],
-        ci_a=cis[0],
-        ci_b=cis[1],
-        ci_diff=NAN_INTERVAL if np.isnan(diff).any() else _interval(diff, level),
+        rmse_a=est.a,
+        rmse_b=est.b,
+        ci_a=est.ci_a,
+        ci_b=est.ci_b,
+        ci_diff=est.ci_diff,
         users_a=len(rows_a),
         users_b=len(rows_b),
         rows_a=int(np.sum(rows_a)),
@@ -277,3 +329,75 @@ def decide(
         best,
         f"{best} beats {other} by {gap:.4f} RMSE ({interval}, excludes 0; gap > {min_improvement})",
     )
+
+
+@dataclass(frozen=True)
+class RankingComparison:
+    """recall@k and NDCG@k of A's and B's top-k lists, averaged over users, and B - A, with user-bootstrap intervals."""
+
+    k: int
+    paired: bool
+    recall: Estimates
+    ndcg: Estimates
+    users_a: int  # the users each arm's means are over (paired: the users both arms judged)
+    users_b: int
+    seed: int
+    reps: int
+    level: float
+
+    def differences(self) -> str:
+        """B - A of both metrics with their intervals."""
+        return "; ".join(
+            f"{name}@{self.k} B - A = {est.diff:+.4f}, {self.level:.0%} interval "
+            f"[{est.ci_diff.low:+.4f}, {est.ci_diff.high:+.4f}]"
+            for name, est in (("recall", self.recall), ("NDCG", self.ndcg))
+        )
+
+    def describe(self) -> str:
+        """One line: both differences, their intervals, and how the intervals were made."""
+        design = (
+            f"paired: the {self.users_a} users both versions judged" if self.paired else "split: disjoint users per arm"
+        )
+        return f"{self.differences()} ({design}; bootstrap over users, {self.reps} resamples, seed {self.seed})"
+
+
+def ranking_comparison(
+    quality_a: tuple[np.ndarray, np.ndarray],
+    quality_b: tuple[np.ndarray, np.ndarray],
+    *,
+    k: int,
+    paired: bool,
+    seed: int = DEFAULT_SEED,
+    reps: int = DEFAULT_REPS,
+    level: float = DEFAULT_LEVEL,
+) -> RankingComparison:
+    """Compare per-user (recall, NDCG) arrays of A and B; paired, both arrays hold the same users in one order."""
+    options = {"seed": seed, "reps": reps, "level": level}
+    metrics = []
+    for a, b in zip(quality_a, quality_b, strict=True):
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        if paired:
+            metrics.append(paired_estimates(np.column_stack([a, b]), np.ones(len(a)), _mean, **options))
+        else:
+            metrics.append(split_estimates(((a, np.ones(len(a))), (b, np.ones(len(b)))), _mean, **options))
+    users_a, users_b = len(quality_a[0]), len(quality_b[0])
+    return RankingComparison(k, paired, metrics[0], metrics[1], users_a, users_b, seed, reps, level)
+
+
+RANKING_VERDICTS = ("a-better", "b-better", "no-difference", "mixed", "no-users")
+
+
+def decide_ranking(cmp: RankingComparison, version_a: str, version_b: str) -> Decision:
+    """The top-k verdict: a version ranks better when the interval of B - A excludes 0 in its favour for
+    recall@k or NDCG@k and the other metric's interval does not point the other way."""
+    if cmp.users_a == 0 or cmp.users_b == 0:
+        return Decision("no-users", None, "no user was judged in both arms" if cmp.paired else "an arm judged no user")
+    signs = {(est.ci_diff.low > 0) - (est.ci_diff.high < 0) for est in (cmp.recall, cmp.ndcg)}  # +1: B higher
+    intervals = f"({cmp.differences()})"
+    if signs == {0}:
+        return Decision("no-difference", None, f"both intervals include 0 {intervals}")
+    if {-1, 1} <= signs:
+        return Decision("mixed", None, f"the metrics disagree {intervals}")
+    b_wins = 1 in signs
+    best, other = (version_b, version_a) if b_wins else (version_a, version_b)
+    return Decision("b-better" if b_wins else "a-better", best, f"{best} ranks better than {other} {intervals}")

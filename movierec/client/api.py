@@ -16,10 +16,12 @@ from movierec.torchserve.errors import (
     ConfigError,
     MovieRecError,
     NotFound,
+    NoWorker,
     ServerError,
     ServerUnreachable,
     WorkerDied,
     error_message,
+    is_no_worker,
     is_token_rejection,
     is_worker_death,
     raise_for_response,
@@ -56,6 +58,7 @@ __all__ = [
     "KeyFile",
     "MovieRecClient",
     "MovieRecError",
+    "NoWorker",
     "NotFound",
     "RecoveryTimeout",
     "ServerError",
@@ -64,6 +67,7 @@ __all__ = [
     "archive_name",
     "check_version",
     "error_message",
+    "is_no_worker",
     "is_token_rejection",
     "is_worker_death",
     "raise_for_response",
@@ -122,4 +126,18 @@ class MovieRecClient(ManagementClient):
     ) -> dict[str, Any]:
         """Top-k movies for a user: {"user_id", "recommendations": [...], "model_version"}."""
         body = {"user_id": user_id, "top_k": top_k, "exclude_rated": exclude_rated}
+        return self.infer(body, model=model, version=version)
+
+    def recommend_many(
+        self,
+        users: Iterable[int | str],
+        top_k: int = DEFAULT_TOP_K,
+        *,
+        exclude_rated: bool = True,
+        model: str | None = None,
+        version: str | None = None,
+    ) -> dict[str, Any]:
+        """Top-k movies for many users in one request (at most the archive's max_users):
+        {"recommendations": [{"user_id", "recommendations": [...]} or {"user_id", "error"}, ...], "model_version"}."""
+        body = {"users": list(users), "top_k": top_k, "exclude_rated": exclude_rated}
         return self.infer(body, model=model, version=version)

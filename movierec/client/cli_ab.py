@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from model.protocol import DEFAULT_TOP_K, MAX_TOP_K
+from model.protocol import DEFAULT_TOP_K, MAX_TOP_K, MAX_USERS
 from movierec.client import settings
 from movierec.client.cli_common import make_client, model_option, non_negative, percent, positive, raw_id
 from movierec.torchserve.errors import ConfigError
 
 if TYPE_CHECKING:
-    from movierec.client.ab import ArmStats
-    from movierec.client.abstats import Comparison, Decision
+    from movierec.client.ab import ArmStats, RankingEval
+    from movierec.client.abstats import Comparison, Decision, Interval, RankingComparison
     from movierec.client.api import MovieRecClient
 
 
@@ -80,7 +80,9 @@ def add_ab_eval(sub: argparse._SubParsersAction, server: argparse.ArgumentParser
         help="compare versions A and B on held-out ratings",
         description="Score held-out ratings through the live endpoint, by default with both versions on every "
         "row (paired); report RMSE per version and the difference B - A with an interval from resampling users, "
-        "latency and errors; optionally promote the clearly better version.",
+        "latency and errors; optionally promote the clearly better version. Also ask each version for the top-K "
+        "lists of the users with a relevant held-out rating and report recall@K and NDCG@K the same way, with a "
+        "verdict of its own (promotion stays on RMSE).",
     )
     p.add_argument("heldout", help="CSV with a user_id,movie_id,rating header")
     model_option(p)
@@ -103,6 +105,18 @@ def add_ab_eval(sub: argparse._SubParsersAction, server: argparse.ArgumentParser
         type=positive,
         default=settings.DEFAULT_EVAL_CONCURRENCY,
         help="requests in flight (default %(default)s)",
+    )
+    p.add_argument(
+        "--top-k",
+        type=positive,
+        help=f"length of the top-K lists judged by recall@K and NDCG@K (default: K of model/metrics.py; "
+        f"at most {MAX_TOP_K})",
+    )
+    p.add_argument(
+        "--users-per-request",
+        type=positive,
+        default=settings.DEFAULT_USERS_PER_REQUEST,
+        help=f"users per top-K request (max {MAX_USERS}) (default %(default)s)",
     )
     p.add_argument("--plot", help="write a PNG comparison here")
     p.add_argument("--promote", action="store_true", help="make the clearly better version the default (paired only)")
@@ -196,10 +210,16 @@ def cmd_ab(args: argparse.Namespace) -> int:
 
 def cmd_ab_eval(args: argparse.Namespace) -> int:
     """Run `ab-eval`."""
-    from movierec.client import ab
+    from model.metrics import K
+    from movierec.client import ab, abstats
 
     if args.promote and args.split is not None:
         raise ConfigError("--promote needs the paired comparison: drop --split")
+    top_k = K if args.top_k is None else args.top_k
+    if top_k > MAX_TOP_K:
+        raise ConfigError(f"--top-k must be at most {MAX_TOP_K}, got {top_k}")
+    if args.users_per_request > MAX_USERS:
+        raise ConfigError(f"--users-per-request must be at most {MAX_USERS}, got {args.users_per_request}")
     with make_client(args, pool_size=args.concurrency) as client:
         router = ab.ABRouter(client, args.a, args.b, 50.0 if args.split is None else args.split, model=args.model)
         options = {"chunk_size": args.chunk, "concurrency": args.concurrency}
@@ -212,7 +232,17 @@ def cmd_ab_eval(args: argparse.Namespace) -> int:
             stats_a, stats_b, bad_input = ab.evaluate(router, args.heldout, **options)
             cmp = ab.compare_split(stats_a, stats_b, seed=args.seed, reps=args.reps)
             shares = (f"{100 - args.split:.0f}%", f"{args.split:.0f}%")
+        ranking = ab.evaluate_ranking(
+            router,
+            args.heldout,
+            paired=args.split is None,
+            top_k=top_k,
+            users_per_request=args.users_per_request,
+            concurrency=args.concurrency,
+        )
+        ranked = ranking.comparison(seed=args.seed, reps=args.reps)
         print(format_report(stats_a, stats_b, cmp, shares))
+        print(format_ranking(ranking, ranked))
         if bad_input:
             print(f"{len(bad_input)} unreadable input rows, e.g. {bad_input[0]}")
         if args.plot:
@@ -228,6 +258,8 @@ def cmd_ab_eval(args: argparse.Namespace) -> int:
             max_error_rate_increase=args.max_error_rate_increase,
         )
         print(f"verdict: {decision.verdict}: {decision.reason}")
+        ranking_decision = abstats.decide_ranking(ranked, stats_a.version, stats_b.version)
+        print(f"top-{top_k} verdict: {ranking_decision.verdict}: {ranking_decision.reason}")
         if args.promote:
             promote_winner(client, decision, args)
     return 0
@@ -283,8 +315,7 @@ def format_report(a: ArmStats, b: ArmStats, cmp: Comparison, shares: tuple[str, 
     )
     for name, s, share, rmse, ci, users in arms:
         lines.append(
-            f"{name:<4}{s.version:<10}{share:>7}{s.rows:>9}{s.scored:>9}{users:>7}{rmse:>8.4f}"
-            f"{f'[{ci.low:.4f}, {ci.high:.4f}]':>19}"
+            f"{name:<4}{s.version:<10}{share:>7}{s.rows:>9}{s.scored:>9}{users:>7}{rmse:>8.4f}{_bracket(ci):>19}"
             f"{s.latency(50):>9.1f}{s.latency(90):>9.1f}{s.latency(99):>9.1f}{s.row_errors:>9}{s.request_errors:>9}"
         )
     lines.append(cmp.describe())
@@ -292,6 +323,43 @@ def format_report(a: ArmStats, b: ArmStats, cmp: Comparison, shares: tuple[str, 
         for example in s.error_examples:
             lines.append(f"  {name} error example: {example}")
     return "\n".join(lines)
+
+
+def format_ranking(ranking: RankingEval, cmp: RankingComparison) -> str:
+    """A text table of each arm's top-K lists: users asked and judged, mean recall@K and NDCG@K with intervals."""
+    from model.metrics import RELEVANT_RATING
+
+    k, ci_head = cmp.k, f"{cmp.level:.0%} CI"
+    lines = [
+        f"top-{k} lists of the {ranking.relevant_users} users with a "
+        f"held-out rating >= {RELEVANT_RATING:g} (rated movies excluded), judged against those ratings",
+        f"{'arm':<4}{'version':<10}{'asked':>7}{'judged':>8}{'not judged':>12}"
+        f"{f'recall@{k}':>11}{ci_head:>19}{f'NDCG@{k}':>10}{ci_head:>19}",
+    ]
+    arms = (
+        ("A", ranking.a, cmp.recall.a, cmp.recall.ci_a, cmp.ndcg.a, cmp.ndcg.ci_a),
+        ("B", ranking.b, cmp.recall.b, cmp.recall.ci_b, cmp.ndcg.b, cmp.ndcg.ci_b),
+    )
+    for name, arm, recall, recall_ci, ndcg, ndcg_ci in arms:
+        lines.append(
+            f"{name:<4}{arm.version:<10}{arm.asked:>7}{len(arm.lists):>8}{arm.not_judged:>12}"
+            f"{recall:>11.4f}{_bracket(recall_ci):>19}{ndcg:>10.4f}{_bracket(ndcg_ci):>19}"
+        )
+    lines.append(cmp.describe())
+    if cmp.users_a and cmp.users_b and cmp.recall.a == cmp.recall.b == 0:
+        lines.append(
+            "  no list holds a relevant held-out movie: ratings the served model was built from are excluded "
+            "from its lists as rated (train.py's validation.csv is one); judge on ratings it never saw"
+        )
+    for name, arm in (("A", ranking.a), ("B", ranking.b)):
+        for example in arm.error_examples:
+            lines.append(f"  {name} top-{k} error example: {example}")
+    return "\n".join(lines)
+
+
+def _bracket(ci: Interval) -> str:
+    """An interval as a report column shows it."""
+    return f"[{ci.low:.4f}, {ci.high:.4f}]"
 
 
 def _finite(value: float) -> float:

@@ -12,6 +12,7 @@ the last one, which a crash may have cut short, and goes on from there.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 import time
@@ -36,6 +37,7 @@ from movierec.client.scoring import (
     BATCH_MODEL,
     DEFAULT_CONCURRENCY,
     SYNC_INTERVAL_S,
+    BatchLease,
     BatchSettings,
     Progress,
     leased_batch_version,
@@ -345,17 +347,18 @@ def recommend_all(
     job = {"users_path": users_path, "options": options, "per_request": per_request, "concurrency": concurrency}
     job.update(resume=resume, progress=progress)
 
-    def run(version: str) -> RecommendSummary:
+    def run(lease: BatchLease) -> RecommendSummary:
         def post(body: bytes) -> bytes:
-            # Idempotent: a request lost with its worker is sent again once workers are back.
-            return recovering(lambda: post_arrow(client, body, model=batch_model, version=version))
+            # Idempotent: a request lost with its worker (or a restart) is sent again once workers are back.
+            send = functools.partial(post_arrow, client, body, model=batch_model, version=lease.version)
+            return recovering(send, revive=lease.revive)
 
         return recommend_file(output_path, post, **job)
 
     if not manage:
-        return run(version or client.default_version(batch_model))
+        return run(BatchLease(version or client.default_version(batch_model)))
     leased = leased_batch_version(
         client, model=model, version=version, batch_model=batch_model, settings=settings, jobs=jobs
     )
-    with leased as version:
-        return run(version)
+    with leased as lease:
+        return run(lease)

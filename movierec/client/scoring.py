@@ -254,15 +254,23 @@ def score_csv(
         _score, client, input_path, output_path, batch_model=batch_model, protocol=protocol, route=route, job=job
     )
     if route == "v1":
-        return run(None)
+        return run(BatchLease(None))
     if not manage:
-        return run(version or client.default_version(batch_model))
+        return run(BatchLease(version or client.default_version(batch_model)))
 
     leased = leased_batch_version(
         client, model=model, version=version, batch_model=batch_model, settings=settings, jobs=jobs
     )
-    with leased as version:
-        return run(version)
+    with leased as lease:
+        return run(lease)
+
+
+@dataclass(frozen=True)
+class BatchLease:
+    """The version a bulk job runs on, and its scale-up, which brings workers back after a restart (None: unmanaged)."""
+
+    version: str | None
+    revive: Callable[[], object] | None = None
 
 
 @contextmanager
@@ -274,20 +282,25 @@ def leased_batch_version(
     batch_model: str,
     settings: BatchSettings,
     jobs: JobLeases | None = None,
-) -> Iterator[str]:
+) -> Iterator[BatchLease]:
     """Check `batch_model` serves the version and hold a worker lease on it for one job (score, recommend-all).
 
-    Yields the version the job runs against.
+    Yields the version the job runs against and its scale-up: a server (re)start registers `batch_model`
+    with 0 workers, so a job that meets "has no worker" runs it again (management.recovering).
     """
     jobs = jobs or JobLeases.for_server(client.endpoints.management_url)
     with jobs.locked():
         version = ensure_batch_registration(client, model=model, version=version, batch_model=batch_model)
         target = f"{batch_model}/{version}"
         lease = jobs.add(target, settings.workers)
-    try:
+
+    def scale_up() -> None:
         with jobs.locked():
             client.scale(version, jobs.workers(target), model=batch_model)
-        yield version
+
+    try:
+        scale_up()
+        yield BatchLease(version, scale_up)
     finally:
         # Runs on errors and Ctrl-C too (even during scale-up): idle bulk workers only hold memory,
         # but a job still running keeps the workers it asked for.
@@ -319,7 +332,7 @@ def _score(
     client: MovieRecClient,
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
-    version: str | None,
+    lease: BatchLease,
     *,
     batch_model: str,
     protocol: str,
@@ -327,16 +340,18 @@ def _score(
     job: dict[str, Any],
 ) -> ScoreSummary:
     """Run the job against one version of the bulk registration (or the v1 route), with JSON or Arrow bodies."""
+    version = lease.version
+    resend = functools.partial(recovering, revive=lease.revive)
     if protocol == "arrow":
 
         def post(body: bytes) -> bytes:
-            return recovering(lambda: post_arrow(client, body, model=batch_model, version=version, route=route))
+            return resend(lambda: post_arrow(client, body, model=batch_model, version=version, route=route))
 
         return score_file_arrow(input_path, output_path, post, **job)
 
     def score_chunk(instances: list[Instance]) -> list[Prediction]:
         # Scoring is idempotent: a request lost with its worker is sent again once workers are back.
-        return recovering(lambda: send_chunk(instances))
+        return resend(lambda: send_chunk(instances))
 
     def send_chunk(instances: list[Instance]) -> list[Prediction]:
         if route == "v1":

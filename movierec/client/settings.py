@@ -23,7 +23,7 @@ DEFAULT_PROTOCOL = "arrow"
 ROUTES = ("predictions", "v1")
 DEFAULT_ROUTE = "predictions"
 
-# movierec recommend-all
+# movierec recommend-all, and ab-eval's top-K requests
 DEFAULT_USERS_PER_REQUEST = 500
 
 # movierec promote, rollback and ab-eval --promote
