@@ -3,13 +3,20 @@
 Each rating is `clip(round_half(mean + b_user + b_movie + <p_user, q_movie> + noise), 0.5, 5.0)`:
 user/movie biases and a rank-k interaction (the planted, learnable part) plus Gaussian noise, put on
 the half-star scale. Movie popularity is Zipf-Mandelbrot (p ~ 1/(rank + head * movies)^exponent), user
-activity is log-normal with a minimum, and IDs are sparse, like ML-25M's. The noise makes some error
-unavoidable; `generation.json` records that floor so a trained model can be judged against it:
+activity is log-normal with a minimum, and IDs are sparse, like ML-25M's. Users rate more of what they like:
+the movies a user rates are drawn with probability ~ popularity * exp(strength * affinity), affinity =
+b_movie + <p_user, q_movie> (the planted rating less the user's mean and bias; --exposure-strength, 0 =
+popularity alone, the files of before). The noise makes some error unavoidable; `generation.json`
+records that floor so a trained model can be judged against it:
 
 - rmse_floor: sqrt(E[Var(y | planted)]), the RMSE of the best possible predictor E[y | planted],
   computed exactly per row from the Gaussian noise (no predictor can beat it in expectation);
 - rmse_planted_rounded: the planted rating rounded/clipped like the data, against the written rating;
 - rmse_planted: the planted rating, clipped to the scale only, against the written rating.
+
+`planted.npz` (NumPy arrays, no pickle) holds the planted model and the IDs its rows stand for, so a ranking
+can be scored against the truth: `load_planted(folder)`, and `planted_top_k(folder, users, k)` for each
+user's true best movies among those they did not rate.
 
     python -m movierec.datagen --out /tmp/ml25m                 # full size, about 25M rows
     python -m movierec.datagen --out /tmp/small --n-users 1000 --n-movies 500 --n-ratings 50000
@@ -25,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from tqdm import tqdm
 
@@ -37,6 +45,8 @@ GENRES = (
     "Musical Mystery Romance Sci-Fi Thriller War Western"
 ).split()
 HEAVY_SHARE = 8  # a user rating more than 1/8 of the catalogue is sampled exactly (Gumbel top-k)
+MAX_DRAWS = 4_000_000  # popularity draws held at once while exposure rejects some (bounds memory)
+EXACT_MOVIES = 1024  # movies whose <p, q> bounds the exposure rejection exactly (the rest: Cauchy-Schwarz)
 
 
 @dataclass
@@ -56,6 +66,7 @@ class GenConfig:
     movie_bias_sd: float = 0.45
     interaction_sd: float = 0.6  # standard deviation of <p_user, q_movie>
     noise_sd: float = 0.5
+    exposure_strength: float = 0.5  # users rate movies ~ popularity * exp(this * affinity); 0: popularity alone
     id_spread: float = 3.0  # IDs are drawn from 1 .. id_spread * n without replacement
     seed: int = 0
     chunk_ratings: int = 2_000_000  # rows generated per step; part of the stream, like the seed
@@ -71,6 +82,8 @@ class GenConfig:
             raise ValueError(f"ratings must be in [{lo:,}, {hi:,}] for these users/movies/min-per-user")
         if self.id_spread < 1:
             raise ValueError("id-spread must be >= 1")
+        if not self.exposure_strength >= 0:
+            raise ValueError("exposure-strength must be >= 0")
 
 
 def shape_for(n_ratings: int) -> GenConfig:
@@ -96,6 +109,84 @@ class Planted:
         """The noiseless planted rating of each (user row, movie row)."""
         dot = np.einsum("ij,ij->i", self.user_factors[users], self.movie_factors[movies])
         return mean + self.user_bias[users] + self.movie_bias[movies] + dot
+
+    def affinity(self, users: np.ndarray) -> np.ndarray:
+        """How much each user (row) likes every movie beyond their own mean: b_movie + <p_user, q_movie>, users x movies."""
+        return self.movie_bias[None, :] + self.user_factors[users] @ self.movie_factors.T
+
+    def exposure_cdf(self, strength: float) -> np.ndarray:
+        """Cumulative popularity * exp(strength * b_movie): the user-independent part of exposure."""
+        if not strength:
+            return self.popularity_cdf
+        tilt = np.exp(strength * (self.movie_bias.astype(np.float64) - self.movie_bias.max()))
+        cdf = np.cumsum(np.diff(np.r_[0.0, self.popularity_cdf]) * tilt)
+        return cdf / cdf[-1]
+
+
+def alias_table(cdf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Walker's alias table (Vose) of the weights whose cumulative sum is cdf: O(1) draws instead of a search."""
+    n = len(cdf)
+    prob = (np.diff(np.r_[0.0, cdf]) / cdf[-1] * n).tolist()
+    alias = list(range(n))
+    small = [i for i, p in enumerate(prob) if p < 1.0]
+    large = [i for i, p in enumerate(prob) if p >= 1.0]
+    while small and large:
+        lo, hi = small.pop(), large[-1]
+        alias[lo] = hi
+        prob[hi] -= 1.0 - prob[lo]
+        if prob[hi] < 1.0:
+            small.append(large.pop())
+    for i in small + large:  # what is left is 1 up to rounding
+        prob[i] = 1.0
+    return np.array(prob), np.array(alias, dtype=np.int64)
+
+
+@dataclass
+class Taste:
+    """The user-dependent part of exposure for a block of users: exp(strength * <p_user, q_movie>).
+
+    A popularity draw is kept with probability exp(strength * (<p, q> - bound)), bound >= max <p, q> over the
+    movies, so the kept draws are exact draws from popularity * exp(strength * affinity). The bound is the
+    exact maximum over the EXACT_MOVIES longest q and Cauchy-Schwarz (|p| |q|) over the shorter rest.
+    """
+
+    user_factors: np.ndarray  # the block's users, in row order
+    movie_factors: np.ndarray
+    strength: float
+    alias: tuple[np.ndarray, np.ndarray]  # alias_table of the user-independent part (Planted.exposure_cdf)
+
+    def __post_init__(self) -> None:
+        """Per-user bound and expected acceptance (Gaussian factors), to size the draws."""
+        users = self.user_factors.astype(np.float64)
+        norm = np.sqrt((users**2).sum(axis=1))
+        q_sq = (self.movie_factors.astype(np.float64) ** 2).sum(axis=1)
+        longest = np.argsort(-q_sq, kind="stable")
+        head, rest = longest[:EXACT_MOVIES], np.sqrt(q_sq[longest[EXACT_MOVIES:]].max(initial=0.0))
+        exact = (users @ self.movie_factors[head].T.astype(np.float64)).max(axis=1)
+        self.bound = np.maximum(exact, norm * rest)
+        var = q_sq.mean() / self.movie_factors.shape[1]
+        self.rate = np.clip(np.exp(self.strength**2 * norm**2 * var / 2 - self.strength * self.bound), 1e-3, 1.0)
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """n movie rows from the user-independent part, by the alias table."""
+        prob, alias = self.alias
+        spot = rng.random(n) * len(prob)
+        movie = spot.astype(np.int64)
+        return np.where(spot - movie < prob[movie], movie, alias[movie])
+
+    def keep(self, rng: np.random.Generator, users: np.ndarray, movies: np.ndarray) -> np.ndarray:
+        """Accept or reject each (block row, movie row) popularity draw."""
+        chance = rng.random(len(users))
+        kept = np.empty(len(users), dtype=bool)
+        for lo in range(0, len(users), 1 << 20):  # the gathered factors stay small
+            u, m = users[lo : lo + (1 << 20)], movies[lo : lo + (1 << 20)]
+            dot = np.einsum("ij,ij->i", self.user_factors[u], self.movie_factors[m]).astype(np.float64)
+            kept[lo : lo + len(u)] = chance[lo : lo + len(u)] < np.exp(self.strength * (dot - self.bound[u]))
+        return kept
+
+    def logits(self, row: int) -> np.ndarray:
+        """strength * <p, q> of one block row against every movie (the exact path for heavy users)."""
+        return self.strength * (self.movie_factors @ self.user_factors[row]).astype(np.float64)
 
 
 def user_counts(cfg: GenConfig, rng: np.random.Generator) -> np.ndarray:
@@ -138,52 +229,74 @@ def sparse_ids(rng: np.random.Generator, n: int, spread: float) -> np.ndarray:
     return np.sort(rng.choice(int(n * spread), size=n, replace=False)).astype(np.int64) + 1
 
 
-def _sample_light(rng: np.random.Generator, counts: np.ndarray, cdf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct movies per user by popularity-weighted draws, discarding repeats (sampling without replacement)."""
+def _sample_light(
+    rng: np.random.Generator, counts: np.ndarray, cdf: np.ndarray, taste: Taste | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct movies per user by weighted draws (cdf, then taste), discarding repeats (sampling without replacement)."""
     n_movies = len(cdf)
     need = counts.astype(np.int64).copy()
-    taken: list[np.ndarray] = []
+    taken = np.zeros(0, dtype=np.int64)  # user * n_movies + movie, sorted
+    boost = np.full(len(need), 1.15)  # doubled for a user each pass it falls short (tilted draws repeat more)
     while need.sum() > 0:
         users = np.flatnonzero(need)
-        draws = np.ceil(need[users] * 1.15).astype(np.int64) + 4
+        if taste is None:
+            draws = np.ceil(need[users] * 1.15).astype(np.int64) + 4
+        else:  # more draws where fewer are kept; the rest of the users wait for the next pass
+            draws = np.minimum(np.ceil(need[users] * boost[users] / taste.rate[users]).astype(np.int64) + 16, MAX_DRAWS)
+            fits = max(1, int(np.searchsorted(np.cumsum(draws), MAX_DRAWS, side="right")))
+            users, draws = users[:fits], draws[:fits]
         u = np.repeat(users, draws)
-        m = np.minimum(np.searchsorted(cdf, rng.random(len(u)), side="right"), n_movies - 1)
+        if taste is None:
+            m = np.minimum(np.searchsorted(cdf, rng.random(len(u)), side="right"), n_movies - 1)
+        else:
+            m = taste.draw(rng, len(u))
+            kept = taste.keep(rng, u, m)
+            u, m = u[kept], m[kept]
         key = u * n_movies + m
-        if taken:
-            key = key[~np.isin(key, np.concatenate(taken))]
+        if len(taken):
+            key = key[taken[np.minimum(np.searchsorted(taken, key), len(taken) - 1)] != key]
         _, first = np.unique(key, return_index=True)
         key = key[np.sort(first)]  # first draws of each pair, still grouped by user in draw order
         u = key // n_movies
         starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
         rank = np.arange(len(u)) - np.repeat(starts, np.diff(np.r_[starts, len(u)]))
         key = key[rank < need[u]]
-        taken.append(key)
+        taken = np.sort(np.concatenate([taken, np.sort(key)]), kind="stable")  # a merge of two sorted runs
         need -= np.bincount(key // n_movies, minlength=len(need))
-    key = np.sort(np.concatenate(taken)) if taken else np.zeros(0, dtype=np.int64)
-    return key // n_movies, key % n_movies
+        if taste is not None:
+            boost[users[need[users] > 0]] *= 2
+    return taken // n_movies, taken % n_movies
 
 
-def _sample_heavy(rng: np.random.Generator, counts: np.ndarray, cdf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct movies per user by Gumbel top-k on log popularity (exact sampling without replacement)."""
+def _sample_heavy(
+    rng: np.random.Generator, rows: np.ndarray, counts: np.ndarray, cdf: np.ndarray, taste: Taste | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct movies per user by Gumbel top-k on log weight (exact sampling without replacement)."""
     log_p = np.log(np.diff(np.r_[0.0, cdf]) + 1e-300)
     users, movies = [], []
-    for row, count in enumerate(counts):
-        keys = log_p - np.log(-np.log(rng.random(len(cdf))))
+    for row, count in zip(rows.tolist(), counts.tolist(), strict=True):
+        logit = log_p if taste is None else log_p + taste.logits(row)
+        keys = logit - np.log(-np.log(rng.random(len(cdf))))
         top = np.sort(np.argpartition(-keys, count - 1)[:count])
         users.append(np.full(count, row, dtype=np.int64))
         movies.append(top.astype(np.int64))
     return np.concatenate(users), np.concatenate(movies)
 
 
-def sample_pairs(rng: np.random.Generator, counts: np.ndarray, cdf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Unique (user row, movie row) pairs, counts[u] per user, sorted by user then movie."""
+def sample_pairs(
+    rng: np.random.Generator, counts: np.ndarray, cdf: np.ndarray, taste: Taste | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unique (user row, movie row) pairs, counts[u] per user, sorted by user then movie.
+
+    Drawn ~ the weights whose cumulative sum is cdf, times exp(strength * <p, q>) when a taste is given.
+    """
     heavy = counts * HEAVY_SHARE > len(cdf)
-    lu, lm = _sample_light(rng, np.where(heavy, 0, counts), cdf)
+    lu, lm = _sample_light(rng, np.where(heavy, 0, counts), cdf, taste)
     if not heavy.any():
         return lu, lm
     hrows = np.flatnonzero(heavy)
-    hu, hm = _sample_heavy(rng, counts[hrows], cdf)
-    u, m = np.concatenate([lu, hrows[hu]]), np.concatenate([lm, hm])
+    hu, hm = _sample_heavy(rng, hrows, counts[hrows], cdf, taste)
+    u, m = np.concatenate([lu, hu]), np.concatenate([lm, hm])
     order = np.lexsort((m, u))
     return u[order], m[order]
 
@@ -276,8 +389,81 @@ def write_movies(path: Path, movie_ids: np.ndarray, rng: np.random.Generator) ->
         pacsv.write_csv(table, fh, pacsv.WriteOptions(include_header=False, quoting_style="none"))
 
 
+def write_planted(path: Path, planted: Planted, user_ids: np.ndarray, movie_ids: np.ndarray) -> None:
+    """Write planted.npz: the planted model's arrays and the user/movie IDs their rows stand for."""
+    np.savez(path, user_id=user_ids, movie_id=movie_ids, **asdict(planted))
+
+
+@dataclass
+class Truth:
+    """What generated a folder: the planted model, the IDs of its rows, the mean and the RMSE floor."""
+
+    planted: Planted
+    user_ids: np.ndarray  # ascending; row i of the user arrays is user user_ids[i]
+    movie_ids: np.ndarray
+    mean: float
+    rmse_floor: float
+
+    def rows(self, ids: np.ndarray, of: str) -> np.ndarray:
+        """Rows of the given user or movie IDs; ValueError naming the first unknown one."""
+        known = self.user_ids if of == "user" else self.movie_ids
+        ids = np.asarray(ids, dtype=np.int64)
+        at = np.minimum(np.searchsorted(known, ids), len(known) - 1)
+        bad = known[at] != ids
+        if bad.any():
+            raise ValueError(f"{of} {int(ids[bad][0])} is not in the generated data")
+        return at
+
+
+def load_planted(folder: Path) -> Truth:
+    """Read planted.npz and generation.json of a generated folder."""
+    report = json.loads((Path(folder) / "generation.json").read_text())
+    with np.load(Path(folder) / report["files"]["planted"], allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    user_ids, movie_ids = arrays.pop("user_id"), arrays.pop("movie_id")
+    return Truth(Planted(**arrays), user_ids, movie_ids, report["config"]["mean"], report["rmse_floor"])
+
+
+def _rated_by(folder: Path, users: np.ndarray) -> dict[int, np.ndarray]:
+    """Movie IDs each of the given users rated in folder/ratings.csv."""
+    read = pacsv.ConvertOptions(include_columns=["userId", "movieId"])
+    table = pacsv.read_csv(Path(folder) / "ratings.csv", convert_options=read)
+    table = table.filter(pc.is_in(table["userId"], pa.array(users, type=pa.int64())))
+    u, m = table["userId"].to_numpy(), table["movieId"].to_numpy()
+    order = np.argsort(u, kind="stable")
+    u, m = u[order], m[order]
+    cuts = np.searchsorted(u, users), np.searchsorted(u, users, side="right")
+    return {user: m[a:b] for user, a, b in zip(users.tolist(), *cuts, strict=True)}
+
+
+def planted_top_k(
+    folder: Path, users: np.ndarray, k: int = 10, exclude: dict | None = None, block: int = 256
+) -> dict[int, np.ndarray]:
+    """Each user's k truly best movies (highest planted rating) that they did not rate, best first, as movie IDs.
+
+    users are user IDs. exclude maps a user ID to the movie IDs to leave out (say, a model's training
+    ratings); by default every movie the user rated in folder/ratings.csv.
+    """
+    truth = load_planted(folder)
+    users = np.asarray(users, dtype=np.int64)
+    rows = truth.rows(users, "user")
+    exclude = _rated_by(folder, users) if exclude is None else exclude
+    k = min(k, len(truth.movie_ids))
+    best: dict[int, np.ndarray] = {}
+    for lo in range(0, len(users), block):  # users x movies scores one block at a time
+        score = truth.planted.affinity(rows[lo : lo + block])
+        for i, user in enumerate(users[lo : lo + block].tolist()):
+            seen = exclude.get(user, ())
+            if len(seen):
+                score[i, truth.rows(seen, "movie")] = -np.inf
+            top = np.argpartition(-score[i], k - 1)[:k]
+            top = top[np.argsort(-score[i, top], kind="stable")]
+            best[user] = truth.movie_ids[top[np.isfinite(score[i, top])]]
+    return best
+
+
 def generate(cfg: GenConfig, out: Path, quiet: bool = False) -> dict:
-    """Write ratings.csv, movies.csv and generation.json into out; return the JSON's content."""
+    """Write ratings.csv, movies.csv, planted.npz and generation.json into out; return the JSON's content."""
     cfg.check()
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -289,6 +475,9 @@ def generate(cfg: GenConfig, out: Path, quiet: bool = False) -> dict:
     start = rng.integers(FIRST_TS, LAST_TS, cfg.n_users)
     span = np.minimum(rng.lognormal(np.log(30 * 86400), 2.0, cfg.n_users), LAST_TS - start).astype(np.int64) + 1
     write_movies(out / "movies.csv", movie_ids, np.random.default_rng(seeds[1]))
+    write_planted(out / "planted.npz", planted, user_ids, movie_ids)
+    cdf = planted.exposure_cdf(cfg.exposure_strength)
+    alias = alias_table(cdf) if cfg.exposure_strength else None
 
     chunks = _chunks(counts, cfg.chunk_ratings)
     chunk_seeds = seeds[2].spawn(len(chunks))
@@ -302,7 +491,10 @@ def generate(cfg: GenConfig, out: Path, quiet: bool = False) -> dict:
         writer = pacsv.CSVWriter(fh, RATING_SCHEMA, write_options=options)
         for (lo, hi), seed in zip(chunks, chunk_seeds, strict=True):
             crng = np.random.default_rng(seed)
-            users, movies = sample_pairs(crng, counts[lo:hi], planted.popularity_cdf)
+            taste = None
+            if cfg.exposure_strength:
+                taste = Taste(planted.user_factors[lo:hi], planted.movie_factors, cfg.exposure_strength, alias)
+            users, movies = sample_pairs(crng, counts[lo:hi], cdf, taste)
             users += lo
             score = planted.score(users, movies, cfg.mean).astype(np.float64)
             rating = to_half_stars(score + crng.normal(0, cfg.noise_sd, len(score)))
@@ -315,7 +507,7 @@ def generate(cfg: GenConfig, out: Path, quiet: bool = False) -> dict:
             bar.update(len(users))
         writer.close()
     report = {
-        "files": {"ratings": "ratings.csv", "movies": "movies.csv"},
+        "files": {"ratings": "ratings.csv", "movies": "movies.csv", "planted": "planted.npz"},
         "counts": {
             "ratings": int(counts.sum()),
             "users": cfg.n_users,
@@ -336,7 +528,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; every size and shape parameter of GenConfig."""
     d = GenConfig()
     p = argparse.ArgumentParser(prog="python -m movierec.datagen", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, type=Path, help="folder for ratings.csv, movies.csv, generation.json")
+    p.add_argument(
+        "--out", required=True, type=Path, help="folder for ratings.csv, movies.csv, planted.npz, generation.json"
+    )
     p.add_argument("--n-users", type=int, default=d.n_users, help="number of users (default %(default)s)")
     p.add_argument("--n-movies", type=int, default=d.n_movies, help="catalogue size (default %(default)s)")
     p.add_argument("--n-ratings", type=int, default=d.n_ratings, help="number of ratings (default %(default)s)")
@@ -349,6 +543,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--zipf-head", type=float, default=d.zipf_head, help="offset / movies: flattens the head")
     p.add_argument("--rank", type=int, default=d.rank, help="rank of the planted user x movie interaction")
     p.add_argument("--noise-sd", type=float, default=d.noise_sd, help="Gaussian noise before rounding")
+    p.add_argument(
+        "--exposure-strength",
+        type=float,
+        default=d.exposure_strength,
+        help="users rate movies ~ popularity * exp(this * planted affinity); 0: popularity alone (default %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=d.seed, help="same seed and sizes give the same files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
@@ -367,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         zipf_head=args.zipf_head,
         rank=args.rank,
         noise_sd=args.noise_sd,
+        exposure_strength=args.exposure_strength,
         seed=args.seed,
     )
     try:

@@ -1,4 +1,5 @@
-"""The scale data generator: deterministic, MovieLens-shaped, unique pairs, half stars, a correct RMSE floor."""
+"""The scale data generator: deterministic, MovieLens-shaped, unique pairs, half stars, a correct RMSE floor,
+exposure that follows the planted preference, and the planted truth written beside the ratings."""
 
 from __future__ import annotations
 
@@ -15,7 +16,19 @@ import pytest
 
 from model.data import load_ratings, load_titles
 from movierec import datagen
-from movierec.datagen import GenConfig, expected_rating, generate, main, parse_args, user_counts
+from movierec.datagen import (
+    GenConfig,
+    Taste,
+    alias_table,
+    expected_rating,
+    generate,
+    load_planted,
+    main,
+    parse_args,
+    planted_top_k,
+    sample_pairs,
+    user_counts,
+)
 
 SMALL = GenConfig(n_users=400, n_movies=300, n_ratings=30_000, min_per_user=20, chunk_ratings=7_000, seed=3)
 
@@ -39,6 +52,104 @@ def test_same_seed_same_files_other_seed_other_files(tmp_path, small):
     generate(replace(SMALL, seed=4), tmp_path / "other", quiet=True)
     assert digest(tmp_path / "again") == digest(out)
     assert digest(tmp_path / "other")[0] != digest(out)[0]
+
+
+# sha256 of ratings.csv and movies.csv as the generator wrote them before exposure followed preference
+# (commit e6c246c): --exposure-strength 0 must still write exactly these files.
+POPULARITY_ONLY = {
+    "small": (
+        "987b84a296f0caef02808b73888e881bc49ad8fcf122909a6bc95ef8e2400fe4",
+        "8b4a4b817afa2a3942664d403b1c5187296971bd1f73fb2c287c826737fc7312",
+    ),
+    "heavy": (
+        "6cd1298124358b1f998cf6f0e34a73f4fd772c7d25b54c39640de4de45f2254d",
+        "77aff514bce6093882ca48dc857d83dc350207a51eedf8d74810ce4a98fd1e11",
+    ),
+}
+HEAVY = replace(SMALL, n_users=30, n_movies=100, n_ratings=2_700, min_per_user=50)
+
+
+@pytest.mark.parametrize("name", ["small", "heavy"])
+def test_exposure_strength_zero_writes_the_popularity_only_files(tmp_path, name):
+    cfg = {"small": SMALL, "heavy": HEAVY}[name]
+    generate(replace(cfg, exposure_strength=0.0), tmp_path, quiet=True)
+    assert digest(tmp_path) == POPULARITY_ONLY[name]
+
+
+def rated_affinity(folder: Path) -> float:
+    """Mean planted affinity (b_movie + <p, q>) of the pairs in folder/ratings.csv."""
+    truth = load_planted(folder)
+    frame = pd.read_csv(folder / "ratings.csv")
+    users, movies = truth.rows(frame["userId"], "user"), truth.rows(frame["movieId"], "movie")
+    dot = np.einsum("ij,ij->i", truth.planted.user_factors[users], truth.planted.movie_factors[movies])
+    return float((truth.planted.movie_bias[movies] + dot).mean())
+
+
+def test_users_rate_more_of_what_they_like(tmp_path):
+    # A sparse matrix (2% full), as at scale, where exposure has room to choose.
+    cfg = replace(SMALL, n_users=300, n_movies=2_000, n_ratings=12_000)
+    shifts = {}
+    for strength in (0.0, 0.5, 1.0):
+        generate(replace(cfg, exposure_strength=strength), tmp_path / str(strength), quiet=True)
+        shifts[strength] = rated_affinity(tmp_path / str(strength))
+    # Tilting a Gaussian affinity by exp(strength * affinity) moves its mean by strength * variance (0.56 per
+    # unit here); sampling without replacement and popular movies' own biases take some of that back.
+    variance = cfg.movie_bias_sd**2 + cfg.interaction_sd**2
+    gain_half, gain_full = shifts[0.5] - shifts[0.0], shifts[1.0] - shifts[0.0]
+    assert 0.15 * variance < gain_half < gain_full - 0.15 * variance
+
+
+@pytest.mark.parametrize("n_movies", [12, 6])  # 12: popularity draws and rejection; 6: every user is heavy
+def test_exposure_draws_follow_popularity_times_preference(n_movies):
+    rng = np.random.default_rng(1)
+    movie_factors = rng.normal(0, 0.7, (n_movies, 3)).astype(np.float32)
+    user = rng.normal(0, 0.7, 3).astype(np.float32)
+    popularity = rng.random(n_movies) ** 3
+    cdf = np.cumsum(popularity / popularity.sum())
+    cdf /= cdf[-1]
+    n_users, strength = 40_000, 1.5
+    taste = Taste(np.tile(user, (n_users, 1)), movie_factors, strength, alias_table(cdf))
+    _, movies = sample_pairs(rng, np.ones(n_users, dtype=np.int64), cdf, taste)
+    want = popularity * np.exp(strength * (movie_factors @ user))
+    want /= want.sum()
+    got = np.bincount(movies, minlength=n_movies) / n_users
+    np.testing.assert_allclose(got, want, atol=4 * np.sqrt(want * (1 - want) / n_users).max())
+
+
+def test_planted_truth_round_trips(small):
+    out, report, frame = small
+    assert report["files"]["planted"] == "planted.npz"
+    truth = load_planted(out)
+    assert truth.rmse_floor == report["rmse_floor"] and truth.mean == SMALL.mean
+    assert len(truth.user_ids) == SMALL.n_users and set(frame["userId"]) == set(truth.user_ids)
+    assert set(frame["movieId"]) <= set(truth.movie_ids) and len(truth.movie_ids) == SMALL.n_movies
+    # The stored model scores the written ratings exactly as the generator did: same rounded-planted RMSE.
+    users, movies = truth.rows(frame["userId"], "user"), truth.rows(frame["movieId"], "movie")
+    score = truth.planted.score(users, movies, truth.mean).astype(np.float64)
+    rounded = np.sqrt(((frame["rating"].to_numpy() - datagen.to_half_stars(score)) ** 2).mean())
+    assert round(float(rounded), 5) == report["rmse_planted_rounded"]
+    with pytest.raises(ValueError, match="user 0 is not in the generated data"):
+        truth.rows(np.array([0]), "user")
+
+
+def test_planted_top_k_is_the_best_unrated(small):
+    out, _, frame = small
+    truth = load_planted(out)
+    users = np.sort(frame["userId"].unique())[:5]
+    best = planted_top_k(out, users, k=10)
+    assert list(best) == users.tolist()
+    for user in users.tolist():
+        rated = frame.loc[frame["userId"] == user, "movieId"].to_numpy()
+        row = truth.rows(np.array([user]), "user")
+        score = truth.planted.affinity(row)[0]
+        unrated = np.setdiff1d(truth.movie_ids, rated)
+        order = np.argsort(-score[truth.rows(unrated, "movie")], kind="stable")
+        np.testing.assert_array_equal(best[user], unrated[order[:10]])
+    # exclude={} ranks the whole catalogue (a benchmark passes its training ratings instead).
+    user = int(users[0])
+    everything = planted_top_k(out, users[:1], k=3, exclude={})[user]
+    score = truth.planted.affinity(truth.rows(users[:1], "user"))[0]
+    np.testing.assert_array_equal(everything, truth.movie_ids[np.argsort(-score, kind="stable")[:3]])
 
 
 def test_ratings_have_the_movielens_shape(small):
@@ -127,6 +238,10 @@ def test_cli_writes_files_and_prints_the_floor(tmp_path, capsys):
     assert f"RMSE floor {report['rmse_floor']:.4f}" in out
     assert main(["--out", str(tmp_path), "--n-users", "100", "--n-ratings", "10"]) == 2
     assert "error: ratings must be in" in capsys.readouterr().out
+    assert main([*argv, "--exposure-strength", "-1"]) == 2
+    assert "error: exposure-strength must be >= 0" in capsys.readouterr().out
+    assert main([*argv, "--exposure-strength", "0"]) == 0
+    assert json.loads((tmp_path / "generation.json").read_text())["config"]["exposure_strength"] == 0
 
 
 def test_cli_old_count_flags_still_work_with_a_warning(capsys):
@@ -142,3 +257,4 @@ def test_cli_old_count_flags_still_work_with_a_warning(capsys):
 def test_cli_help():
     done = subprocess.run([sys.executable, "-m", "movierec.datagen", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "--min-per-user" in done.stdout and "RMSE floor" not in done.stderr
+    assert "--exposure-strength" in done.stdout
