@@ -50,7 +50,7 @@ def create_app(service, token: str):
     """A FastAPI app answering POST /predictions/{model} through `service`, and GET /ping."""
     from fastapi import FastAPI, Request, Response
 
-    from model.protocol import ArrowBody, error_reply, is_arrow
+    from model.protocol import error_reply, request_body
 
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     expected = f"Bearer {token}"
@@ -65,9 +65,7 @@ def create_app(service, token: str):
         if request.headers.get("authorization") != expected:
             reply = error_reply(401, "missing or wrong Bearer token", service.model_version)
         else:
-            body = await request.body()
-            if is_arrow(request.headers.get("content-type")):
-                body = ArrowBody(body)
+            body = request_body(await request.body(), request.headers.get("content-type"))
             reply = service.handle_batch([body])[0]
         return Response(content=reply.body, status_code=reply.status, media_type=reply.content_type)
 
