@@ -2,7 +2,8 @@
 
 properties (java.util.Properties files) -> config (ports, rendered config.properties, snapshots)
 -> processes (launch and end the OS processes) -> instance (Server, start/stop/running/health)
--> cli (movierec-serve). registry decides which store archives an instance serves. management (the API client with key renewal) and errors stand apart;
+-> cli (movierec-serve). registry decides which store archives an instance serves, and vetting loads
+new ones outside the server first. management (the API client with key renewal) and errors stand apart;
 archive builds the .mar and reads its model config.
 """
 

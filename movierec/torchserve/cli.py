@@ -21,13 +21,19 @@ if TYPE_CHECKING:
 
 
 def _print_status(server: Server | None, run_dir: Path) -> int:
-    """Print what runs from RUN_DIR; exit status 0 if running, 3 if not (LSB style)."""
+    """Print what runs from RUN_DIR and the archives its checks refused; exit status 0 if running, 3 if not (LSB style)."""
     from movierec.torchserve.instance import leftovers
+    from movierec.torchserve.vetting import refusals
+
+    def print_refused() -> None:
+        for refused in refusals(run_dir):
+            print(f"refused {refused.file} at {refused.time}: {refused.reason}")
 
     if server is None:
         left = leftovers(run_dir)
         hint = f"; {left} leftover processes, run stop" if left else ""
         print(f"not running ({run_dir}){hint}")
+        print_refused()
         return 3
     print(f"running  pid {server.pid}  run dir {server.run_dir}")
     print(f"inference  {server.inference_url}")
@@ -42,6 +48,7 @@ def _print_status(server: Server | None, run_dir: Path) -> int:
                 states = ",".join(w["status"] for w in info.get("workers", [])) or "no workers"
                 mark = " (default)" if info["modelVersion"] == default else ""
                 print(f"model {name} {info['modelVersion']}{mark}: {states}")
+    print_refused()
     return 0
 
 
@@ -74,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     p_reload = sub.add_parser(
         "reload",
         help="restart on the same ports serving every .mar now in the model store (how versions are added "
-        "or removed); defaults and worker counts are kept",
+        "or removed); defaults and worker counts are kept. New or changed archives are loaded outside the "
+        "server first: if one fails, nothing restarts and the command exits 1 naming it",
     )
     p_reload.add_argument("--run-dir", default=RUN_DIR)
     p_reload.add_argument("--timeout", type=float, default=180, help="seconds to wait for READY")

@@ -48,6 +48,13 @@ class WorkerDied(ServerError):
     """
 
 
+class NoWorker(ServerError):
+    """TorchServe's own 503 for a version with no worker: a restart registers movierec-batch with 0 workers.
+
+    A bulk job scales its registration up again (as it did at its start) and sends the request again.
+    """
+
+
 class AuthError(ServerError):
     """The token was refused even after re-reading the key file and rotating an expired key."""
 
@@ -80,6 +87,13 @@ def is_worker_death(status: int, body: Any) -> bool:
     return {"code", "type", "message"} <= body.keys() and "error" not in body
 
 
+def is_no_worker(status: int, body: Any) -> bool:
+    """Whether an error answer is TorchServe's own 503 for a version that has no worker to run it."""
+    if status != 503 or not isinstance(body, dict) or "error" in body:
+        return False
+    return "has no worker" in str(body.get("message", ""))
+
+
 def raise_for_response(resp: requests.Response) -> None:
     """Raise the matching ServerError when a response is not 2xx."""
     if resp.status_code < 400:
@@ -90,6 +104,8 @@ def raise_for_response(resp: requests.Response) -> None:
         cls = NotFound
     elif is_worker_death(resp.status_code, body):
         cls = WorkerDied
+    elif is_no_worker(resp.status_code, body):
+        cls = NoWorker
     raise cls(resp.status_code, message, body, resp.url)
 
 

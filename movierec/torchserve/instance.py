@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,12 +39,18 @@ from movierec.torchserve.processes import (
 )
 from movierec.torchserve.processes import launch as run_launcher
 from movierec.torchserve.properties import read_properties
-from movierec.torchserve.registry import plan_models, read_archive, snapshot_json, store_archives
+from movierec.torchserve.registry import check_archive, plan_models, read_archive, snapshot_json, store_files
+from movierec.torchserve.vetting import read_state, refusals, refuse, vet
 
 STATE_FILE = "serve.json"
 KEY_FILE = KEY_FILE_NAME
 # What a poll of an instance that is still starting (or failing) may raise.
 NOT_ANSWERING = (MovieRecError, KeyError, ValueError, TypeError)
+# TorchServe retries a worker that fails to load for ever (1, 1, 2, 3, 5 ... s apart); after this many
+# failures of one version's worker a start gives up at once, naming the exception.
+LOAD_TRIES = 2
+MODEL_LOG = "model_log.log"
+_LOAD_FAILED = re.compile(r"\[\w+ *\] W-\d+-(\S+)-stdout MODEL_LOG - Failed to load model \S+, exception (.*)$")
 
 
 @dataclass(frozen=True)
@@ -127,9 +135,11 @@ def start(
     (run_dir / KEY_FILE).unlink(missing_ok=True)
     rendered = render_config(config, run_dir, model_store, ports, snapshot_json(planned))
     args = ["--start", "--ts-config", str(rendered), "--model-store", str(model_store)]
+    log_start = (logs / MODEL_LOG).stat().st_size if (logs / MODEL_LOG).exists() else 0
     server = launch(run_dir, args, torchserve_env(tmp_dir, logs), ports, model_store, Path(config).resolve())
     try:
-        wait_ready(server, {name: list(versions) for name, versions in planned.items()}, timeout)
+        expected = {name: list(versions) for name, versions in planned.items()}
+        wait_ready(server, expected, timeout, failed=lambda: load_failure(logs / MODEL_LOG, log_start, expected))
     except BaseException:
         stop(run_dir)
         raise
@@ -147,23 +157,41 @@ def _check_can_start(run_dir: Path, model_store: Path, ports: Ports) -> None:
     check_ports_free(asdict(ports), HOST)
 
 
-def plan(run_dir: Path, model_store: Path, models: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+def plan(
+    run_dir: Path, model_store: Path, models: list[str], strict: bool = False
+) -> dict[str, dict[str, dict[str, Any]]]:
     """The registrations a start renders: model name -> version -> snapshot entry.
 
-    Only archives that pass registry.check_archive get in, whatever models or the snapshot name.
+    Only archives that pass registry.check_archive get in, whatever models or the snapshot name, and
+    of those only the ones vetting.vet accepts (loaded outside the server). A refused archive named
+    in models, or any refused one when strict (a reload), is a ServeError naming it; otherwise the
+    store's refused archives are left out (`movierec-serve status` lists them) and the rest served.
     """
     if models:
         entries = [entry.split("=", 1) if "=" in entry else [None, entry] for entry in models]
-        archives = [read_archive(model_store, file) for _, file in entries]
+        files = [str(check_archive(model_store, file).name) for _, file in entries]
+        if refused := vet(run_dir, model_store, files):
+            raise ServeError(refused_line(refused))
+        archives = [read_archive(model_store, file) for file in files]
         names = {file: name for name, file in entries if name}
         return plan_models(archives, names=names)
     snap_file = latest_snapshot(run_dir)
     snapshot = read_properties(snap_file).get("model_snapshot") if snap_file else None
     previous = snapshot_models(snapshot) if snapshot else {}
-    archives = store_archives(model_store)
+    files = store_files(model_store)
+    refused = vet(run_dir, model_store, files)
+    if refused and strict:
+        raise ServeError(refused_line(refused))
+    archives = [read_archive(model_store, file) for file in files if file not in refused]
     if not archives:
-        raise ServeError(f"no .mar files in the model store {model_store}: build one (make mar) first")
+        what = f"only refused archives ({refused_line(refused)})" if refused else "no .mar files"
+        raise ServeError(f"{what} in the model store {model_store}: build one (make mar) first")
     return plan_models(archives, previous)
+
+
+def refused_line(refused: dict[str, str]) -> str:
+    """One line naming each refused archive and why."""
+    return "; ".join(f"refused {file}: {reason}" for file, reason in refused.items())
 
 
 def launch(
@@ -182,16 +210,38 @@ def reload(run_dir: str | Path = RUN_DIR, timeout: float = 180) -> Server:
 
     New .mar files get registered, removed ones are gone; versions still there keep their default and
     worker counts (TorchServe's shutdown snapshot). In-flight requests fail; clients retry them.
+    Each new or changed archive is first loaded outside the server (vetting.vet): a refused one is a
+    ServeError and nothing stops. One that passes yet fails to load in TorchServe is refused after the
+    restart, and the archives that served before are started again (then a ServeError names it).
     """
     run_dir = Path(run_dir).resolve()
     server, state = running(run_dir), _read_state(run_dir)
     if server is None or state is None:
         raise ServeError(f"TorchServe is not running from {run_dir}; use start")
     config = Path(state.get("config", DEFAULT_CONFIG))
-    # Check the store before stopping, so a bad archive never takes a serving instance down.
-    plan(run_dir, server.model_store, [])
+    # Check the store, loading each new or changed archive outside the server, before stopping:
+    # a bad archive never takes a serving instance down.
+    before = read_state(run_dir)["accepted"]
+    try:
+        plan(run_dir, server.model_store, [], strict=True)
+    except ServeError as error:
+        raise ServeError(f"{error}; nothing was restarted, the serving versions go on (fix or remove it)") from None
+    new = sorted(f for f, digest in read_state(run_dir)["accepted"].items() if before.get(f) != digest)
     stop(run_dir)
-    return start(run_dir, server.model_store, None, server.ports, config, timeout)
+    try:
+        return start(run_dir, server.model_store, None, server.ports, config, timeout)
+    except ServeError as error:
+        if not new:
+            raise
+        # Passed the checks yet TorchServe could not load it (a handler that fails at import, say):
+        # refuse the new archives the error names (all new ones if it names none) and serve what served before.
+        why = str(error).splitlines()[0]
+        archives = {file: read_archive(server.model_store, file) for file in new}
+        blamed = [file for file, a in archives.items() if f"{a.name} version {a.version}" in why] or new
+        refuse(run_dir, blamed, why)
+        start(run_dir, server.model_store, None, server.ports, config, timeout)
+        refused = {r.file: r.reason for r in refusals(run_dir) if r.file in blamed}
+        raise ServeError(f"{refused_line(refused)}; the versions that served before serve again") from None
 
 
 def stop(run_dir: str | Path = RUN_DIR, timeout: float = 30) -> bool:
@@ -230,8 +280,32 @@ def _read_state(run_dir: Path) -> dict | None:
         return None
 
 
-def wait_ready(server: Server, expected: dict[str, list[str]], timeout: float = 180) -> None:
-    """Poll until the frontend answers and each expected model version has a READY worker."""
+def load_failure(model_log: Path, offset: int, expected: dict[str, list[str]]) -> str:
+    """Why an expected version's worker failed to load LOAD_TRIES times since `offset` of the model log, or ""."""
+    try:
+        with open(model_log, "rb") as log:
+            log.seek(offset)
+            lines = log.read().decode(errors="replace").splitlines()
+    except FileNotFoundError:
+        return ""
+    workers = {f"{name}_{version}": (name, version) for name, versions in expected.items() for version in versions}
+    failures: dict[str, list[str]] = {}
+    for line in lines:
+        if (found := _LOAD_FAILED.search(line)) and found[1] in workers:
+            failures.setdefault(found[1], []).append(found[2].strip())
+            if len(failures[found[1]]) >= LOAD_TRIES:
+                name, version = workers[found[1]]
+                return f"TorchServe could not load {name} version {version} ({LOAD_TRIES} tries): {found[2].strip()}"
+    return ""
+
+
+def wait_ready(
+    server: Server, expected: dict[str, list[str]], timeout: float = 180, failed: Callable[[], str] | None = None
+) -> None:
+    """Poll until the frontend answers and each expected model version has a READY worker.
+
+    failed (a start's load_failure) says why waiting longer is pointless; then this gives up at once.
+    """
     deadline = time.monotonic() + timeout
     waiting = "the key file"
     # On one shared port TorchServe routes GET /models/NAME/VERSION to the inference API (model
@@ -247,6 +321,8 @@ def wait_ready(server: Server, expected: dict[str, list[str]], timeout: float = 
                 waiting = f"the management API ({error})"
             if not waiting:
                 return
+            if failed is not None and (why := failed()):
+                raise ServeError(f"{why}\n{log_tail(server.logs)}")
             time.sleep(0.5)
     raise ServeError(
         f"TorchServe not ready after {timeout:.0f} s, still waiting for {waiting}\n{log_tail(server.logs)}"

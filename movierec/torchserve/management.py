@@ -29,6 +29,8 @@ from movierec.defaults import MODEL as DEFAULT_MODEL
 from movierec.torchserve.errors import (
     AuthError,
     ConfigError,
+    MovieRecError,
+    NoWorker,
     ServerUnreachable,
     WorkerDied,
     error_message,
@@ -144,19 +146,31 @@ class RecoveryTimeout(ServerUnreachable):
     """Workers (or the server) did not come back within the recovery time; carries the last error."""
 
 
-def recovering(call: Callable[[], T], patience_s: float = RECOVERY_S, sleep: Callable[[float], None] = time.sleep) -> T:
+def recovering(
+    call: Callable[[], T],
+    patience_s: float = RECOVERY_S,
+    sleep: Callable[[float], None] = time.sleep,
+    revive: Callable[[], object] | None = None,
+) -> T:
     """Run an idempotent request again while TorchServe recovers from lost workers or a restart.
 
-    Only TorchServe's own worker-death answers (WorkerDied) and dropped or refused connections are
-    retried, with doubling waits, for at most patience_s in all. Everything else raises at once.
+    Only TorchServe's own worker-death answers (WorkerDied), its "has no worker" 503 (NoWorker) and
+    dropped or refused connections are retried, with doubling waits, for at most patience_s in all.
+    After a NoWorker, revive (a job's own scale-up) runs before the request is sent again: a restarted
+    server registers the bulk model with 0 workers. Everything else raises at once.
     """
     deadline, delay = time.monotonic() + patience_s, 0.5
     while True:
         try:
             return call()
-        except (WorkerDied, ServerUnreachable) as exc:
+        except (WorkerDied, NoWorker, ServerUnreachable) as exc:
             if time.monotonic() + delay > deadline:
                 raise RecoveryTimeout(f"{exc} (still failing after {patience_s:.0f} s of retries)") from exc
+            if isinstance(exc, NoWorker) and revive is not None:
+                try:
+                    revive()
+                except MovieRecError:
+                    pass  # still coming back; a version that is gone shows in the next answer (404)
             sleep(delay)
             delay = min(2 * delay, RECOVERY_DELAY_MAX_S)
 

@@ -78,11 +78,13 @@ def read_archive(model_store: Path, file_name: str) -> Archive:
     return Archive(file_name, manifest["modelName"], str(manifest["modelVersion"]), settings)
 
 
-def store_archives(model_store: Path) -> list[Archive]:
-    """Every .mar in the store, checked, in file-name order; any .mar entry that fails the check stops the start."""
+def store_files(model_store: Path) -> list[str]:
+    """The names of every .mar in the store, in order, each through check_archive: one that fails stops the start."""
     store = Path(model_store)
     names = sorted(p.name for p in store.iterdir() if p.name.endswith(".mar"))
-    return [read_archive(store, name) for name in names]
+    for name in names:
+        check_archive(store, name)
+    return names
 
 
 def plan_models(
