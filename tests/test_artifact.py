@@ -115,7 +115,9 @@ def test_metadata(artifact, synth_data):
     assert artifact.net.n_factors == artifact.module.state_dict()["u.weight"].shape[1]
     # Every training setting the fixture passed is recoverable from the artifact.
     args = train.parse_args(["--out", "unused", *TINY_TRAIN_ARGS])
-    assert meta["train"] == {k: getattr(args, k) for k in asdict(train.TrainConfig())}
+    expected = {k: getattr(args, k) for k in asdict(train.TrainConfig())}
+    expected["n_dot"] = train.FUSED_N_DOT if args.n_dot is None else args.n_dot  # the arch's default width
+    assert meta["train"] == expected
     assert (meta["train"]["n_factors"], meta["train"]["nh"]) == (artifact.net.n_factors, artifact.net.nh)
     assert math.isfinite(meta["metrics"]["val_rmse"]) and meta["metrics"]["val_rmse"] > 0
     assert meta["data"]["fingerprint"] == data.fingerprint()
