@@ -25,6 +25,7 @@ from model.net import EmbeddingNet
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--epochs", "2", "--batch-size", "256", "--n-factors", "4", "--nh", "8", "--quiet", "--threads", "1"]
+QUICK += ["--rank-epochs", "2", "--rank-factors", "4"]
 
 
 def all_predictions(folder: Path) -> torch.Tensor:
@@ -321,14 +322,6 @@ def art_dropout(folder) -> tuple[float, float]:
 
 
 @pytest.mark.slow  # torch.compile takes ~30 s on the CPU
-def test_compiled_training_learns_the_same_model(tmp_path, synth_data):
-    eager = quick_run(synth_data[0], tmp_path / "eager", "--p1", "0", "--p2", "0")
-    compiled = quick_run(synth_data[0], tmp_path / "compiled", "--p1", "0", "--p2", "0", "--compile")
-    assert load_artifact(compiled).metadata["train"]["compile"] is True
-    # Same steps, same data order; only the kernels' rounding may differ.
-    torch.testing.assert_close(all_predictions(compiled), all_predictions(eager), atol=1e-3, rtol=0)
-
-
 def refused_out(tmp_path: Path, out: Path, capsys, monkeypatch) -> str:
     """Run train.main with --out OUT, expecting exit 2 before any data is read; return its stderr."""
 
