@@ -98,8 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--arch",
         choices=ARCHS,
-        default=d.arch,
-        help=f"rating model: embedding-net (the lesson's) or fused (plus a dot product at the logit) (default {d.arch})",
+        help=f"rating model: embedding-net (the lesson's) or fused (plus a dot product at the logit) "
+        f"(default: from --recipe: {d.arch}, scale: {SCALE_RECIPE['arch']}; --n-dot alone means fused)",
     )
     p.add_argument(
         "--n-dot", type=int, help=f"dot-product factors of --arch fused (default {FUSED_N_DOT}; 0 for embedding-net)"
@@ -147,7 +147,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     n_dot = getattr(args, "n_dot", None)
-    if n_dot is not None and (args.arch == "fused") != (n_dot > 0):
+    if n_dot is not None and args.arch is not None and (args.arch == "fused") != (n_dot > 0):
         p.error(f"--arch {args.arch} with --n-dot {n_dot}: fused needs at least 1, embedding-net takes 0")
     if not 0 < args.val_frac < 1:
         p.error("--val-frac must be between 0 and 1")
@@ -302,6 +302,8 @@ def make_config(args: argparse.Namespace, n_ratings: int, n_train: int) -> tuple
     """The TrainConfig of this run: the options given, the recipe's values for the ones left out."""
     name, recipe = recipe_for(n_ratings, n_train, getattr(args, "recipe", "auto"))
     given = {k: getattr(args, k) for k in asdict(TrainConfig()) if getattr(args, k, None) is not None}
+    if "n_dot" in given and "arch" not in given:
+        given["arch"] = "fused" if given["n_dot"] > 0 else "embedding-net"
     cfg = TrainConfig(**{**recipe, **given})
     if "n_dot" not in given:
         cfg.n_dot = FUSED_N_DOT if cfg.arch == "fused" else 0

@@ -116,6 +116,7 @@ def test_metadata(artifact, synth_data):
     # Every training setting the fixture passed is recoverable from the artifact.
     args = train.parse_args(["--out", "unused", *TINY_TRAIN_ARGS])
     expected = {k: getattr(args, k) for k in asdict(train.TrainConfig())}
+    expected["arch"] = train.TrainConfig().arch if args.arch is None else args.arch  # the ml100k recipe's
     expected["n_dot"] = train.FUSED_N_DOT if args.n_dot is None else args.n_dot  # the arch's default width
     assert meta["train"] == expected
     assert (meta["train"]["n_factors"], meta["train"]["nh"]) == (artifact.net.n_factors, artifact.net.nh)

@@ -313,6 +313,11 @@ def test_given_options_override_the_recipe_and_the_artifact_records_what_was_use
     assert meta["train"]["nh"] == meta["net"]["nh"] == 8  # given (QUICK)
     assert {k: meta["train"][k] for k in ("wd", "p1", "p2")} == {k: train.SCALE_RECIPE[k] for k in ("wd", "p1", "p2")}
     assert art_dropout(out) == (train.SCALE_RECIPE["p1"], train.SCALE_RECIPE["p2"])
+    assert meta["net"]["arch"] == train.SCALE_RECIPE["arch"] == "embedding-net"  # the scale recipe's own
+    fused = json.loads(
+        (quick_run(synth_data[0], tmp_path / "dot", "--recipe", "scale", "--n-dot", "3") / "metadata.json").read_text()
+    )
+    assert (fused["net"]["arch"], fused["net"]["n_dot"]) == ("fused", 3)  # --n-dot alone means fused
 
 
 def art_dropout(folder) -> tuple[float, float]:
