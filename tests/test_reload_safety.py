@@ -7,6 +7,7 @@ jobs that meet a restart bring their workers back and write the same bytes as an
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -73,6 +74,14 @@ class Poller(threading.Thread):
                     except requests.RequestException as exc:
                         status = type(exc).__name__
                     self.statuses[version].append(status)
+
+
+def reload_into(run_dir, outcome: dict) -> None:
+    """movierec-serve reload, for a thread: its exception, if any, goes into outcome["reload"]."""
+    try:
+        torchserve.reload(run_dir, timeout=240)
+    except BaseException as exc:
+        outcome["reload"] = exc
 
 
 def test_a_broken_archive_is_refused_and_the_serving_versions_keep_answering(served, capsys):
@@ -187,11 +196,7 @@ def test_a_score_job_survives_a_restart_with_the_same_output(served, synth_data,
         except BaseException as exc:
             outcome["error"] = exc
 
-    def reload() -> None:
-        try:
-            torchserve.reload(run_dir, timeout=240)
-        except BaseException as exc:
-            outcome["reload"] = exc
+    reload = functools.partial(reload_into, run_dir, outcome)
 
     scoring = threading.Thread(target=score, daemon=True)
     scoring.start()
@@ -244,11 +249,7 @@ def test_a_recommend_all_job_survives_a_restart_with_the_same_output(served, tmp
         except BaseException as exc:
             outcome["error"] = exc
 
-    def reload() -> None:
-        try:
-            torchserve.reload(run_dir, timeout=240)
-        except BaseException as exc:
-            outcome["reload"] = exc
+    reload = functools.partial(reload_into, run_dir, outcome)
 
     job_thread = threading.Thread(target=run, daemon=True)
     job_thread.start()

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from movierec.lazy import lazy_exports
 
-# Each name is imported from its module on first use, so importing one submodule (a command line's
-# --help, say) loads only what that submodule needs.
+# Each name is imported from its module on first use (movierec.lazy).
 _HOMES = {
     "ABRouter": "movierec.client.ab",
     "ArmStats": "movierec.client.ab",
@@ -70,15 +68,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Load a public name from its home module when it is first asked for."""
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    """The loaded names and the ones __getattr__ can load."""
-    return sorted([*globals(), *_HOMES])
+__getattr__, __dir__ = lazy_exports(globals(), _HOMES)
