@@ -123,13 +123,13 @@ $(BENCH_STAMP): $(STAMP) requirements-bench.txt
 	touch $@
 
 bench: $(BENCH_STAMP) ## in-process vs served vs a FastAPI peer; rewrites its sections of BENCHMARKS.md (keeps Scale, Soak, Accuracy)
-	$(VENV)/bin/movierec-bench --artifacts $(ARTIFACTS) --out BENCHMARKS.md
+	$(VENV)/bin/movierec-bench --artifacts $(ARTIFACTS) --report BENCHMARKS.md
 
 MINUTES ?= 20
 SOAK_ARGS ?=
 
 soak: $(STAMP) $(ARTIFACTS)/metadata.json ## mixed traffic at c16 for MINUTES (20) on a fresh server, RSS every 30 s; writes the Soak section of BENCHMARKS.md [SOAK_ARGS='--run-dir run']
-	$(PY) -m movierec.bench.soak --artifacts $(ARTIFACTS) --minutes $(MINUTES) --out BENCHMARKS.md $(SOAK_ARGS)
+	$(PY) -m movierec.bench.soak --artifacts $(ARTIFACTS) --duration $(MINUTES)m --report BENCHMARKS.md $(SOAK_ARGS)
 
 bench-scale: $(STAMP) ## generate -> load -> train -> .mar -> score -> serve at several sizes [SIZES='1000000 5000000'] [SCALE_ARGS='...']
 	$(PY) -m movierec.bench.scale --sizes $(or $(SIZES),1000000 5000000 25000095) --out bench_scale --serve $(SCALE_ARGS)
@@ -147,7 +147,7 @@ $(SURPRISE_STAMP): requirements-surprise.txt
 	touch $@
 
 bench-accuracy: $(STAMP) $(SURPRISE_STAMP) ## RMSE, recall@10, NDCG@10 of movierec vs mean/popular/EASE^R/SVD on ml-100k and ml-latest-small; writes the Accuracy section [ACCURACY_ARGS='--quick ...']
-	$(PY) -m movierec.bench.accuracy --work bench_accuracy --out BENCHMARKS.md $(ACCURACY_ARGS)
+	$(PY) -m movierec.bench.accuracy --work-dir bench_accuracy --report BENCHMARKS.md $(ACCURACY_ARGS)
 
 gpu-check: $(STAMP) ## on a CUDA machine: train on the GPU, compare the GPU handler with the CPU one
 	$(PY) -m movierec.bench.gpu_check --device $(or $(DEVICE),cuda) --out gpu_out

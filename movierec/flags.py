@@ -39,3 +39,28 @@ def add_renamed(parser: argparse.ArgumentParser, old: str, new: str, **kwargs: A
     """Keep `old` working as a hidden alias of the flag `new` (pass new's type), warning on stderr when used."""
     dest = new.lstrip("-").replace("-", "_")
     parser.add_argument(old, dest=dest, action=_Renamed, new=new, help=argparse.SUPPRESS, **kwargs)
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration(text: str) -> float:
+    """Seconds from "90", "90s", "20m" or "1.5h": every command's length-of-time flags take this."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90, 90s, 20m or 1.5h") from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration cannot be negative")
+    return seconds
+
+
+def whole_seconds(text: str) -> int:
+    """A duration rounded to whole seconds, for tools such as wrk that take no fractions."""
+    return round(duration(text))
+
+
+def minutes(text: str) -> float:
+    """Seconds from a plain number of minutes (the old --minutes spellings)."""
+    return float(text) * 60

@@ -40,7 +40,7 @@ def test_quick_run_writes_every_row_and_keeps_other_sections(tmp_path):
     out = tmp_path / "BENCHMARKS.md"
     out.write_text("# movierec benchmarks\n\n" + SOAK)
     argv = ["--ratings", str(ratings), "--movies", str(titles), "--quick", "--no-surprise"]
-    assert accuracy.main([*argv, "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
+    assert accuracy.main([*argv, "--work-dir", str(tmp_path / "work"), "--report", str(out)]) == 0
 
     text = out.read_text()
     assert SOAK.strip() in text and text.index("## Soak") < text.index("## Accuracy")
@@ -63,5 +63,5 @@ def test_quick_run_writes_every_row_and_keeps_other_sections(tmp_path):
     assert "--arch embedding-net" in rows["previous"]["command"] and "--arch" not in rows["default"]["command"]
     assert rows["ease"]["lambda"] in accuracy.EASE_LAMBDAS
     # --report-only rewrites the same section from accuracy.json, measuring nothing.
-    assert accuracy.main(["--report-only", "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
+    assert accuracy.main(["--report-only", "--work-dir", str(tmp_path / "work"), "--report", str(out)]) == 0
     assert out.read_text() == text

@@ -26,7 +26,7 @@ def test_shapes_scale_with_the_ratings():
 def test_tiny_run_renders_every_stage(tmp_path):
     out = tmp_path / "out"
     argv = ["--sizes", "20000", "--out", str(out), "--train-args", "--epochs 1 --threads 1", "--repeat", "5"]
-    assert scale.main([*argv, "--pairs", "1000", "--work", str(tmp_path / "work")]) == 0
+    assert scale.main([*argv, "--pairs", "1000", "--work-dir", str(tmp_path / "work")]) == 0
     result = json.loads((out / "scale.json").read_text())
     (row,) = result["sizes"]
     assert row["ratings"] == 20_000 and row["epochs"] == 1
@@ -56,7 +56,7 @@ def test_tiny_run_renders_every_stage(tmp_path):
 def test_gpu_check_covers_the_scale_path_on_the_cpu(tmp_path, capsys):
     from movierec.bench import gpu_check
 
-    argv = ["--device", "cpu", "--out", str(tmp_path), "--scale-ratings", "20000", "--pairs", "1000", "--repeat", "3"]
+    argv = ["--device", "cpu", "--out", str(tmp_path), "--scale-ratings", "20000", "--pairs", "1000", "--calls", "3"]
     assert gpu_check.main([*argv, "--train-args", "--epochs 1 --threads 1"]) == 0
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     trained, scaled = result["train"], result["scale"]

@@ -30,9 +30,9 @@ def test_growth_counts_only_samples_after_the_warm_up():
 def test_a_short_soak_reports_every_kind_with_no_unexpected_status(server, tiny_artifact, tmp_path):
     out = tmp_path / "BENCHMARKS.md"
     out.write_text("# movierec benchmarks\n\n" + SCALE)
-    argv = ["--artifacts", str(tiny_artifact), "--run-dir", str(server.run_dir), "--out", str(out)]
-    argv += ["--work-dir", str(tmp_path / "soak"), "--minutes", "0.25", "--warmup-minutes", "0.05"]
-    argv += ["--sample-s", "3", "--connections", "8"]
+    argv = ["--artifacts", str(tiny_artifact), "--run-dir", str(server.run_dir), "--report", str(out)]
+    argv += ["--work-dir", str(tmp_path / "soak"), "--duration", "15s", "--warmup", "3s"]
+    argv += ["--sample-every", "3s", "--connections", "8"]
     assert soak.main(argv) == 0
 
     summary = json.loads((tmp_path / "soak" / "soak.json").read_text())
@@ -52,5 +52,5 @@ def test_a_short_soak_reports_every_kind_with_no_unexpected_status(server, tiny_
     assert "**0 unexpected statuses**" in text and "![RSS over the soak](BENCHMARKS-soak.png)" in text
     assert (tmp_path / "BENCHMARKS-soak.png").stat().st_size > 1000
     # A second soak replaces its section instead of adding one.
-    assert soak.main([*argv[:-6], "--minutes", "0.05", "--warmup-minutes", "0", "--sample-s", "1"]) == 0
+    assert soak.main([*argv[:-6], "--duration", "3s", "--warmup", "0", "--sample-every", "1s"]) == 0
     assert out.read_text().count("## Soak") == 1

@@ -29,6 +29,7 @@ import numpy as np
 from model.metrics import RELEVANT_RATING, K, popular_top_k, top_k_metrics
 from model.protocol import MIN_MOVIE_RATINGS
 from movierec.bench.markdown import put_section
+from movierec.flags import add_renamed
 from movierec.paths import REPO
 
 DATASETS = ("ml-100k", "ml-latest-small")
@@ -502,8 +503,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS), help="downloaded once")
     p.add_argument("--ratings", type=Path, help="a ratings file instead of --datasets (its table is named after it)")
     p.add_argument("--movies", type=Path, help="titles file for --ratings (optional)")
-    p.add_argument("--work", type=Path, default=REPO / "bench_accuracy", help="split CSVs, artifacts, logs, JSON")
-    p.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="report whose `## Accuracy` to write")
+    p.add_argument("--work-dir", type=Path, default=REPO / "bench_accuracy", help="split CSVs, artifacts, logs, JSON")
+    p.add_argument("--report", type=Path, default=REPO / "BENCHMARKS.md", help="report whose `## Accuracy` to write")
+    add_renamed(p, "--work", "--work-dir", type=Path)
+    add_renamed(p, "--out", "--report", type=Path)
     p.add_argument("--quick", action="store_true", help="one epoch per movierec model (for tests)")
     p.add_argument("--no-surprise", action="store_true", help="leave out the Surprise SVD / SVD++ rows")
     p.add_argument("--surprise-python", type=Path, default=SURPRISE_PYTHON, help="python of the Surprise venv")
@@ -556,13 +559,13 @@ def measure_all(args: argparse.Namespace, work: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Measure every dataset (or reread WORK/accuracy.json), then write the PNG and the `## Accuracy` section."""
     args = parse_args(argv)
-    work = args.work.resolve()
+    work = args.work_dir.resolve()
     results = json.loads((work / "accuracy.json").read_text()) if args.report_only else measure_all(args, work)
-    png = args.out.with_name(f"{args.out.stem}-accuracy.png")
+    png = args.report.with_name(f"{args.report.stem}-accuracy.png")
     plot(results, png)
-    old = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
-    args.out.write_text(put_section(old, section(results, png.name)), encoding="utf-8")
-    print(f"wrote {args.out} and {png}" + ("" if args.report_only else f" and {work / 'accuracy.json'}"), flush=True)
+    old = args.report.read_text(encoding="utf-8") if args.report.exists() else ""
+    args.report.write_text(put_section(old, section(results, png.name)), encoding="utf-8")
+    print(f"wrote {args.report} and {png}" + ("" if args.report_only else f" and {work / 'accuracy.json'}"), flush=True)
     return 0
 
 

@@ -36,6 +36,7 @@ from movierec.bench.peer import Peer, start_peer
 from movierec.bench.report import owns, report
 from movierec.bench.settings import BENCH_VERSION, FULL, MODEL, QUICK, SECTIONS, SEED, Settings
 from movierec.defaults import VERSION, archive_file
+from movierec.flags import add_renamed, duration, whole_seconds
 from movierec.paths import REPO
 from movierec.torchserve.archive import build_mar
 
@@ -96,20 +97,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "and --artifacts into WORK_DIR/model_store)",
     )
     p.add_argument("--mar", default=archive_file(VERSION), help="archive inside --mar-store (only with --mar-store)")
-    p.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="report to write")
+    p.add_argument("--report", type=Path, default=REPO / "BENCHMARKS.md", help="report to write")
+    add_renamed(p, "--out", "--report", type=Path)
     p.add_argument("--work-dir", type=Path, default=REPO / "bench_out", help="run dir, bodies, CSVs, results.json")
     p.add_argument("--quick", action="store_true", help="one short round: proves the setup, noisy numbers")
     p.add_argument("--rounds", type=int, help=f"rounds (full {FULL.rounds}, quick {QUICK.rounds})")
     p.add_argument(
-        "--duration", type=int, help=f"s per served measurement (full {FULL.duration}, quick {QUICK.duration})"
+        "--duration",
+        type=whole_seconds,
+        help=f"s per served measurement (full {FULL.duration}, quick {QUICK.duration})",
     )
-    p.add_argument("--warmup", type=int, help=f"s of traffic before each served measurement (full {FULL.warmup})")
+    p.add_argument(
+        "--warmup", type=whole_seconds, help=f"s of traffic before each served measurement (full {FULL.warmup})"
+    )
     p.add_argument(
         "--jvm-warmup",
-        type=int,
+        type=whole_seconds,
         help=f"s of mixed traffic after start (full {FULL.jvm_warmup}, quick {QUICK.jvm_warmup})",
     )
-    p.add_argument("--inprocess-seconds", type=float, help=f"s per in-process config (full {FULL.inprocess_seconds})")
+    p.add_argument(
+        "--inprocess-seconds", type=duration, help=f"s per in-process config (full {FULL.inprocess_seconds})"
+    )
     p.add_argument("--csv-rows", type=int, help=f"rows in the batch-scoring CSV (default {FULL.csv_rows:,})")
     p.add_argument("--no-peer", action="store_true", help="do not run the FastAPI peer next to TorchServe")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
@@ -225,9 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     results["load_end"] = load_average()
     save_results(work_dir, results)
     # Only our own sections: `## Scale` (make bench-scale) and `## Soak` (make soak) are kept as they are.
-    old = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
-    args.out.write_text(keep_others(old, report(results), owns), encoding="utf-8")
-    print(f"wrote {args.out} and {work_dir / 'results.json'}", flush=True)
+    old = args.report.read_text(encoding="utf-8") if args.report.exists() else ""
+    args.report.write_text(keep_others(old, report(results), owns), encoding="utf-8")
+    print(f"wrote {args.report} and {work_dir / 'results.json'}", flush=True)
     return 0
 
 

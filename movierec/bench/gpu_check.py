@@ -34,6 +34,7 @@ from model.core import PARITY_TOL, Recommender
 from model.protocol import ServiceOptions
 from movierec.bench.settings import TOP_K
 from movierec.bench.timing import p50_ms
+from movierec.flags import add_renamed
 from movierec.paths import REPO
 from movierec.testing import LocalContext
 from movierec.torchserve.archive import load_model_config
@@ -136,7 +137,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="train on generated ML-25M-shaped data of N ratings (movierec.datagen; removed afterwards)",
     )
     p.add_argument("--pairs", type=int, default=100_000, help="pairs per timed predict call")
-    p.add_argument("--repeat", type=int, default=50, help="timed calls per measurement")
+    p.add_argument("--calls", type=int, default=50, help="timed calls per measurement")
+    add_renamed(p, "--repeat", "--calls", type=int)
     return p.parse_args(argv)
 
 
@@ -249,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         "handler_parity": parity,
         "device_load_parity": dev_rec.parity,
         "timings": {
-            "cpu": timings(cpu_rec, args.pairs, args.repeat, rng),
-            device.type: timings(dev_rec, args.pairs, args.repeat, rng),
+            "cpu": timings(cpu_rec, args.pairs, args.calls, rng),
+            device.type: timings(dev_rec, args.pairs, args.calls, rng),
         },
     }
     (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2))

@@ -30,6 +30,7 @@ from movierec.bench.timing import p50_ms
 from movierec.datagen import generate
 from movierec.datagen import shape_for as shape_for  # ML-25M's shape at a size, re-exported for callers
 from movierec.defaults import BATCH_MODEL, MODEL, VERSION
+from movierec.flags import add_renamed, whole_seconds
 from movierec.paths import REPO
 
 
@@ -231,9 +232,9 @@ def measure_size(n_ratings: int, work: Path, args: argparse.Namespace) -> dict:
     store = folder / "model_store"
     store.mkdir()
     row.update(measure_mar(folder / "artifact", store))
-    row.update(measure_inprocess(folder / "artifact", args.repeat, args.pairs, recommend_all=not args.serve))
+    row.update(measure_inprocess(folder / "artifact", args.calls, args.pairs, recommend_all=not args.serve))
     if args.serve:
-        row.update(measure_served(store, folder / "artifact", args.seconds, folder))
+        row.update(measure_served(store, folder / "artifact", args.duration, folder))
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)
     return row
@@ -342,11 +343,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=REPO / "bench_scale", help="folder for scale.json/.md/.png")
     p.add_argument("--train-args", default="", help="extra train.py arguments, e.g. '--epochs 3'")
     p.add_argument("--serve", action="store_true", help="also start TorchServe per size (worker start-up, RSS, p50)")
-    p.add_argument("--repeat", type=int, default=200, help="timed calls per in-process latency measurement")
-    p.add_argument("--seconds", type=int, default=10, help="measured seconds of served top-10 (after 1/3 as warm-up)")
+    p.add_argument("--calls", type=int, default=200, help="timed calls per in-process latency measurement")
+    p.add_argument(
+        "--duration", type=whole_seconds, default=10, help="measured time of served top-10 (after 1/3 as warm-up)"
+    )
+    add_renamed(p, "--seconds", "--duration", type=int)
     p.add_argument("--pairs", type=int, default=100_000, help="pairs per bulk predict call")
     p.add_argument("--seed", type=int, default=0, help="datagen seed")
-    p.add_argument("--work", type=Path, help="folder for generated data (default: a new one under /tmp)")
+    p.add_argument("--work-dir", type=Path, help="folder for generated data (default: a new one under /tmp)")
+    add_renamed(p, "--repeat", "--calls", type=int)
+    add_renamed(p, "--work", "--work-dir", type=Path)
     p.add_argument("--keep", action="store_true", help="keep the generated data and artifacts")
     p.add_argument("--load-only", type=Path, help=argparse.SUPPRESS)  # the child of measure_load
     args = p.parse_args(argv)
@@ -372,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.load_only:
         load_only(args.load_only)
         return 0
-    work = args.work or Path(tempfile.mkdtemp(prefix="movierec-scale-", dir="/tmp"))
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="movierec-scale-", dir="/tmp"))
     result = {
         "command": "python -m movierec.bench.scale " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
@@ -386,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
             result["sizes"].append(measure_size(n, work, args))
             write_results(result, args.out)  # after each size, so a long run shows what it has so far
     finally:
-        if not args.keep and args.work is None:
+        if not args.keep and args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
     text = write_results(result, args.out)
     print(text)

@@ -1,10 +1,10 @@
 """`make soak`: mixed traffic at fixed concurrency against a real TorchServe while sampling its memory.
 
 N threads, each with one keep-alive connection, send single pairs, 1k-pair bodies, top-K requests
-and some bad requests in a fixed shuffled order (closed loop). Every --sample-s the RSS of the Java
+and some bad requests in a fixed shuffled order (closed loop). Every --sample-every the RSS of the Java
 frontend and of every worker is sampled. The report counts unexpected statuses (anything but 200 for
 a good body, anything but the in-process service's 4xx for a bad one), gives p50/p99 per kind and the
-RSS growth after the warm-up (samples before --warmup-minutes are excluded). It writes soak.json,
+RSS growth after the warm-up (samples before --warmup are excluded). It writes soak.json,
 a PNG of the memory curve, and the `## Soak` section of BENCHMARKS.md (only that section).
 """
 
@@ -34,6 +34,7 @@ from movierec.bench.markdown import put_section
 from movierec.bench.meter import load_average
 from movierec.bench.settings import BENCH_VERSION, MODEL, SEED
 from movierec.bench.timing import percentiles_ms
+from movierec.flags import add_renamed, duration, minutes
 from movierec.paths import REPO
 from movierec.torchserve.archive import build_mar
 
@@ -278,12 +279,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m movierec.bench.soak", description=__doc__.splitlines()[0])
     p.add_argument("--artifacts", type=Path, default=REPO / "artifacts" / "v1.0", help="artifact the server serves")
     p.add_argument("--run-dir", type=Path, help="soak the TorchServe running from this dir (default: start one)")
-    p.add_argument("--minutes", type=float, default=20.0, help="length of the soak (fractions allowed)")
-    p.add_argument("--warmup-minutes", type=float, default=5.0, help="excluded from the RSS growth")
-    p.add_argument("--sample-s", type=float, default=30.0, help="seconds between RSS samples")
+    p.add_argument("--duration", type=duration, default=20 * 60, help="length of the soak: 90s, 20m, 1h (default 20m)")
+    add_renamed(p, "--minutes", "--duration", type=minutes)
+    p.add_argument(
+        "--warmup", type=duration, default=5 * 60, help="first part excluded from the RSS growth (default 5m)"
+    )
+    add_renamed(p, "--warmup-minutes", "--warmup", type=minutes)
+    p.add_argument("--sample-every", type=duration, default=30.0, help="time between RSS samples (default 30s)")
+    add_renamed(p, "--sample-s", "--sample-every", type=float)
     p.add_argument("--connections", type=int, default=16, help="concurrent keep-alive connections")
     p.add_argument("--work-dir", type=Path, default=REPO / "bench_out" / "soak", help="soak.json and the run dir")
-    p.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="report whose `## Soak` section to write")
+    p.add_argument(
+        "--report", type=Path, default=REPO / "BENCHMARKS.md", help="report whose `## Soak` section to write"
+    )
+    add_renamed(p, "--out", "--report", type=Path)
     return p.parse_args(argv)
 
 
@@ -295,12 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     server, own_run_dir = start_server(args)
     load_start = load_average()
     try:
-        print(f"soaking {server.inference_url} for {args.minutes} min at c{args.connections}", flush=True)
-        raw = run_soak(server, service, args.minutes * 60, args.sample_s, args.connections)
+        print(f"soaking {server.inference_url} for {args.duration / 60:g} min at c{args.connections}", flush=True)
+        raw = run_soak(server, service, args.duration, args.sample_every, args.connections)
     finally:
         if own_run_dir is not None:
             torchserve.stop(own_run_dir)
-    summary = summarize(raw, args.warmup_minutes * 60, args.connections)
+    summary = summarize(raw, args.warmup, args.connections)
     summary.update(
         date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         server="a fresh TorchServe started as `make serve` does" if own_run_dir else f"the server in {args.run_dir}",
@@ -308,12 +317,12 @@ def main(argv: list[str] | None = None) -> int:
         load_end=load_average(),
     )
     (args.work_dir / "soak.json").write_text(json.dumps(summary, indent=1) + "\n")
-    png = args.out.with_name(f"{args.out.stem}-soak.png")
+    png = args.report.with_name(f"{args.report.stem}-soak.png")
     plot(summary, png)
-    old = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
-    args.out.write_text(put_section(old, section(summary, png.name)), encoding="utf-8")
+    old = args.report.read_text(encoding="utf-8") if args.report.exists() else ""
+    args.report.write_text(put_section(old, section(summary, png.name)), encoding="utf-8")
     unexpected = sum(summary["unexpected"].values()) + summary["socket_errors"]
-    print(f"wrote {args.out}, {png} and {args.work_dir / 'soak.json'}; {unexpected} unexpected answers", flush=True)
+    print(f"wrote {args.report}, {png} and {args.work_dir / 'soak.json'}; {unexpected} unexpected answers", flush=True)
     return 1 if unexpected else 0
 
 
