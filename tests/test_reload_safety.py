@@ -14,6 +14,7 @@ import shutil
 import threading
 import time
 
+import numpy as np
 import pytest
 import requests
 
@@ -22,6 +23,7 @@ from movierec.client import recommend_all as recommend_all_module
 from movierec.client.api import MovieRecClient
 from movierec.client.recommend_all import recommend_all
 from movierec.client.scoring import BatchSettings, score_csv
+from movierec.client.versions import promote, rollback
 from movierec.torchserve import errors
 from movierec.torchserve.archive import MANIFEST
 from movierec.torchserve.errors import is_no_worker
@@ -61,6 +63,7 @@ class Poller(threading.Thread):
         super().__init__(daemon=True)
         self.server, self.versions = server, versions
         self.statuses: dict[str, list[int | str]] = {v: [] for v in versions}
+        self.seconds: list[float] = []
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -68,11 +71,13 @@ class Poller(threading.Thread):
             http.headers.update(self.server.auth("inference"))
             while not self.done.is_set():
                 for version in self.versions:
-                    url = f"{self.server.inference_url}/predictions/movierec/{version}"
+                    url = f"{self.server.inference_url}/predictions/movierec/{version}".rstrip("/")
+                    sent = time.perf_counter()
                     try:
                         status = http.post(url, json={"user_id": "39", "movie_id": "162"}, timeout=10).status_code
                     except requests.RequestException as exc:
                         status = type(exc).__name__
+                    self.seconds.append(time.perf_counter() - sent)
                     self.statuses[version].append(status)
 
 
@@ -157,6 +162,39 @@ def test_an_archive_torchserve_cannot_load_is_refused_and_the_previous_versions_
     assert torchserve.main(["status", "--run-dir", str(run_dir)]) == 0
     assert "refused movierec-4.0.mar" in capsys.readouterr().out
     bad.unlink()
+
+
+def test_a_rollout_under_traffic_fails_no_request(served, tmp_path, capsys):
+    """Promote 2.0, offer a corrupted 3.0, roll back: every prediction to the default, 1.0 and 2.0 answers 200."""
+    run_dir, store = served
+    server = torchserve.running(run_dir)
+    client = MovieRecClient(server.inference_url, server.management_url, server.key_file)
+    state = tmp_path / "ab_state.json"
+    poller = Poller(server, ["", "1.0", "2.0"])
+    poller.start()
+    try:
+        wait_until(lambda: all(len(s) >= 3 for s in poller.statuses.values()), 60, "predictions before the rollout")
+        assert "was 1.0" in promote(client, "2.0", state_file=state)
+        bad = rewrite_mar(
+            store / "movierec-2.0.mar",
+            store / "movierec-3.0.mar",
+            {"artifact/model.pt": flip_last_byte, MANIFEST: with_version("3.0")},
+        )
+        assert torchserve.main(["reload", "--run-dir", str(run_dir)]) == 1
+        bad.unlink()
+        assert client.default_version() == "2.0"
+        assert "1.0" in rollback(client, state_file=state)
+        seen = len(poller.seconds)
+        wait_until(lambda: len(poller.seconds) > seen + 9, 60, "predictions after the rollout")
+    finally:
+        poller.done.set()
+        poller.join(30)
+        client.close()
+    p99 = float(np.percentile(poller.seconds, 99)) * 1000
+    with capsys.disabled():
+        print(f"\nrollout: {len(poller.seconds)} predictions, p99 {p99:.1f} ms")
+    assert {status for answers in poller.statuses.values() for status in answers} == {200}
+    assert client.default_version() == "1.0" and torchserve.running(run_dir).pid == server.pid
 
 
 @pytest.fixture
