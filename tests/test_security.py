@@ -164,7 +164,7 @@ def curl_speaks_http2() -> bool:
 def test_grpc_register_model_is_refused(served, attack, tmp_path):
     """gRPC RegisterModel (management port 7071's service) answers PERMISSION_DENIED: the model API is off.
 
-    grpcio is not a dependency, so the call is a hand-made protobuf sent by curl over HTTP/2.
+    The call is a hand-made protobuf sent by curl over HTTP/2 (tests/test_grpc.py makes the same one with grpcio).
     """
     if not curl_speaks_http2():
         pytest.skip("grpcio is not installed and this curl cannot speak HTTP/2")
