@@ -208,7 +208,7 @@ def test_recovering_resends_only_after_lost_workers_and_gives_up_in_time():
 
 def test_a_failed_job_names_the_exact_command_that_resumes_it(tmp_path, capsys, monkeypatch):
     """One line on stderr: the reason, then `movierec score ... --resume` to continue."""
-    from movierec.client import scoring
+    from movierec.client import batch
     from movierec.client.cli import main
 
     (tmp_path / "in file.csv").write_text("user_id,movie_id\n1,2\n")
@@ -216,7 +216,7 @@ def test_a_failed_job_names_the_exact_command_that_resumes_it(tmp_path, capsys, 
     argv = ["score", str(tmp_path / "in file.csv"), str(tmp_path / "out.csv"), "--no-manage", "--version", "1.0"]
     argv += ["--inference-url", url, "--management-url", url, "--key-file", str(tmp_path / "k.json")]
     argv += ["--retries", "0", "--no-progress"]
-    monkeypatch.setattr(scoring, "recovering", functools.partial(recovering, patience_s=1))
+    monkeypatch.setattr(batch, "recovering", functools.partial(recovering, patience_s=1))
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: cannot reach")

@@ -26,9 +26,10 @@ _HOMES = {
     "read_exposures": "movierec.client.exposures",
     "RecommendOptions": "movierec.client.recommend_all",
     "RecommendSummary": "movierec.client.recommend_all",
-    "BatchSettings": "movierec.client.scoring",
-    "InputError": "movierec.client.scoring",
-    "ScoreSummary": "movierec.client.scoring",
+    "BatchJob": "movierec.client.batch",
+    "BatchSettings": "movierec.client.batch",
+    "InputError": "movierec.client.columnar",
+    "ScoreSummary": "movierec.client.score_job",
     "score_csv": "movierec.client.scoring",
     "score_file": "movierec.client.scoring",
     "list_versions": "movierec.client.versions",
@@ -36,36 +37,7 @@ _HOMES = {
     "rollback": "movierec.client.versions",
 }
 
-__all__ = [
-    "ABRouter",
-    "ArmStats",
-    "AuthError",
-    "BatchSettings",
-    "ConfigError",
-    "Decision",
-    "Endpoints",
-    "ExposureLog",
-    "InputError",
-    "MovieRecClient",
-    "MovieRecError",
-    "NotFound",
-    "PairedEval",
-    "RecommendOptions",
-    "RecommendSummary",
-    "ScoreSummary",
-    "ServerError",
-    "ServerUnreachable",
-    "decide",
-    "evaluate",
-    "evaluate_paired",
-    "join_outcomes",
-    "list_versions",
-    "promote",
-    "read_exposures",
-    "rollback",
-    "score_csv",
-    "score_file",
-]
+__all__ = sorted(_HOMES)
 
 
 __getattr__, __dir__ = lazy_exports(globals(), _HOMES)

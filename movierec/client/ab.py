@@ -4,13 +4,12 @@ predicted ratings, and recall@K and NDCG@K of the top-K lists."""
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import math
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,8 +30,9 @@ from movierec.client.abstats import (
 )
 from movierec.client.abstats import Decision as Decision  # the verdict type, re-exported for callers
 from movierec.client.api import DEFAULT_MODEL, MovieRecClient, MovieRecError, check_version
+from movierec.client.columnar import InputError, find_columns
 from movierec.client.exposures import ExposureLog
-from movierec.client.scoring import InputError, find_columns
+from movierec.client.runner import in_order
 from movierec.client.settings import DEFAULT_EVAL_CHUNK, DEFAULT_EVAL_CONCURRENCY, DEFAULT_USERS_PER_REQUEST
 
 BUCKETS = 10_000
@@ -99,11 +99,7 @@ class ABRouter:
         """Top-k recommendations from the user's arm; the answer carries "arm" and "served_by"."""
         arm = self.arm(user_id)
         answer = self.client.recommend(
-            user_id,
-            top_k,
-            exclude_rated=exclude_rated,
-            model=self.model,
-            version=self.versions[arm],
+            user_id, top_k, exclude_rated=exclude_rated, model=self.model, version=self.versions[arm]
         )
         return self._served(user_id, answer, arm)
 
@@ -274,25 +270,21 @@ def _send_all(
     concurrency: int,
     request: Request = _predict_rows,
 ) -> None:
-    """Send each job's (arm, items) requests; hand a job's answers to `record` together, in job order."""
+    """Send each job's (arm, items) requests, one after another on one of `concurrency` threads; hand a job's
+    answers (or MovieRecErrors) to `record` together, in job order."""
 
-    def send(arm: str, items: list[Any]) -> Sent:
-        t0 = time.perf_counter()
-        try:
-            answer: Any = request(router, arm, items)
-        except MovieRecError as exc:
-            answer = exc
-        return arm, items, (time.perf_counter() - t0) * 1000, answer
+    def send(job: list[tuple[str, list[Any]]]) -> list[Sent]:
+        sent = []
+        for arm, items in job:
+            t0 = time.perf_counter()
+            try:
+                answer: Any = request(router, arm, items)
+            except MovieRecError as exc:
+                answer = exc
+            sent.append((arm, items, (time.perf_counter() - t0) * 1000, answer))
+        return sent
 
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ab-eval") as pool:
-        pending: deque[list[Future[Sent]]] = deque()
-        for job in jobs:
-            pending.append([pool.submit(send, arm, items) for arm, items in job])
-            # Record finished jobs as we go so memory stays bounded on big files.
-            while pending and (all(f.done() for f in pending[0]) or len(pending) > 4 * concurrency):
-                record([f.result() for f in pending.popleft()])
-        for job_futures in pending:
-            record([f.result() for f in job_futures])
+    in_order((functools.partial(send, job) for job in jobs), record, concurrency, "ab-eval")
 
 
 def evaluate(

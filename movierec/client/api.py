@@ -10,30 +10,20 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from model.protocol import DEFAULT_TOP_K
-from movierec.defaults import ARCHIVE_PREFIX
 from movierec.torchserve.errors import (
     AuthError,
     ConfigError,
     MovieRecError,
     NotFound,
-    NoWorker,
     ServerError,
     ServerUnreachable,
     WorkerDied,
     error_message,
-    is_no_worker,
     is_token_rejection,
     is_worker_death,
-    raise_for_response,
 )
 from movierec.torchserve.management import (
-    DEFAULT_INFERENCE_URL,
-    DEFAULT_KEY_FILE,
-    DEFAULT_MANAGEMENT_URL,
     DEFAULT_MODEL,
-    ENV_INFERENCE_URL,
-    ENV_KEY_FILE,
-    ENV_MANAGEMENT_URL,
     Endpoints,
     KeyFile,
     ManagementClient,
@@ -43,22 +33,15 @@ from movierec.torchserve.management import (
     recovering,
 )
 
+# Re-exported: the client's callers take the errors and the management helpers from here.
 __all__ = [
-    "ARCHIVE_PREFIX",
-    "DEFAULT_INFERENCE_URL",
-    "DEFAULT_KEY_FILE",
-    "DEFAULT_MANAGEMENT_URL",
     "DEFAULT_MODEL",
-    "ENV_INFERENCE_URL",
-    "ENV_KEY_FILE",
-    "ENV_MANAGEMENT_URL",
     "AuthError",
     "ConfigError",
     "Endpoints",
     "KeyFile",
     "MovieRecClient",
     "MovieRecError",
-    "NoWorker",
     "NotFound",
     "RecoveryTimeout",
     "ServerError",
@@ -67,10 +50,8 @@ __all__ = [
     "archive_name",
     "check_version",
     "error_message",
-    "is_no_worker",
     "is_token_rejection",
     "is_worker_death",
-    "raise_for_response",
     "recovering",
 ]
 
@@ -81,13 +62,7 @@ class MovieRecClient(ManagementClient):
     def __enter__(self) -> MovieRecClient:
         return self
 
-    def infer(
-        self,
-        body: Mapping[str, Any],
-        *,
-        model: str | None = None,
-        version: str | None = None,
-    ) -> Any:
+    def infer(self, body: Mapping[str, Any], *, model: str | None = None, version: str | None = None) -> Any:
         """POST a raw JSON body to /predictions/{model}[/{version}]."""
         path = f"/predictions/{model or self.model}"
         if version:
@@ -95,22 +70,13 @@ class MovieRecClient(ManagementClient):
         return self._request("POST", "inference", path, body=body)
 
     def predict(
-        self,
-        user_id: int | str,
-        movie_id: int | str,
-        *,
-        model: str | None = None,
-        version: str | None = None,
+        self, user_id: int | str, movie_id: int | str, *, model: str | None = None, version: str | None = None
     ) -> dict[str, Any]:
         """Predict one rating: {"user_id", "movie_id", "rating", "model_version"}."""
         return self.infer({"user_id": user_id, "movie_id": movie_id}, model=model, version=version)
 
     def predict_many(
-        self,
-        instances: Iterable[Mapping[str, Any]],
-        *,
-        model: str | None = None,
-        version: str | None = None,
+        self, instances: Iterable[Mapping[str, Any]], *, model: str | None = None, version: str | None = None
     ) -> dict[str, Any]:
         """Predict many pairs in one request: {"predictions": [...], "model_version"}."""
         return self.infer({"instances": list(instances)}, model=model, version=version)

@@ -1,12 +1,10 @@
-"""Bulk scoring over the Arrow protocol: Arrow request bodies, answers, and the ordered scoring job."""
+"""Bulk scoring over the Arrow protocol: the Arrow codec (request bodies, answers) and its scoring job."""
 
 from __future__ import annotations
 
 import os
-import time
-from collections import deque
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -15,10 +13,9 @@ import pyarrow.compute as pc
 from model.arrow import ARROW_STREAM
 from model.protocol import round_scores
 from movierec.client.api import MovieRecClient, ServerError, check_version
-from movierec.client.columnar import FALLBACK_COLUMN, ID_COLUMNS, count_rows, open_output, read_chunks
-from movierec.client.progress import Progress
-from movierec.client.score_job import MODE_CHANGED, PROBE_ID, SYNC_INTERVAL_S, ScoreSummary, check_job, v1_path
-from movierec.client.settings import DEFAULT_ARROW_CHUNK, DEFAULT_CONCURRENCY
+from movierec.client.columnar import FALLBACK_COLUMN, ID_COLUMNS, read_chunks
+from movierec.client.score_job import MODE_CHANGED, PROBE_ID, ScoreSummary, score_records, score_with, v1_path
+from movierec.client.settings import DEFAULT_ARROW_CHUNK
 
 
 def wire_ids(column: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -79,12 +76,6 @@ def read_flagged_answer(
     return round_scores(values), error.cast(pa.string()), flags
 
 
-def arrow_answers_with_fallback(post: Callable[[bytes], bytes]) -> bool:
-    """Whether the server flags answers from its average user/movie (cold_start: fallback): one probe pair."""
-    probe = pa.array([PROBE_ID])
-    return read_flagged_answer(post(request_body(probe, probe)), 1, 0)[2] is not None
-
-
 def post_arrow(
     client: MovieRecClient, body: bytes, *, model: str, version: str | None, route: str = "predictions"
 ) -> bytes:
@@ -108,105 +99,50 @@ def score_table(
     With `fallback` the table gains the answers' fallback column (null for personal predictions).
     """
     problems = chunk.column("problem").combine_chunks()
-    users, movies = chunk.column("user_id"), chunk.column("movie_id")
-    ratings, flags = np.full(chunk.num_rows, np.nan), pa.nulls(chunk.num_rows, pa.string())
-
-    def ask(users: pa.Array, movies: pa.Array) -> tuple[np.ndarray, pa.Array, pa.Array | None]:
-        answer = read_flagged_answer(post(request_body(users, movies)), len(users), first_row)
-        if (answer[2] is not None) != fallback:
+    ratings, errors = np.full(chunk.num_rows, np.nan), problems
+    flags = pa.nulls(chunk.num_rows, pa.string()) if fallback else None
+    send = problems.is_null()
+    sent = chunk.filter(send)
+    if sent.num_rows:
+        body = request_body(sent.column("user_id"), sent.column("movie_id"))
+        answered, answer_errors, answer_flags = read_flagged_answer(post(body), sent.num_rows, first_row)
+        if (answer_flags is not None) != fallback:
             raise ServerError(
                 502,
                 f"server's answer for data rows {first_row}.. {'lacks' if fallback else 'has'} "
                 f"a fallback column: {MODE_CHANGED}",
             )
-        return answer
+        ratings[send.to_numpy(zero_copy_only=False)] = answered
+        errors = pc.replace_with_mask(errors, send, answer_errors)
+        if fallback:
+            flags = pc.replace_with_mask(flags, send, answer_flags)
+    return score_records(chunk.column("user_id"), chunk.column("movie_id"), ratings, errors, flags)
 
-    if problems.null_count == len(problems):
-        if chunk.num_rows:
-            ratings, errors, answered = ask(users, movies)
-            flags = answered if fallback else flags
-        else:
-            errors = pa.nulls(0, pa.string())
-    else:
-        send = pc.indices_nonzero(problems.is_null())
-        errors_list = problems.to_pylist()
-        if len(send):
-            sent = chunk.take(send)
-            answered, answer_errors, answer_flags = ask(sent.column("user_id"), sent.column("movie_id"))
-            at = send.to_numpy()
-            ratings[at] = answered
-            for i, error in zip(at.tolist(), answer_errors.to_pylist(), strict=True):
-                errors_list[i] = error
-            if fallback:
-                flags_list = [None] * chunk.num_rows
-                for i, flag in zip(at.tolist(), answer_flags.to_pylist(), strict=True):
-                    flags_list[i] = flag
-                flags = pa.array(flags_list, pa.string())
-        errors = pa.array(errors_list, pa.string())
-    # One record per physical line in CSV outputs, as on the JSON path.
-    errors = pc.replace_substring(pc.replace_substring(errors, "\r", " "), "\n", " ")
-    missing = np.isnan(ratings)
-    rating = pa.array(ratings, pa.float64(), mask=missing)
-    if errors.null_count and missing.any():
-        errors = pc.if_else(pc.and_(pa.array(missing), errors.is_null()), "no rating in the answer", errors)
-    records = {"user_id": users, "movie_id": movies, "rating": rating, "error": errors}
-    return pa.table({**records, FALLBACK_COLUMN: flags} if fallback else records)
+
+class ArrowCodec:
+    """Scoring over Arrow: CSV or Parquet input read in tables, Arrow IPC bodies sent through `post`."""
+
+    default_chunk = DEFAULT_ARROW_CHUNK
+
+    def __init__(self, post: Callable[[bytes], bytes]) -> None:
+        self.post = post
+
+    def probe(self) -> bool:
+        """Whether the server flags answers from its average user/movie (cold_start: fallback): one probe pair."""
+        probe = pa.array([PROBE_ID])
+        return read_flagged_answer(self.post(request_body(probe, probe)), 1, 0)[2] is not None
+
+    def chunks(self, path: str | os.PathLike[str], size: int, skip: int) -> Iterator[pa.Table]:
+        """Tables of at most `size` input rows after the first `skip` (columnar.read_chunks)."""
+        return read_chunks(path, size, skip=skip)
+
+    def score(self, chunk: pa.Table, first_row: int, fallback: bool) -> pa.Table:
+        """Score one table (score_table)."""
+        return score_table(chunk, self.post, first_row, fallback)
 
 
 def score_file_arrow(
-    input_path: str | os.PathLike[str],
-    output_path: str | os.PathLike[str],
-    post: Callable[[bytes], bytes],
-    *,
-    chunk_size: int = DEFAULT_ARROW_CHUNK,
-    concurrency: int = DEFAULT_CONCURRENCY,
-    resume: bool = False,
-    progress: bool = True,
-    fallback: bool | None = None,
+    input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], post: Callable[[bytes], bytes], **job: Any
 ) -> ScoreSummary:
-    """Score a CSV or Parquet input with Arrow bodies sent through `post`, writing results in input order.
-
-    The output has a fallback column when `fallback` is true; None asks the server (arrow_answers_with_fallback).
-    """
-    check_job(input_path, output_path, chunk_size, concurrency)
-    start = time.perf_counter()
-    if fallback is None:
-        fallback = arrow_answers_with_fallback(post)
-    out = open_output(output_path, resume, fallback)
-    skipped = out.done
-    meter = Progress(progress, count_rows(input_path) if progress else None, skipped, start)
-    scored = errors = fallbacks = 0
-    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="score")
-    # A second round of chunks queued so workers never wait for the writer; still bounded.
-    pending: deque[Future[pa.Table]] = deque()
-    last_sync = time.monotonic()
-    complete = False
-
-    def drain_one() -> None:
-        nonlocal last_sync, scored, errors, fallbacks
-        records = pending.popleft().result()
-        # Flushed data survives a killed process; a sync (costly per chunk) bounds what an OS crash loses.
-        sync = time.monotonic() - last_sync >= SYNC_INTERVAL_S
-        out.write(records, sync=sync)
-        if sync:
-            last_sync = time.monotonic()
-        scored += len(records)
-        errors += len(records) - records.column("error").null_count
-        fallbacks += len(records) - records.column(FALLBACK_COLUMN).null_count if fallback else 0
-        meter.update(len(records), scored, errors)
-
-    try:
-        first_row = skipped + 1
-        for chunk in read_chunks(input_path, chunk_size, skip=skipped):
-            pending.append(pool.submit(score_table, chunk, post, first_row, fallback))
-            first_row += chunk.num_rows
-            if len(pending) >= 2 * concurrency:
-                drain_one()
-        while pending:
-            drain_one()
-        complete = True
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-        meter.close()
-        out.close(complete)
-    return ScoreSummary(scored, errors, skipped, time.perf_counter() - start, fallbacks if fallback else None)
+    """Score a CSV or Parquet input with Arrow bodies sent through `post`, writing results in input order (score_with)."""
+    return score_with(ArrowCodec(post), input_path, output_path, **job)

@@ -59,15 +59,9 @@ def add_ab(sub: argparse._SubParsersAction, server: argparse.ArgumentParser) -> 
     what = p.add_mutually_exclusive_group()
     what.add_argument("--movie", type=raw_id, help="predict this movie's rating")
     what.add_argument(
-        "--top-k",
-        type=positive,
-        help=f"recommend this many movies (default {DEFAULT_TOP_K} without --movie)",
+        "--top-k", type=positive, help=f"recommend this many movies (default {DEFAULT_TOP_K} without --movie)"
     )
-    p.add_argument(
-        "--include-rated",
-        action="store_true",
-        help="let recommendations include rated movies",
-    )
+    p.add_argument("--include-rated", action="store_true", help="let recommendations include rated movies")
     p.add_argument("--exposures", help="append this request to an exposure log (JSON lines) for `ab-report`")
     p.set_defaults(func=cmd_ab)
 
@@ -152,10 +146,7 @@ def verdict_options(p: argparse.ArgumentParser) -> None:
         help="seed of the user bootstrap (default %(default)s)",
     )
     p.add_argument(
-        "--reps",
-        type=positive,
-        default=settings.DEFAULT_REPS,
-        help="bootstrap resamples (default %(default)s)",
+        "--reps", type=positive, default=settings.DEFAULT_REPS, help="bootstrap resamples (default %(default)s)"
     )
 
 

@@ -30,18 +30,9 @@ class JobFailed(MovieRecError):
 def server_options() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("server")
-    group.add_argument(
-        "--inference-url",
-        help=f"inference API (env {ENV_INFERENCE_URL}; default {INFERENCE_URL})",
-    )
-    group.add_argument(
-        "--management-url",
-        help=f"management API (env {ENV_MANAGEMENT_URL}; default {MANAGEMENT_URL})",
-    )
-    group.add_argument(
-        "--key-file",
-        help=f"TorchServe key_file.json (env {ENV_KEY_FILE}; default {KEY_FILE})",
-    )
+    group.add_argument("--inference-url", help=f"inference API (env {ENV_INFERENCE_URL}; default {INFERENCE_URL})")
+    group.add_argument("--management-url", help=f"management API (env {ENV_MANAGEMENT_URL}; default {MANAGEMENT_URL})")
+    group.add_argument("--key-file", help=f"TorchServe key_file.json (env {ENV_KEY_FILE}; default {KEY_FILE})")
     group.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
     group.add_argument(
         "--retries",

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from model.protocol import DEFAULT_TOP_K, MAX_INSTANCES, MAX_TOP_K, MAX_USERS
 from movierec.client import settings
 from movierec.client.cli_common import make_client, model_option, non_negative, positive, resumable
+
+if TYPE_CHECKING:
+    from movierec.client.batch import BatchJob
 
 
 def add_score(sub: argparse._SubParsersAction, server: argparse.ArgumentParser) -> None:
@@ -23,10 +27,7 @@ def add_score(sub: argparse._SubParsersAction, server: argparse.ArgumentParser) 
     p.add_argument("input", help="CSV with a user_id,movie_id[,...] header, or a Parquet file with those columns")
     p.add_argument("output", help="CSV or Parquet (.parquet, .pq) file to write")
     model_option(p)
-    p.add_argument(
-        "--version",
-        help="archive version to score with (default: the default version of --model)",
-    )
+    p.add_argument("--version", help="archive version to score with (default: the default version of --model)")
     p.add_argument(
         "--chunk",
         type=positive,
@@ -34,23 +35,7 @@ def add_score(sub: argparse._SubParsersAction, server: argparse.ArgumentParser) 
         help=f"rows per request (max {MAX_INSTANCES}; default {settings.DEFAULT_ARROW_CHUNK} with arrow, "
         f"{settings.DEFAULT_CHUNK} with json)",
     )
-    p.add_argument(
-        "--concurrency",
-        type=positive,
-        default=settings.DEFAULT_CONCURRENCY,
-        help="requests in flight (default %(default)s)",
-    )
-    _add_batch_registration_options(p)
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue an interrupted job from the output's last row",
-    )
-    p.add_argument(
-        "--no-manage",
-        action="store_true",
-        help="use the batch registration as is: no scaling",
-    )
+    _add_job_options(p, resume="continue an interrupted job from the output's last row")
     p.add_argument(
         "--protocol",
         choices=settings.PROTOCOLS,
@@ -64,12 +49,17 @@ def add_score(sub: argparse._SubParsersAction, server: argparse.ArgumentParser) 
         default=settings.DEFAULT_ROUTE,
         help="predictions, or v1: KServe's /v1/models/BATCH_MODEL:predict (needs --no-manage) (default %(default)s)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (or, off a terminal, progress lines)")
     p.set_defaults(func=cmd_score)
 
 
-def _add_batch_registration_options(p: argparse.ArgumentParser) -> None:
-    """How `movierec score` sizes the batch registration it scores through."""
+def _add_job_options(p: argparse.ArgumentParser, resume: str) -> None:
+    """The options of a bulk job (BatchJob) shared by `score` and `recommend-all`; `resume` is --resume's help."""
+    p.add_argument(
+        "--concurrency",
+        type=positive,
+        default=settings.DEFAULT_CONCURRENCY,
+        help="requests in flight (default %(default)s)",
+    )
     p.add_argument(
         "--workers",
         type=positive,
@@ -96,29 +86,35 @@ def _add_batch_registration_options(p: argparse.ArgumentParser) -> None:
         help="keep the batch workers up this long after the last job, so the next job skips their start-up; "
         "0 scales down at once (default %(default)s)",
     )
+    p.add_argument("--resume", action="store_true", help=resume)
+    p.add_argument("--no-manage", action="store_true", help="use the batch registration as is: no scaling")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (or, off a terminal, progress lines)")
+
+
+def batch_job(args: argparse.Namespace) -> BatchJob:
+    """The BatchJob of a parsed `score` or `recommend-all` command line."""
+    from movierec.client.batch import BatchJob, BatchSettings  # requests: only once a job runs
+
+    return BatchJob(
+        model=args.model,
+        version=args.version,
+        batch_model=args.batch_model,
+        settings=BatchSettings(args.workers, args.idle_workers, args.linger),
+        manage=not args.no_manage,
+        concurrency=args.concurrency,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
 
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Run `score`."""
     from movierec.client import scoring  # pandas and pyarrow: only once a job runs
 
-    batch = scoring.BatchSettings(args.workers, args.idle_workers, args.linger)
     with make_client(args, pool_size=args.concurrency) as client, resumable(args):
+        job = batch_job(args)
         summary = scoring.score_csv(
-            client,
-            args.input,
-            args.output,
-            model=args.model,
-            version=args.version,
-            chunk_size=args.chunk,
-            concurrency=args.concurrency,
-            settings=batch,
-            batch_model=args.batch_model,
-            resume=args.resume,
-            progress=not args.no_progress,
-            manage=not args.no_manage,
-            protocol=args.protocol,
-            route=args.route,
+            client, args.input, args.output, job, chunk_size=args.chunk, protocol=args.protocol, route=args.route
         )
     print(summary)
     return 0
@@ -152,39 +148,19 @@ def add_recommend_all(sub: argparse._SubParsersAction, server: argparse.Argument
         default=settings.DEFAULT_USERS_PER_REQUEST,
         help=f"users per request (max {MAX_USERS}) (default %(default)s)",
     )
-    p.add_argument(
-        "--concurrency",
-        type=positive,
-        default=settings.DEFAULT_CONCURRENCY,
-        help="requests in flight (default %(default)s)",
-    )
-    _add_batch_registration_options(p)
-    p.add_argument("--resume", action="store_true", help="continue an interrupted job after its last whole user")
-    p.add_argument("--no-manage", action="store_true", help="use the batch registration as is: no scaling")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (or, off a terminal, progress lines)")
+    _add_job_options(p, resume="continue an interrupted job after its last whole user")
     p.set_defaults(func=cmd_recommend_all)
 
 
 def cmd_recommend_all(args: argparse.Namespace) -> int:
     """Run `recommend-all`."""
-    from movierec.client import recommend_all, scoring
+    from movierec.client import recommend_all
 
-    batch = scoring.BatchSettings(args.workers, args.idle_workers, args.linger)
+    options = recommend_all.RecommendOptions(args.top_k, not args.include_rated)
     with make_client(args, pool_size=args.concurrency) as client, resumable(args):
+        job = batch_job(args)
         summary = recommend_all.recommend_all(
-            client,
-            args.output,
-            users_path=args.users,
-            options=recommend_all.RecommendOptions(args.top_k, not args.include_rated),
-            model=args.model,
-            version=args.version,
-            per_request=args.users_per_request,
-            concurrency=args.concurrency,
-            settings=batch,
-            batch_model=args.batch_model,
-            resume=args.resume,
-            progress=not args.no_progress,
-            manage=not args.no_manage,
+            client, args.output, job, users_path=args.users, options=options, per_request=args.users_per_request
         )
     print(summary)
     return 0

@@ -21,11 +21,7 @@ def add_versions(sub: argparse._SubParsersAction, server: argparse.ArgumentParse
     v = vsub.add_parser("list", parents=[server], help="list registered versions")
     model_option(v)
     v.set_defaults(func=cmd_versions_list)
-    v = vsub.add_parser(
-        "set-default",
-        parents=[server],
-        help="make a version the default",
-    )
+    v = vsub.add_parser("set-default", parents=[server], help="make a version the default")
     model_option(v)
     v.add_argument("version")
     v.set_defaults(func=cmd_versions_set_default)
@@ -33,29 +29,15 @@ def add_versions(sub: argparse._SubParsersAction, server: argparse.ArgumentParse
 
 def add_promote_and_rollback(sub: argparse._SubParsersAction, server: argparse.ArgumentParser) -> None:
     """`movierec promote` and `movierec rollback`: switch the default version and back."""
-    p = sub.add_parser(
-        "promote",
-        parents=[server],
-        help="make VERSION the default, remembering the previous one",
-    )
+    p = sub.add_parser("promote", parents=[server], help="make VERSION the default, remembering the previous one")
     p.add_argument("version")
     model_option(p)
-    p.add_argument(
-        "--state-file",
-        help=f"A/B state file (default: {STATE_FILE_NAME} next to the key file)",
-    )
+    p.add_argument("--state-file", help=f"A/B state file (default: {STATE_FILE_NAME} next to the key file)")
     p.set_defaults(func=cmd_promote)
 
-    p = sub.add_parser(
-        "rollback",
-        parents=[server],
-        help="restore the default replaced by the last promote",
-    )
+    p = sub.add_parser("rollback", parents=[server], help="restore the default replaced by the last promote")
     model_option(p)
-    p.add_argument(
-        "--state-file",
-        help=f"A/B state file (default: {STATE_FILE_NAME} next to the key file)",
-    )
+    p.add_argument("--state-file", help=f"A/B state file (default: {STATE_FILE_NAME} next to the key file)")
     p.set_defaults(func=cmd_rollback)
 
 

@@ -1,15 +1,15 @@
-"""Columnar inputs and outputs for `movierec score`: CSV or Parquet read as Arrow, CSV or Parquet written.
+"""Inputs and outputs of the bulk jobs: CSV or Parquet read as Arrow, CSV or Parquet written.
 
 Inputs stream in record batches (pyarrow.csv.open_csv, ParquetFile.iter_batches) and become
 tables of `user_id`, `movie_id` (exactly as in the input) and `problem` (why a row is not sent,
 null for rows to score). A CSV that pyarrow cannot parse row by row (a short or long row) goes on
 from that point through the csv module, so every row still gets exactly one answer.
 
-Outputs, chosen by extension: CSV as written by the JSON path (resume truncates a partial last
-line), or Parquet. Against a cold_start: fallback archive they gain a `fallback` column (empty for
-personal predictions). A Parquet file cannot be appended to or read without its footer, so a Parquet
-job writes complete part files under `<output>.parts/` (one per sync interval, renamed into place)
-and merges them into `<output>` at the end; resume counts the rows of the parts already there.
+Outputs, chosen by extension, hold a job's Layout: CSV exactly as csv.writer writes it (resume
+truncates what a crash may have cut short), or Parquet. A Parquet file cannot be appended to or read
+without its footer, so a Parquet job writes complete part files under `<output>.parts/` (one per sync
+interval, renamed into place) and merges them into `<output>` at the end; resume counts the input units
+(rows, users) of the parts already there.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import csv
 import io
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
 import numpy as np
 import pyarrow as pa
@@ -40,12 +40,6 @@ FALLBACK_COLUMN = "fallback"  # only when the server answers unknown IDs from it
 # (user_id, movie_id, problem): IDs exactly as in the file; problem is "" or why it is not sent.
 # Plain tuples, because a million dataclass instances cost more than the HTTP round trips.
 Row = tuple[str, str, str]
-Record = tuple[str, ...]  # (user_id, movie_id, rating, error[, fallback])
-
-
-def output_header(fallback: bool) -> tuple[str, ...]:
-    """The output's columns: the fallback flag only when the server answers with one (cold_start: fallback)."""
-    return (*OUTPUT_HEADER, FALLBACK_COLUMN) if fallback else OUTPUT_HEADER
 
 
 class InputError(MovieRecError):
@@ -93,82 +87,23 @@ def chunked(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
         yield chunk
 
 
-def count_data_lines(path: str | os.PathLike[str]) -> int:
-    """Rough number of data rows (newlines minus the header), for the progress bar."""
-    lines = 0
-    last = b"\n"
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            lines += block.count(b"\n")
-            last = block[-1:]
-    if last != b"\n":
-        lines += 1
-    return max(lines - 1, 0)
-
-
-def completed_rows(path: str | os.PathLike[str]) -> tuple[int, int]:
-    """Count complete data rows in an output CSV; return (rows, byte offset where they end).
-
-    A record ends at a newline outside quotes. csv.writer doubles quotes inside
-    quoted fields, so an even running quote count means we are outside quotes.
-    """
-    rows = -1  # the header is not a data row
-    offset = 0
-    quotes = 0
-    pos = 0
-    with open(path, "rb") as f:
-        for line in f:
-            pos += len(line)
-            quotes += line.count(b'"')
-            if line.endswith(b"\n") and quotes % 2 == 0:
-                rows += 1
-                offset = pos
-                quotes = 0
-    return max(rows, 0), offset
-
-
-def prepare_output(path: str | os.PathLike[str], resume: bool, fallback: bool = False) -> tuple[TextIO, int]:
-    """Open the output for appending; on resume drop a partial last line and return rows done."""
-    path, expected = Path(path), list(output_header(fallback))
-    # offset 0: not even the header made it to disk, so start over.
-    done, offset = completed_rows(path) if resume and path.exists() else (0, 0)
-    if offset > 0:
-        with open(path, newline="", encoding="utf-8") as f:
-            header = next(csv.reader(f), None)
-        if header != expected:
-            raise InputError(f"{path}: cannot resume, header is {header}, expected {expected}")
-        with open(path, "r+b") as f:
-            f.truncate(offset)
-            f.flush()
-            os.fsync(f.fileno())
-        return open(path, "a", newline="", encoding="utf-8"), done
-    out = open(path, "w", newline="", encoding="utf-8")
-    csv.writer(out, lineterminator="\n").writerow(expected)
-    out.flush()
-    os.fsync(out.fileno())
-    return out, 0
-
-
-def write_chunk(out: TextIO, records: list[Record], sync: bool = True) -> None:
-    """Append whole records in one write and flush; with sync, force them to disk too."""
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows(records)
-    out.write(buf.getvalue())
-    out.flush()
-    if sync:
-        os.fsync(out.fileno())
-
-
 def is_parquet(path: str | os.PathLike[str]) -> bool:
     """Parquet by extension; anything else is CSV."""
     return Path(path).suffix.lower() in PARQUET_SUFFIXES
 
 
 def count_rows(path: str | os.PathLike[str]) -> int:
-    """Data rows of an input, for progress: exact from a Parquet footer, roughly from CSV newlines."""
+    """Data rows of an input, for progress: exact from a Parquet footer, roughly from CSV newlines (less the header)."""
     if is_parquet(path):
         return pq.ParquetFile(path).metadata.num_rows
-    return count_data_lines(path)
+    lines, last = 0, b"\n"
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    if last != b"\n":
+        lines += 1  # a last line without a newline
+    return max(lines - 1, 0)
 
 
 def _input_table(users: pa.Array, movies: pa.Array, problems: pa.Array | None = None) -> pa.Table:
@@ -248,18 +183,81 @@ def _csv_tables(path: str | os.PathLike[str]) -> Iterator[pa.Table]:
         )
 
 
-class CsvOutput:
-    """The JSON path's CSV output, byte for byte: header, then records appended in order; resume drops a partial line."""
+def complete_records(path: str | os.PathLike[str]) -> Iterator[tuple[bytes, int]]:
+    """Each complete record of an output CSV, header included, with the byte offset where it ends.
 
-    def __init__(self, path: str | os.PathLike[str], resume: bool, fallback: bool = False):
-        text, self.done = prepare_output(path, resume, fallback)
-        text.close()
+    A record ends at a newline outside quotes. csv.writer doubles quotes inside
+    quoted fields, so an even running quote count means we are outside quotes.
+    """
+    record, end, quotes = b"", 0, 0
+    with open(path, "rb") as f:
+        for line in f:
+            record += line
+            quotes += line.count(b'"')
+            if line.endswith(b"\n") and quotes % 2 == 0:
+                end += len(record)
+                yield record, end
+                record, quotes = b"", 0
+
+
+def completed_rows(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """Count complete data rows in an output CSV; return (rows, byte offset where they end)."""
+    rows, offset = -1, 0  # the header is not a data row
+    for _, end in complete_records(path):
+        rows, offset = rows + 1, end
+    return max(rows, 0), offset
+
+
+def parquet_rows(part: Path) -> int:
+    """Rows of a Parquet file, from its footer."""
+    return pq.ParquetFile(part).metadata.num_rows
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a job's output holds: its columns (typed for an empty file), and how it counts input units (rows, users).
+
+    `starts` marks the records that begin a unit (None: each record is one input row); `kept_csv` and
+    `kept_parquet` count the units a resume keeps of a CSV (with the byte offset where they end) or a part file.
+    """
+
+    schema: pa.Schema
+    starts: Callable[[pa.Table], pa.Array] | None = None
+    kept_csv: Callable[[Path], tuple[int, int]] = completed_rows
+    kept_parquet: Callable[[Path], int] = parquet_rows
+
+    def units(self, records: pa.Table) -> pa.Array:
+        """Per record, whether it begins an input unit."""
+        if self.starts is None:
+            return pa.array(np.ones(records.num_rows, dtype=bool))
+        return self.starts(records)
+
+
+def score_layout(fallback: bool) -> Layout:
+    """The output of `score`: user_id,movie_id,rating,error, and the fallback flag only when the server answers
+    with one (cold_start: fallback)."""
+    names = (*OUTPUT_HEADER, FALLBACK_COLUMN) if fallback else OUTPUT_HEADER
+    return Layout(pa.schema([(name, pa.float64() if name == "rating" else pa.string()) for name in names]))
+
+
+class CsvOutput:
+    """A CSV output: the header, then records appended in input order; a resume keeps what `layout.kept_csv` counts."""
+
+    def __init__(self, path: str | os.PathLike[str], resume: bool, layout: Layout):
+        path, header = Path(path), (",".join(layout.schema.names) + "\n").encode()
+        self.done = 0
+        if resume and _holds_header(path, header):
+            self.done, offset = layout.kept_csv(path)
+            os.truncate(path, offset)
+        else:
+            path.write_bytes(header)
         # Records are rendered column-wise into one bytes block per chunk (csv.writer per row was
         # 70% of a 1M-row job's client time).
         self.file = open(path, "ab")  # noqa: SIM115 - open for the whole job, closed in close()
+        os.fsync(self.file.fileno())
 
     def write(self, records: pa.Table, sync: bool) -> None:
-        """Append records as csv.writer would write them; None (a null rating, error or fallback) is an empty field."""
+        """Append records as csv.writer would write them; with sync, force them to disk too."""
         self.file.write(csv_lines(records))
         self.file.flush()
         if sync:
@@ -272,31 +270,48 @@ class CsvOutput:
         self.file.close()
 
 
+def _holds_header(path: Path, header: bytes) -> bool:
+    """Whether an output to resume starts with the whole header; a file with another header is refused."""
+    if not path.exists():
+        return False
+    with open(path, "rb") as f:
+        head = f.read(len(header))
+    if head == header:
+        return True
+    if header.startswith(head):
+        return False  # not even the header reached the disk, so start over
+    with open(path, newline="", encoding="utf-8") as f:
+        found = next(csv.reader(f), None)
+    raise InputError(f"{path}: cannot resume, header is {found}, expected {header.decode().strip().split(',')}")
+
+
 def csv_lines(records: pa.Table) -> bytes:
-    """user_id,movie_id,rating,error[,fallback] lines exactly as csv.writer (minimal quoting, "\n") writes them."""
+    """Records as csv.writer writes them (minimal quoting, "\n"; None as an empty field, floats as repr())."""
     records = records.combine_chunks()
-    rating = records.column("rating").combine_chunks()
-    low, high = pc.min_max(rating).values()
-    if low.is_valid and not (1e-4 <= low.as_py() and high.as_py() < 1e15):
-        # Outside this range Arrow and repr() spell floats differently (1e-05 vs 0.00001).
+    fields = [_csv_text(column) for column in records.columns]
+    if any(field is None for field in fields):
         buf = io.StringIO()
         rows = zip(*(column.to_pylist() for column in records.columns), strict=True)
         csv.writer(buf, lineterminator="\n").writerows(rows)
         return buf.getvalue().encode()
-    text = pc.fill_null(rating.cast(pa.string()), "")
-    # repr() writes integral floats as "4.0", Arrow as "4".
-    integral = pc.and_(pc.invert(pc.match_substring(text, ".")), pc.not_equal(text, ""))
-    text = pc.if_else(integral, pc.binary_join_element_wise(text, "0", "."), text)
-    fields = [_csv_field(records.column("user_id")), _csv_field(records.column("movie_id")), text]
-    fields += [_csv_field(records.column(name)) for name in records.column_names[3:]]
-    lines = pc.binary_join_element_wise(*fields, ",")
-    lines = (
-        pc.binary_join_element_wise(lines, "", "\n").combine_chunks() if records.num_rows else pa.array([], pa.string())
-    )
-    if len(lines) == 0:
+    if records.num_rows == 0:
         return b""
+    lines = pc.binary_join_element_wise(pc.binary_join_element_wise(*fields, ","), "", "\n").combine_chunks()
     offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset : lines.offset + len(lines) + 1]
     return lines.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0])).to_pybytes()
+
+
+def _csv_text(column: pa.ChunkedArray | pa.Array) -> pa.Array | None:
+    """A column's fields as csv.writer writes them; None for floats Arrow would spell unlike repr()."""
+    if not pa.types.is_floating(column.type):
+        return _csv_field(column)
+    low, high = pc.min_max(column).values()
+    if low.is_valid and not (1e-4 <= low.as_py() and high.as_py() < 1e15):
+        return None  # outside this range Arrow and repr() spell floats differently (1e-05 vs 0.00001)
+    text = pc.fill_null(column.cast(pa.string()), "")
+    # repr() writes integral floats as "4.0", Arrow as "4".
+    integral = pc.and_(pc.invert(pc.match_substring(text, ".")), pc.not_equal(text, ""))
+    return pc.if_else(integral, pc.binary_join_element_wise(text, "0", "."), text)
 
 
 def _quoted_characters() -> str:
@@ -322,11 +337,11 @@ def _csv_field(column: pa.ChunkedArray | pa.Array) -> pa.Array:
 class ParquetOutput:
     """Records buffered into part files under <output>.parts/, merged into <output> when complete.
 
-    `columns`, when given, are the ones this job writes: parts of a run with other columns are refused.
+    Parts of a run with columns other than `layout`'s are refused on resume.
     """
 
-    def __init__(self, path: str | os.PathLike[str], resume: bool, columns: tuple[str, ...] | None = None):
-        self.path, self.columns = Path(path), columns
+    def __init__(self, path: str | os.PathLike[str], resume: bool, layout: Layout | None = None):
+        self.path, self.layout = Path(path), layout or score_layout(False)
         self.parts = Path(f"{path}.parts")
         self.buffer: list[pa.Table] = []
         if not resume:
@@ -336,15 +351,16 @@ class ParquetOutput:
         for stale in self.parts.glob("*.tmp"):
             stale.unlink()
         # Checked before anything moves, so a refused resume leaves the files as they were.
-        for done in ([self.path] if self.path.exists() else self._part_files()) if columns else []:
-            if (found := pq.read_schema(done).names) != list(columns):
-                raise InputError(f"{done}: cannot resume, columns are {found}, expected {list(columns)}")
+        columns = self.layout.schema.names
+        for done in [self.path] if self.path.exists() else self._part_files():
+            if (found := pq.read_schema(done).names) != columns:
+                raise InputError(f"{done}: cannot resume, columns are {found}, expected {columns}")
         if self.path.exists():
             # A finished (or merged) output: its rows become the first part, new rows follow.
             for part in self._part_files():
                 part.unlink()
             os.replace(self.path, self.parts / "part-000000.parquet")
-        self.done = sum(pq.ParquetFile(part).metadata.num_rows for part in self._part_files())
+        self.done = sum(self.layout.kept_parquet(part) for part in self._part_files())
         self.next_part = len(self._part_files())
 
     def _part_files(self) -> list[Path]:
@@ -368,7 +384,7 @@ class ParquetOutput:
         self.buffer = []
 
     def close(self, complete: bool) -> None:
-        """Keep what was scored; when complete, merge the parts into the output file."""
+        """Keep what was written; when complete, merge the parts into the output file."""
         self._flush()
         if not complete:
             return
@@ -378,7 +394,7 @@ class ParquetOutput:
             raise InputError(
                 f"{self.parts}: parts have different columns ({len(schemas)} schemas); rerun without --resume"
             )
-        schema = schemas.pop() if schemas else _empty_output_schema(self.columns or OUTPUT_HEADER)
+        schema = schemas.pop() if schemas else self.layout.schema
         tmp = self.path.with_name(self.path.name + ".tmp")
         with pq.ParquetWriter(tmp, schema) as writer:
             for part in parts:
@@ -388,17 +404,11 @@ class ParquetOutput:
         shutil.rmtree(self.parts)
 
 
-def _empty_output_schema(columns: tuple[str, ...]) -> pa.Schema:
-    return pa.schema([(name, pa.float64() if name == "rating" else pa.string()) for name in columns])
-
-
 def _fsync(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
 
 
-def open_output(path: str | os.PathLike[str], resume: bool, fallback: bool = False) -> CsvOutput | ParquetOutput:
-    """The output for a path by extension; `.done` is how many input rows it already holds."""
-    if is_parquet(path):
-        return ParquetOutput(path, resume, output_header(fallback))
-    return CsvOutput(path, resume, fallback)
+def open_output(path: str | os.PathLike[str], resume: bool, layout: Layout) -> CsvOutput | ParquetOutput:
+    """The output for a path by extension; `.done` is how many input units it already holds."""
+    return ParquetOutput(path, resume, layout) if is_parquet(path) else CsvOutput(path, resume, layout)

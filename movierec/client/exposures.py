@@ -17,8 +17,7 @@ import orjson
 
 from model.data import canonical_column
 from movierec.client import abstats
-from movierec.client.columnar import find_columns
-from movierec.client.scoring import InputError
+from movierec.client.columnar import InputError, find_columns
 
 DEFAULT_FLUSH_RECORDS = 100
 DEFAULT_FLUSH_SECONDS = 1.0

@@ -16,11 +16,10 @@ import functools
 import io
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -29,22 +28,13 @@ import pyarrow.parquet as pq
 
 from model.arrow import RECOMMENDATION_SCHEMA
 from model.protocol import DEFAULT_TOP_K, MAX_USERS
-from movierec.client.api import DEFAULT_MODEL, MovieRecClient, ServerError, recovering
+from movierec.client.api import MovieRecClient, ServerError
 from movierec.client.arrow_scoring import post_arrow, wire_ids
-from movierec.client.columnar import InputError, ParquetOutput, find_columns, is_parquet
-from movierec.client.jobs import JobLeases
-from movierec.client.scoring import (
-    BATCH_MODEL,
-    DEFAULT_CONCURRENCY,
-    SYNC_INTERVAL_S,
-    BatchLease,
-    BatchSettings,
-    Progress,
-    leased_batch_version,
-)
-from movierec.client.settings import DEFAULT_USERS_PER_REQUEST
+from movierec.client.batch import BatchJob, BatchLease, run_on_batch
+from movierec.client.columnar import InputError, Layout, complete_records, find_columns, is_parquet
+from movierec.client.runner import Task, check_job, run_job
+from movierec.client.settings import DEFAULT_CONCURRENCY, DEFAULT_USERS_PER_REQUEST
 
-OUTPUT_HEADER = ("user_id", "rank", "movie_id", "title", "score", "error")
 OUTPUT_SCHEMA = pa.schema(
     [
         ("user_id", pa.string()),
@@ -55,6 +45,7 @@ OUTPUT_SCHEMA = pa.schema(
         ("error", pa.string()),
     ]
 )
+OUTPUT_HEADER = tuple(OUTPUT_SCHEMA.names)
 NOTHING_LEFT = "no movies left to recommend"
 Post = Callable[[bytes], bytes]
 
@@ -161,100 +152,57 @@ def user_starts(records: pa.Table) -> pa.Array:
     return pc.or_kleene(pc.is_null(rank), pc.equal(rank, 1))
 
 
-class CsvRecommendations:
-    """The CSV output: header, whole users appended in order; resume keeps all but the last user written."""
-
-    def __init__(self, path: str | os.PathLike[str], resume: bool):
-        path = Path(path)
-        self.done = 0
-        if resume and path.exists():
-            self.done, offset = _users_written(path)
-            if self.done:
-                with open(path, "r+b") as f:
-                    f.truncate(offset)
-                    os.fsync(f.fileno())
-        if not self.done:
-            with open(path, "w", newline="", encoding="utf-8") as f:
-                csv.writer(f, lineterminator="\n").writerow(OUTPUT_HEADER)
-        self.file = open(path, "ab")  # noqa: SIM115 - open for the whole job, closed in close()
-
-    def write(self, records: pa.Table, sync: bool) -> None:
-        """Append records; with sync, force them to disk."""
-        buf = io.StringIO()
-        columns = [records.column(name).to_pylist() for name in OUTPUT_HEADER]
-        columns[4] = ["" if s is None else repr(s) for s in columns[4]]
-        csv.writer(buf, lineterminator="\n").writerows(zip(*columns, strict=True))
-        self.file.write(buf.getvalue().encode())
-        self.file.flush()
-        if sync:
-            os.fsync(self.file.fileno())
-
-    def close(self, complete: bool) -> None:
-        """Flush to disk and close."""
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-
-
-def _users_written(path: Path) -> tuple[int, int]:
+def users_written(path: Path) -> tuple[int, int]:
     """(users kept, byte offset where they end) of a CSV output: complete records, the last user dropped."""
-    header_line = (",".join(OUTPUT_HEADER) + "\n").encode()
-    with open(path, "rb") as f:
-        head = f.read(len(header_line))
-        if head != header_line:
-            if header_line.startswith(head):
-                return 0, 0  # not even the header reached the disk
-            raise InputError(f"{path}: cannot resume, it does not start with the header {','.join(OUTPUT_HEADER)}")
-        starts: list[int] = []  # byte offset of each user's first record
-        pos, record, quotes = len(header_line), b"", 0
-        for line in f:
-            record += line
-            quotes += line.count(b'"')
-            # A record ends at a newline outside quotes (csv.writer doubles quotes inside fields).
-            if line.endswith(b"\n") and quotes % 2 == 0:
-                fields = next(csv.reader(io.StringIO(record.decode("utf-8"), newline="")))
-                if len(fields) > 1 and fields[1] in ("1", ""):
-                    starts.append(pos)
-                pos += len(record)
-                record, quotes = b"", 0
+    records = complete_records(path)
+    _, header_end = next(records)  # CsvOutput checked the header
+    starts: list[int] = []  # byte offset of each user's first record
+    begin = header_end
+    for record, end in records:
+        fields = next(csv.reader(io.StringIO(record.decode("utf-8"), newline="")))
+        if len(fields) > 1 and fields[1] in ("1", ""):
+            starts.append(begin)
+        begin = end
     # The last user may have been cut short by a crash, so it is written again.
-    return max(len(starts) - 1, 0), starts[-1] if starts else len(header_line)
+    return max(len(starts) - 1, 0), starts[-1] if starts else header_end
 
 
-class ParquetRecommendations(ParquetOutput):
-    """The Parquet output (parts merged at the end); parts hold whole users, so every user in them counts."""
-
-    def __init__(self, path: str | os.PathLike[str], resume: bool):
-        super().__init__(path, resume)
-        parts = sorted(self.parts.glob("part-*.parquet"))
-        self.done = sum(pc.sum(user_starts(pq.read_table(p, columns=["rank"]))).as_py() or 0 for p in parts)
-
-    def close(self, complete: bool) -> None:
-        """Keep what was written; when complete, merge the parts (an empty job still gets its columns)."""
-        if complete and not self.buffer and not any(self.parts.glob("part-*.parquet")):
-            self.buffer.append(OUTPUT_SCHEMA.empty_table())
-        super().close(complete)
+def users_in_part(part: Path) -> int:
+    """Users in a Parquet part file: parts hold whole users, so every user in them counts."""
+    return pc.sum(user_starts(pq.read_table(part, columns=["rank"]))).as_py() or 0
 
 
-def open_recommendations(path: str | os.PathLike[str], resume: bool) -> CsvRecommendations | ParquetRecommendations:
-    """The output for a path by extension; `.done` is how many users it already holds."""
-    return ParquetRecommendations(path, resume) if is_parquet(path) else CsvRecommendations(path, resume)
+LAYOUT = Layout(OUTPUT_SCHEMA, starts=user_starts, kept_csv=users_written, kept_parquet=users_in_part)
 
 
 def plan(
     post: Post, options: RecommendOptions, listed: pa.Array | None, per_request: int, start: int
-) -> tuple[int, Iterator]:
-    """(users in the job, one (first user, body, ids) per request from user `start` on)."""
+) -> tuple[int, Iterator[Task]]:
+    """(users in the job, one task per request from user `start` on)."""
     if listed is not None:
         total = len(listed)
-        firsts = range(start, total, per_request)
-        return total, ((i, request_body(options, users=listed[i : i + per_request]), listed) for i in firsts)
-    # The model's user count comes with any answer; an empty range asks for nothing else.
-    _, total = read_recommendations(post(request_body(options, rows=(0, 0))), 0, 0)
-    if total < 0:
-        raise ServerError(502, "the server's answer does not say how many users the model has")
-    firsts = range(start, total, per_request)
-    return total, ((i, request_body(options, rows=(i, min(i + per_request, total))), None) for i in firsts)
+    else:
+        # The model's user count comes with any answer; an empty range asks for nothing else.
+        _, total = read_recommendations(post(request_body(options, rows=(0, 0))), 0, 0)
+        if total < 0:
+            raise ServerError(502, "the server's answer does not say how many users the model has")
+
+    def tasks() -> Iterator[Task]:
+        for first in range(start, total, per_request):
+            end = min(first + per_request, total)
+            if listed is None:
+                body, ids = request_body(options, rows=(first, end)), None
+            else:
+                ids = listed[first:end]
+                body = request_body(options, users=ids)
+            yield functools.partial(_answer, post, body, first, end, ids)
+
+    return total, tasks()
+
+
+def _answer(post: Post, body: bytes, first: int, end: int, ids: pa.Array | None) -> pa.Table:
+    answer, _ = read_recommendations(post(body), end - first, first)
+    return to_output(answer, ids)
 
 
 def recommend_file(
@@ -269,96 +217,54 @@ def recommend_file(
     progress: bool = True,
 ) -> RecommendSummary:
     """Write top-K lists for all users (or those in users_path) with Arrow bodies sent through `post`."""
-    check_recommend_job(users_path, output_path, per_request, concurrency)
+    check_job(per_request, MAX_USERS, "users per request", concurrency, users_path, output_path, "users file")
     options = options or RecommendOptions()
     start = time.perf_counter()
     listed = read_user_ids(users_path) if users_path is not None else None
-    out = open_recommendations(output_path, resume)
-    skipped = out.done
-    complete = False
-    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="recommend")
-    pending: deque[Future[pa.Table]] = deque()
-    done = errors = 0
-    meter = None
-    try:
-        total, requests = plan(post, options, listed, per_request, skipped)
-        meter = Progress(progress, total, skipped, start, unit="users")
-        last_sync = time.monotonic()
-        for first, body, ids in requests:
-            n = min(per_request, total - first)
-            pending.append(pool.submit(_answer, post, body, n, first, ids))
-            while len(pending) >= 2 * concurrency or (pending and first + n >= total):
-                records = pending.popleft().result()
-                # Flushed data survives a killed process; a sync (costly) bounds what an OS crash loses.
-                sync = time.monotonic() - last_sync >= SYNC_INTERVAL_S
-                out.write(records, sync=sync)
-                last_sync = time.monotonic() if sync else last_sync
-                starts = user_starts(records)
-                users = pc.sum(starts).as_py() or 0
-                done += users
-                errors += pc.sum(pc.and_(starts, pc.is_valid(records.column("error")))).as_py() or 0
-                meter.update(users, done, errors)
-        complete = True
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-        if meter is not None:
-            meter.close()
-        out.close(complete)
-    return RecommendSummary(done, errors, skipped, time.perf_counter() - start)
 
-
-def _answer(post: Post, body: bytes, n_users: int, first: int, ids: pa.Array | None) -> pa.Table:
-    answer, _ = read_recommendations(post(body), n_users, first)
-    return to_output(answer, None if ids is None else ids.slice(first, n_users))
-
-
-def check_recommend_job(
-    users_path: str | os.PathLike[str] | None, output_path: str | os.PathLike[str], per_request: int, concurrency: int
-) -> None:
-    """Refuse job settings that cannot work, before any file is touched."""
-    if not 1 <= per_request <= MAX_USERS:
-        raise InputError(f"users per request must be 1..{MAX_USERS}, got {per_request}")
-    if concurrency < 1:
-        raise InputError(f"concurrency must be at least 1, got {concurrency}")
-    if users_path is not None and Path(users_path).resolve() == Path(output_path).resolve():
-        raise InputError("users file and output are the same file")
+    tally = run_job(
+        output_path,
+        LAYOUT,
+        functools.partial(plan, post, options, listed, per_request),
+        resume=resume,
+        concurrency=concurrency,
+        progress=progress,
+        start=start,
+        unit="users",
+    )
+    return RecommendSummary(tally.done, tally.errors, tally.skipped, time.perf_counter() - start)
 
 
 def recommend_all(
     client: MovieRecClient,
     output_path: str | os.PathLike[str],
+    job: BatchJob | None = None,
     *,
     users_path: str | os.PathLike[str] | None = None,
     options: RecommendOptions | None = None,
-    model: str = DEFAULT_MODEL,
-    version: str | None = None,
     per_request: int = DEFAULT_USERS_PER_REQUEST,
-    concurrency: int = DEFAULT_CONCURRENCY,
-    settings: BatchSettings | None = None,
-    batch_model: str = BATCH_MODEL,
-    resume: bool = False,
-    progress: bool = True,
-    manage: bool = True,
-    jobs: JobLeases | None = None,
+    **fields: Any,
 ) -> RecommendSummary:
-    """Run the job through the movierec-batch registration, under a worker lease like `score` (manage=False: as is)."""
-    settings = settings or BatchSettings()
-    check_recommend_job(users_path, output_path, per_request, concurrency)
-    job = {"users_path": users_path, "options": options, "per_request": per_request, "concurrency": concurrency}
-    job.update(resume=resume, progress=progress)
+    """Run the job through the movierec-batch registration, under a worker lease like `score` (manage=False: as is).
+
+    `job` (or its fields as keywords) says where and how (BatchJob).
+    """
+    job = replace(job or BatchJob(), **fields)
+    check_job(per_request, MAX_USERS, "users per request", job.concurrency, users_path, output_path, "users file")
 
     def run(lease: BatchLease) -> RecommendSummary:
         def post(body: bytes) -> bytes:
-            # Idempotent: a request lost with its worker (or a restart) is sent again once workers are back.
-            send = functools.partial(post_arrow, client, body, model=batch_model, version=lease.version)
-            return recovering(send, revive=lease.revive)
+            return lease.resend(lambda: post_arrow(client, body, model=job.batch_model, version=lease.version))
 
-        return recommend_file(output_path, post, **job)
+        return recommend_file(
+            output_path,
+            post,
+            users_path=users_path,
+            options=options,
+            per_request=per_request,
+            concurrency=job.concurrency,
+            resume=job.resume,
+            progress=job.progress,
+        )
 
-    if not manage:
-        return run(BatchLease(version or client.default_version(batch_model)))
-    leased = leased_batch_version(
-        client, model=model, version=version, batch_model=batch_model, settings=settings, jobs=jobs
-    )
-    with leased as lease:
-        return run(lease)
+    return run_on_batch(client, job, run)

@@ -87,11 +87,7 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def promote(
-    client: MovieRecClient,
-    version: str,
-    *,
-    model: str | None = None,
-    state_file: str | os.PathLike[str] | None = None,
+    client: MovieRecClient, version: str, *, model: str | None = None, state_file: str | os.PathLike[str] | None = None
 ) -> str:
     """Make `version` the default and remember the previous one; return a message."""
     model = model or client.model
@@ -117,10 +113,7 @@ def promote(
 
 
 def rollback(
-    client: MovieRecClient,
-    *,
-    model: str | None = None,
-    state_file: str | os.PathLike[str] | None = None,
+    client: MovieRecClient, *, model: str | None = None, state_file: str | os.PathLike[str] | None = None
 ) -> str:
     """Restore the default that the last promotion replaced; return a message."""
     model = model or client.model
