@@ -1,19 +1,19 @@
-"""The Arrow protocol for many pairs: an IPC stream of (user_id, movie_id) in, (rating, error) out.
+"""The Arrow protocol: an IPC stream body to a columnar Request (model/request.py), its answer back to a stream.
 
 Request (Content-Type application/vnd.apache.arrow.stream): one Arrow IPC stream whose record
 batches hold a `user_id` and a `movie_id` column, each of an integer or a string type; 196 and
 "196" are the same ID and " 196" is a bad row, as in JSON. Answer: an IPC stream with one row
 per request row, in order: `rating` (float32, null where the row failed) and `error` (string,
-null where it succeeded); the schema metadata carries `model_version`. A bad row fails alone
-with the JSON path's error text; a body that is not such a stream, or repeats a column or a
-schema metadata key, is a RequestError, which the service answers in JSON.
+null where it succeeded); the schema metadata carries `model_version`. A bad row fails alone,
+with the error text of a bad JSON instance (Scorer.settle writes both); a body that is not such a
+stream, or repeats a column or a schema metadata key, is a RequestError, answered in JSON.
 
 Recommendations for many users: a stream whose schema metadata has `top_k` (a decimal string;
 optional `exclude_rated`, "true" or "false", default true) and one `user_id` column, or no column
 and `user_rows` = "START:STOP" (the model's users START..STOP-1 in its order; STOP is clipped).
 Answer, long format, users in request order, each user's movies best first: `user` (int32,
 request row or offset in the range), `user_id` (string), `rank` (int32, from 1), `movie_id`,
-`title` (strings), `score` (float64, rounded as in JSON: round_scores) and `error` (string, set only on the
+`title` (strings), `score` (float64, protocol.round_scores) and `error` (string, set only on the
 one row of a user that failed, whose other fields are null). A user with no movie left has one
 row with only `user` and `user_id`, so every user asked for is in the answer. Metadata: `model_version` and `n_users` (the model's user count).
 
@@ -26,29 +26,15 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from model.index import IdIndex
 from model.protocol import ARROW_STREAM as ARROW_STREAM  # the protocol's Content-Type, re-exported
-from model.protocol import (
-    MAX_TOP_K,
-    MAX_USERS,
-    RequestError,
-    check_top_k,
-    check_user_rows,
-    fallback_kind,
-    id_error,
-    id_problem,
-    is_id,
-    round_scores,
-)
+from model.protocol import Reply, RequestError, ServiceOptions, check_top_k, check_user_rows, round_scores
+from model.request import Request, Scorer
 
-if TYPE_CHECKING:
-    from model.core import Recommender
 ID_COLUMNS = ("user_id", "movie_id")
 ANSWER_SCHEMA = pa.schema([pa.field("rating", pa.float32()), pa.field("error", pa.string())])
 VERSION_KEY = b"model_version"
@@ -65,7 +51,6 @@ RECOMMENDATION_SCHEMA = pa.schema(
     ]
 )
 FALLBACK_FIELD = pa.field("fallback", pa.string())  # only in answers of a cold_start: fallback archive
-DENSE_TABLE = 1 << 21  # int IDs spanning fewer values than this map through a direct table (16 MiB)
 
 
 def _canonical_int(raw: str) -> int | None:
@@ -75,55 +60,6 @@ def _canonical_int(raw: str) -> int | None:
     except ValueError:
         return None
     return value if str(value) == raw and -(1 << 63) <= value < (1 << 63) else None
-
-
-class ArrowIds:
-    """Vectorised raw ID -> row mapping for one IdIndex: ints by binary search, strings by hash lookup."""
-
-    def __init__(self, index: IdIndex):
-        numeric = [(value, row) for row, raw in enumerate(index.ids) if (value := _canonical_int(raw)) is not None]
-        keys = np.array([value for value, _ in numeric], dtype=np.int64)
-        rows = np.array([row for _, row in numeric], dtype=np.int64)
-        order = np.argsort(keys, kind="stable")
-        self._keys, self._rows = keys[order], rows[order]
-        # Dense ID ranges (MovieLens: 1..n) also get a direct table: one gather instead of a
-        # binary search per row (measured 10x faster at 10k rows); sparse ranges keep the search.
-        self._base, self._table = 0, None
-        if len(keys) and int(self._keys[-1]) - int(self._keys[0]) < max(DENSE_TABLE, 4 * len(keys)):
-            self._base = int(self._keys[0])
-            self._table = np.full(int(self._keys[-1]) - self._base + 1, -1, dtype=np.int64)
-            self._table[self._keys - self._base] = self._rows
-        # Row order, so a position in this array is the embedding row.
-        self._spellings = pa.array(index.ids, type=pa.string())
-
-    def rows(self, column: pa.Array) -> np.ndarray:
-        """Rows of an int64 or string column as int64; -1 where null or unknown."""
-        if pa.types.is_int64(column.type):
-            return self._int_rows(column)
-        # The exact spelling only: " 196" is not user 196 but a bad row (protocol.is_id), as in JSON.
-        found = pc.index_in(column, value_set=self._spellings)
-        return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-
-    def _int_rows(self, column: pa.Array) -> np.ndarray:
-        values = pc.fill_null(column, 0).to_numpy(zero_copy_only=False)
-        if self._table is not None:
-            # Compared before subtracting, so IDs near the int64 limits cannot wrap into the table.
-            inside = (values >= self._base) & (values < self._base + len(self._table))
-            rows = np.full(len(values), -1, dtype=np.int64)
-            rows[inside] = self._table[values[inside] - self._base]
-        elif len(self._keys):
-            pos = np.minimum(np.searchsorted(self._keys, values), len(self._keys) - 1)
-            rows = np.where(self._keys[pos] == values, self._rows[pos], -1)
-        else:
-            return np.full(len(values), -1, dtype=np.int64)
-        if column.null_count:
-            rows[column.is_null().to_numpy(zero_copy_only=False)] = -1
-        return rows
-
-
-def read_pairs(body: object, max_instances: int) -> tuple[pa.Array, pa.Array]:
-    """The user_id and movie_id columns of an Arrow IPC stream body, as int64 or string arrays."""
-    return pair_columns(read_table(body, max_instances))
 
 
 def read_table(body: object, max_instances: int) -> pa.Table:
@@ -221,128 +157,73 @@ def _id_array(table: pa.Table, name: str) -> pa.Array:
     return column.cast(target).combine_chunks() if column.num_chunks != 1 else column.chunk(0).cast(target)
 
 
-def render_answer(
-    ratings: np.ndarray, errors: list[str | None] | None, model_version: str, fallbacks: list | None = None
-) -> bytes:
-    """An IPC stream of (rating, error[, fallback]) rows; `errors` is None when every row succeeded.
-
-    `fallbacks` (one kind or None per row) adds the fallback column; None leaves it out (cold_start: error).
-    """
-    n = len(ratings)
-    failed = None if errors is None else np.array([e is not None for e in errors], dtype=bool)
-    rating = pa.array(ratings, type=pa.float32(), mask=failed)
-    error = pa.nulls(n, pa.string()) if errors is None else pa.array(errors, type=pa.string())
-    columns, schema = [rating, error], ANSWER_SCHEMA
-    if fallbacks is not None:
-        columns.append(pa.array(fallbacks, type=pa.string()))
-        schema = schema.append(FALLBACK_FIELD)
-    schema = schema.with_metadata({VERSION_KEY: model_version.encode()})
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, schema) as writer:
-        writer.write_batch(pa.record_batch(columns, schema=schema))
-    return sink.getvalue().to_pybytes()
-
-
 def read_answer(body: bytes) -> pa.Table:
     """Decode an answer stream into a (rating, error) table, with model_version in its schema metadata."""
     return pa.ipc.open_stream(pa.py_buffer(body)).read_all()
 
 
-class ArrowScorer:
-    """Answers Arrow request bodies: map IDs column-wise, score the known pairs, render the answer."""
+class ArrowCodec:
+    """Decodes Arrow request bodies into Requests and renders their answers as IPC streams."""
 
-    def __init__(
-        self,
-        recommender: Recommender,
-        model_version: str,
-        max_instances: int,
-        max_top_k: int = MAX_TOP_K,
-        max_users: int = MAX_USERS,
-        cold_start: str = "error",
-    ):
-        self.rec = recommender
-        self.fallback = cold_start == "fallback"
-        self.users = ArrowIds(recommender.artifact.users)
-        self.movies = ArrowIds(recommender.artifact.movies)
-        self.titles = pa.array(recommender.artifact.titles, type=pa.string())
-        self.model_version = model_version
-        self.max_instances = max_instances
-        self.max_top_k = max_top_k
-        self.max_users = max_users
+    def __init__(self, scorer: Scorer, model_version: str, options: ServiceOptions):
+        self.scorer, self.model_version = scorer, model_version
+        self.users, self.movies = scorer.rec.artifact.users, scorer.rec.artifact.movies
+        self.max_instances, self.max_top_k, self.max_users = options.max_instances, options.max_top_k, options.max_users
+        self.titles = pa.array(scorer.rec.artifact.titles, type=pa.string())
 
-    def answer(self, body: object) -> bytes:
-        """The Arrow answer to one request body; raises RequestError for a body it cannot read."""
+    def decode(self, body: object) -> Request:
+        """One Arrow body as a Request: pairs to rate, or users to rank when its metadata has `top_k`."""
         table = read_table(body, max(self.max_instances, self.max_users))
         if TOP_K_KEY in (table.schema.metadata or {}):
-            return self.recommend(table)
+            return self._decode_users(table)
         if table.num_rows > self.max_instances:
             raise RequestError(413, f"too many instances: more than {self.max_instances} rows; split the request")
         users, movies = pair_columns(table)
-        urows, mrows = self.users.rows(users), self.movies.rows(movies)
-        fallbacks = None
-        if self.fallback:
-            # Only well-formed IDs fall back; a null or empty one stays an error, as in JSON.
-            valid = _valid_ids(users) & _valid_ids(movies)
-            unknown_user, unknown_movie = valid & (urows < 0), valid & (mrows < 0)
-            urows, mrows = urows.copy(), mrows.copy()  # may be read-only views of Arrow buffers
-            urows[unknown_user], mrows[unknown_movie] = self.rec.average_user, self.rec.average_movie
-            fallbacks = [None] * len(urows)
-            for i in np.flatnonzero(unknown_user | unknown_movie).tolist():
-                fallbacks[i] = fallback_kind(bool(unknown_user[i]), bool(unknown_movie[i]))
-        bad = (urows < 0) | (mrows < 0)
-        ratings = np.zeros(len(urows), dtype=np.float32)
-        good = ~bad
-        predicted = self.rec.predict_or_fallback(urows[good], mrows[good])
-        ratings[good] = round_scores(predicted)
-        errors = None
-        if bad.any():
-            errors = [None] * len(urows)
-            for i in np.flatnonzero(bad).tolist():
-                errors[i] = row_problem(users[i].as_py(), movies[i].as_py(), urows[i], mrows[i])
-        return render_answer(ratings, errors, self.model_version, fallbacks)
+        rows = self.users.column_rows(users), self.movies.column_rows(movies)
+        # Typically thousands of rows: a pass of its own keeps its answer the same in any batch.
+        req = Request(self.ratings_answer, *rows, alone=True)
+        self.scorer.settle(req, users, movies)
+        return req
 
-    def recommend(self, table: pa.Table) -> bytes:
-        """The long-format recommendations answer to a request carrying `top_k` in its metadata."""
+    def _decode_users(self, table: pa.Table) -> Request:
+        """A request for one top-K list per user: a `user_id` column, or `user_rows` in the metadata."""
         meta = table.schema.metadata
         top_k, exclude = check_top_k(_options(meta), self.max_top_k)
-        n_users = len(self.rec.artifact.users)
         if USER_ROWS_KEY in meta:
             if table.num_columns:
                 raise RequestError(400, "a user_rows request has no columns; send user_id or user_rows, not both")
-            start, stop = check_user_rows(_range(meta[USER_ROWS_KEY]), n_users, self.max_users)
+            start, stop = check_user_rows(_range(meta[USER_ROWS_KEY]), len(self.users), self.max_users)
             rows = np.arange(start, stop, dtype=np.int64)
-            sent = pc.take(self.users._spellings, pa.array(rows))
-        else:
-            extra = [name for name in table.column_names if name != "user_id"]
-            if extra:
-                raise RequestError(400, f"unknown column '{extra[0]}' (a recommendation request has user_id only)")
-            if table.num_rows > self.max_users:
-                raise RequestError(413, f"too many users: {table.num_rows} > {self.max_users}; split the request")
-            users = _id_array(table, "user_id")
-            rows, sent = self.users.rows(users), users.cast(pa.string())
-        good = rows >= 0
-        answers = self.rec.recommend_many(rows[good], top_k, exclude)
-        kinds = None
-        if self.fallback:
-            unknown = ~good & _valid_ids(sent)
-            if unknown.any():
-                # Every unknown user gets the average user's list, which ranks all eligible movies.
-                average = self.rec.recommend(self.rec.average_user, top_k, exclude_rated=False)
-                known = iter(answers)
-                answers = [average if unknown[i] else next(known) for i in np.flatnonzero(good | unknown).tolist()]
-                good = good | unknown
-            kinds = [fallback_kind(bool(u), False) for u in unknown]
-        errors = [None if ok else id_error("user_id", user) for ok, user in zip(good, sent.to_pylist(), strict=True)]
-        return self._render(answers, good, sent, errors, {N_USERS_KEY: str(n_users).encode()}, kinds)
+            return Request(self.lists_answer, rows, top_k=top_k, exclude_rated=exclude, sent=self.users.ids_at(rows))
+        extra = [name for name in table.column_names if name != "user_id"]
+        if extra:
+            raise RequestError(400, f"unknown column '{extra[0]}' (a recommendation request has user_id only)")
+        if table.num_rows > self.max_users:
+            raise RequestError(413, f"too many users: {table.num_rows} > {self.max_users}; split the request")
+        users = _id_array(table, "user_id")
+        sent = users.cast(pa.string())
+        req = Request(self.lists_answer, self.users.column_rows(users), top_k=top_k, exclude_rated=exclude, sent=sent)
+        self.scorer.settle(req, sent)
+        return req
 
-    def _render(
-        self, answers: list, good: np.ndarray, sent: pa.Array, errors: list, meta: dict, kinds: list | None = None
-    ) -> bytes:
+    def ratings_answer(self, req: Request) -> Reply:
+        """An IPC stream of (rating, error[, fallback]) rows, one per request row."""
+        n, failed = len(req.users), req.users < 0 if req.errors else None
+        ratings = req.result.astype(np.float32)
+        if failed is not None:
+            ratings[failed] = 0  # not nan under the null mask: the stream's bytes stay as they always were
+        rating = pa.array(ratings, type=pa.float32(), mask=failed)
+        error = pa.array(_by_row(req.errors, n), type=pa.string()) if req.errors else pa.nulls(n, pa.string())
+        return self._stream([rating, error], ANSWER_SCHEMA, req, {})
+
+    def lists_answer(self, req: Request) -> Reply:
         """One row per recommended movie, one per failed user and one per user with none, in request order."""
-        lengths = np.zeros(len(good), dtype=np.int64)
-        lengths[good] = [len(movies) for movies, _ in answers]
+        answered = np.array([result is not None for result in req.result], dtype=bool)
+        answers = [result for result in req.result if result is not None]
+        lengths = np.zeros(len(answered), dtype=np.int64)
+        lengths[answered] = [len(movies) for movies, _ in answers]
         counts = np.maximum(lengths, 1)
-        user = np.repeat(np.arange(len(good), dtype=np.int32), counts)
+        user = np.repeat(np.arange(len(answered), dtype=np.int32), counts)
         failed = np.repeat(lengths == 0, counts)  # rows without a movie: a failed user, or one with none left
         starts = np.cumsum(counts) - counts
         rank = (np.arange(len(user)) - np.repeat(starts, counts) + 1).astype(np.int32)
@@ -351,35 +232,39 @@ class ArrowScorer:
         if answers:
             movie_rows[~failed] = np.concatenate([movies for movies, _ in answers])
             scores[~failed] = round_scores(np.concatenate([s for _, s in answers]))
-        mask = pa.array(failed)
+        mask, no_text = pa.array(failed), pa.scalar(None, pa.string())
         columns = [
             pa.array(user),
-            pc.take(sent, pa.array(user)),
+            pc.take(req.sent, pa.array(user)),
             pa.array(rank, mask=failed),
-            pc.if_else(mask, pa.scalar(None, pa.string()), pc.take(self.movies._spellings, pa.array(movie_rows))),
-            pc.if_else(mask, pa.scalar(None, pa.string()), pc.take(self.titles, pa.array(movie_rows))),
+            pc.if_else(mask, no_text, self.movies.ids_at(movie_rows)),
+            pc.if_else(mask, no_text, pc.take(self.titles, pa.array(movie_rows))),
             pa.array(scores, mask=failed),
-            pc.take(pa.array(errors, pa.string()), pa.array(user)),
+            pc.take(pa.array(_by_row(req.errors, len(answered)), pa.string()), pa.array(user)),
         ]
-        schema = RECOMMENDATION_SCHEMA
-        if kinds is not None:
-            columns.append(pc.take(pa.array(kinds, pa.string()), pa.array(user)))
+        return self._stream(columns, RECOMMENDATION_SCHEMA, req, {N_USERS_KEY: str(len(self.users)).encode()}, user)
+
+    def _stream(
+        self, columns: list, schema: pa.Schema, req: Request, meta: dict, user: np.ndarray | None = None
+    ) -> Reply:
+        """One record batch as an IPC stream answer; a cold_start: fallback archive adds the fallback column."""
+        if self.scorer.fallback:
+            kinds = pa.array(_by_row(req.fallbacks, len(req.users)), pa.string())
+            columns = [*columns, kinds if user is None else pc.take(kinds, pa.array(user))]
             schema = schema.append(FALLBACK_FIELD)
         schema = schema.with_metadata({VERSION_KEY: self.model_version.encode(), **meta})
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, schema) as writer:
             writer.write_batch(pa.record_batch(columns, schema=schema))
-        return sink.getvalue().to_pybytes()
+        return Reply(200, sink.getvalue().to_pybytes(), ARROW_STREAM)
 
 
-def _valid_ids(column: pa.Array) -> np.ndarray:
-    """Where an ID column holds a well-formed ID (protocol.is_id: not null, not empty, no surrounding whitespace)."""
-    valid = column.is_valid()
-    if pa.types.is_string(column.type):
-        # Arrow's whitespace is Python's str.strip() whitespace (all 29 characters; checked in tests).
-        valid = pc.and_(valid, pc.greater(pc.utf8_length(column), 0))
-        valid = pc.and_(valid, pc.equal(pc.utf8_trim_whitespace(column), column))
-    return pc.fill_null(valid, False).to_numpy(zero_copy_only=False)
+def _by_row(values: dict[int, str], n: int) -> list[str | None]:
+    """A sparse row -> text dict as one value per row, None where it has none."""
+    out = [None] * n
+    for i, text in values.items():
+        out[i] = text
+    return out
 
 
 def _options(meta: dict[bytes, bytes]) -> dict[str, object]:
@@ -398,13 +283,3 @@ def _range(raw: bytes) -> object:
     text = raw.decode(errors="replace")
     parts = [_canonical_int(part) for part in text.split(":")]
     return parts if len(parts) == 2 and None not in parts else text
-
-
-def row_problem(user: object, movie: object, urow: int, mrow: int) -> str:
-    """Why a row cannot be scored, worded and ordered as in the JSON path."""
-    for name, value in (("user_id", user), ("movie_id", movie)):
-        if not is_id(value):
-            return id_problem(name, value)
-    if urow < 0:
-        return f"unknown user_id {user}"
-    return f"unknown movie_id {movie}"

@@ -27,7 +27,7 @@ BATCH_FIELDS = frozenset(("instances",))
 MANY_FIELDS = frozenset(("users", "user_rows", "top_k", "exclude_rated"))
 
 JSON_CONTENT_TYPE = "application/json"
-ARROW_STREAM = "application/vnd.apache.arrow.stream"  # model/arrow.py: many pairs as Arrow IPC
+ARROW_STREAM = "application/vnd.apache.arrow.stream"  # model/arrow.py: pairs or users as Arrow IPC
 
 # Ratings and scores in every answer, JSON or Arrow: four decimals is far below the model's error and keeps answers short.
 SCORE_DECIMALS = 4

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pytest
 
 from handler.movierec_handler import MovierecHandler
-from model.arrow import ARROW_STREAM, ArrowIds, ArrowScorer, read_answer, read_pairs
+from model.arrow import ARROW_STREAM, read_answer, read_table
 from model.artifact import load_artifact
 from model.core import Recommender
 from model.index import IdIndex
@@ -29,9 +29,9 @@ def rec(tiny_artifact) -> Recommender:
 
 
 @pytest.fixture(scope="module")
-def scorer(rec) -> ArrowScorer:
+def scorer(rec) -> RatingService:
     """The Arrow scorer with a small cap, to test the 413."""
-    return ArrowScorer(rec, VERSION, max_instances=50)
+    return RatingService(rec, VERSION, max_instances=50)
 
 
 def arrow_body(columns: dict, batches: int = 1) -> bytes:
@@ -65,30 +65,30 @@ def assert_same_as_json(answer: pa.Table, predictions: list[dict]) -> None:
 
 
 def test_ids_map_ints_and_both_spellings_of_strings():
-    ids = ArrowIds(IdIndex(["-5", "1", "abc", "007", "20", "0"]))
+    ids = IdIndex(["-5", "1", "abc", "007", "20", "0"])
     ints = pa.array([1, 20, -5, 7, 2, None, (1 << 63) - 1, 0, -(1 << 63)], type=pa.int64())
-    assert ids.rows(ints).tolist() == [1, 4, 0, -1, -1, -1, -1, 5, -1]
+    assert ids.column_rows(ints).tolist() == [1, 4, 0, -1, -1, -1, -1, 5, -1]
     strings = pa.array(["1", " 20 ", "abc", "007", "7", "", None, "ABC", "0"])
-    assert ids.rows(strings).tolist() == [1, -1, 2, 3, -1, -1, -1, -1, 5]  # " 20 " is a bad row, not 20
+    assert ids.column_rows(strings).tolist() == [1, -1, 2, 3, -1, -1, -1, -1, 5]  # " 20 " is a bad row, not 20
 
 
 def test_ids_of_a_sparse_index_map_by_search():
-    ids = ArrowIds(IdIndex(["3", str(1 << 40), "x", "-7"]))
+    ids = IdIndex(["3", str(1 << 40), "x", "-7"])
     ints = pa.array([1 << 40, 3, -7, 4, (1 << 40) + 1, None, (1 << 63) - 1], type=pa.int64())
-    assert ids.rows(ints).tolist() == [1, 0, 3, -1, -1, -1, -1]
+    assert ids.column_rows(ints).tolist() == [1, 0, 3, -1, -1, -1, -1]
 
 
 def test_ids_of_an_index_without_numeric_ids():
-    ids = ArrowIds(IdIndex(["a", "b"]))
-    assert ids.rows(pa.array([1, 2], type=pa.int64())).tolist() == [-1, -1]
-    assert ids.rows(pa.array(["b", "a"])).tolist() == [1, 0]
+    ids = IdIndex(["a", "b"])
+    assert ids.column_rows(pa.array([1, 2], type=pa.int64())).tolist() == [-1, -1]
+    assert ids.column_rows(pa.array(["b", "a"])).tolist() == [1, 0]
 
 
 def test_int_mapping_agrees_with_the_index_on_every_id(rec):
     users = rec.artifact.users
     raw = np.arange(-3, 200, dtype=np.int64)
     expected = [users.get(int(r)) for r in raw]
-    assert ArrowIds(users).rows(pa.array(raw)).tolist() == expected
+    assert users.column_rows(pa.array(raw)).tolist() == expected
 
 
 @pytest.mark.parametrize("batches", [1, 3])
@@ -101,7 +101,7 @@ def test_answers_equal_the_json_path(rec, scorer, kind, batches):
     body = arrow_body(
         {"user_id": pa.array(as_type(users), typ), "movie_id": pa.array(as_type(movies), typ)}, batches=batches
     )
-    answer = read_answer(scorer.answer(body))
+    answer = read_answer(scorer.answer_arrow(body))
     assert answer.schema.metadata[b"model_version"] == VERSION.encode()
     assert answer["error"].null_count == 40
     assert_same_as_json(answer, json_predictions(rec, users, movies))
@@ -113,7 +113,7 @@ def test_mixed_good_and_bad_rows_fail_alone_in_order(rec, scorer):
     users = [1, 999, 2, None, 3, 5]
     movies = [101, 101, 9999, 102, None, 150]
     body = arrow_body({"user_id": pa.array(users, pa.int64()), "movie_id": pa.array(movies, pa.int64())})
-    answer = read_answer(scorer.answer(body))
+    answer = read_answer(scorer.answer_arrow(body))
     assert answer["error"].to_pylist() == [
         None,
         "unknown user_id 999",
@@ -128,7 +128,7 @@ def test_mixed_good_and_bad_rows_fail_alone_in_order(rec, scorer):
 def test_string_rows_with_blanks_and_spaces_match_json(rec, scorer):
     users = ["1", "", " 2 ", "x1", "3", "4", "5"]
     movies = ["101", "102", "103", "104", "", "0105", "\t106\n"]
-    answer = read_answer(scorer.answer(arrow_body({"user_id": users, "movie_id": movies})))
+    answer = read_answer(scorer.answer_arrow(arrow_body({"user_id": users, "movie_id": movies})))
     assert answer["rating"].to_pylist()[0] is not None and answer["rating"].to_pylist()[2] is None
     errors = answer["error"].to_pylist()
     assert errors[1] == "'user_id' must be an integer or a non-empty string, got str ''"
@@ -147,15 +147,15 @@ def test_arrow_and_python_agree_on_what_whitespace_is():
 
 def test_empty_request_gives_an_empty_answer(scorer):
     body = arrow_body({"user_id": pa.array([], pa.int64()), "movie_id": pa.array([], pa.int64())})
-    answer = read_answer(scorer.answer(body))
+    answer = read_answer(scorer.answer_arrow(body))
     assert answer.num_rows == 0 and answer.column_names == ["rating", "error"]
 
 
 def test_row_cap_is_a_413_and_the_cap_itself_is_fine(scorer):
     ok = arrow_body({"user_id": [1] * 50, "movie_id": [101] * 50}, batches=4)
-    assert read_answer(scorer.answer(ok)).num_rows == 50
+    assert read_answer(scorer.answer_arrow(ok)).num_rows == 50
     with pytest.raises(RequestError) as caught:
-        scorer.answer(arrow_body({"user_id": [1] * 51, "movie_id": [101] * 51}, batches=4))
+        scorer.answer_arrow(arrow_body({"user_id": [1] * 51, "movie_id": [101] * 51}, batches=4))
     assert caught.value.status == 413 and "50" in str(caught.value)
 
 
@@ -198,14 +198,14 @@ def repeated_metadata(pairs: list[tuple[str, str]]) -> bytes:
 )
 def test_malformed_bodies_are_400_naming_the_problem(scorer, body, named):
     with pytest.raises(RequestError) as caught:
-        scorer.answer(body)
+        scorer.answer_arrow(body)
     assert caught.value.status == 400 and named in str(caught.value)
 
 
 def test_truncated_stream_is_a_400(scorer):
     body = arrow_body({"user_id": [1, 2, 3], "movie_id": [101, 102, 103]})
     with pytest.raises(RequestError) as caught:
-        read_pairs(body[: len(body) // 2], 10)
+        read_table(body[: len(body) // 2], 10)
     assert caught.value.status == 400
 
 
@@ -397,9 +397,9 @@ def test_a_user_with_no_movie_left_has_one_row_without_a_movie(rec):
 @pytest.mark.parametrize("cold_start", ["error", "fallback"])
 def test_padded_ids_fail_alone_and_never_fall_back(rec, cold_start):
     """' 1' is a bad row or user (the JSON path's 400 text), not user 1 and not an unknown user to fall back for."""
-    scorer = ArrowScorer(rec, VERSION, max_instances=50, cold_start=cold_start)
+    scorer = RatingService(rec, VERSION, max_instances=50, cold_start=cold_start)
     users, movies = ["1", " 1", "1", "nobody"], ["101", "101", "101\n", "101"]
-    answer = read_answer(scorer.answer(arrow_body({"user_id": users, "movie_id": movies})))
+    answer = read_answer(scorer.answer_arrow(arrow_body({"user_id": users, "movie_id": movies})))
     errors = answer["error"].to_pylist()
     assert errors[:3] == [
         None,
@@ -409,6 +409,6 @@ def test_padded_ids_fail_alone_and_never_fall_back(rec, cold_start):
     assert errors[3] == (None if cold_start == "fallback" else "unknown user_id nobody")
     if cold_start == "error":
         assert_same_as_json(answer, json_predictions(rec, users, movies))
-    many = read_answer(scorer.answer(recommend_body({"user_id": ["1", "1 "]}, top_k="2")))
+    many = read_answer(scorer.answer_arrow(recommend_body({"user_id": ["1", "1 "]}, top_k="2")))
     assert many.filter(pc.equal(many["user"], 1))["error"].to_pylist() == ["'user_id' has surrounding whitespace: '1 '"]
     assert many.filter(pc.equal(many["user"], 0))["error"].null_count == 2

@@ -17,7 +17,7 @@ import requests
 import torch
 
 import train
-from model.arrow import ARROW_STREAM, ArrowScorer, read_answer
+from model.arrow import ARROW_STREAM, read_answer
 from model.artifact import FORMAT_VERSION, ArtifactError, ColdStart, load_artifact
 from model.core import PARITY_TOL, Recommender
 from model.data import load_ratings, split_indices
@@ -257,7 +257,7 @@ def test_arrow_pairs_carry_a_fallback_column_matching_json(rec, service, artifac
     users = [artifact.users.ids[0], str(GHOST_USER), artifact.users.ids[1], str(GHOST_USER), None]
     movies = [artifact.movies.ids[0], artifact.movies.ids[1], GHOST_MOVIE, GHOST_MOVIE, artifact.movies.ids[0]]
     answer = read_answer(
-        ArrowScorer(rec, VERSION, 100, cold_start="fallback").answer(arrow_body({"user_id": users, "movie_id": movies}))
+        RatingService(rec, VERSION, 100, cold_start="fallback").answer_arrow(arrow_body({"user_id": users, "movie_id": movies}))
     )
     assert answer["fallback"].to_pylist() == [None, "unknown_user", "unknown_movie", "unknown_both", None]
     _, json_answer = ask(
@@ -267,14 +267,14 @@ def test_arrow_pairs_carry_a_fallback_column_matching_json(rec, service, artifac
         assert (rating is None) == ("rating" not in p)
         if rating is not None:
             assert rating == pytest.approx(p["rating"], abs=1e-6)
-    plain = read_answer(ArrowScorer(rec, VERSION, 100).answer(arrow_body({"user_id": users, "movie_id": movies})))
+    plain = read_answer(RatingService(rec, VERSION, 100).answer_arrow(arrow_body({"user_id": users, "movie_id": movies})))
     assert plain.column_names == ["rating", "error"]
 
 
 def test_arrow_recommendations_carry_a_fallback_column(rec, artifact):
-    scorer = ArrowScorer(rec, VERSION, 100, cold_start="fallback")
+    scorer = RatingService(rec, VERSION, 100, cold_start="fallback")
     users = [artifact.users.ids[0], str(GHOST_USER)]
-    answer = read_answer(scorer.answer(arrow_body({"user_id": users}, top_k="3"))).to_pylist()
+    answer = read_answer(scorer.answer_arrow(arrow_body({"user_id": users}, top_k="3"))).to_pylist()
     assert [row["fallback"] for row in answer] == [None] * 3 + ["unknown_user"] * 3
     rows, scores = rec.recommend(rec.average_user, 3, exclude_rated=False)
     want = [(artifact.movies.ids[r], round(float(s), 4)) for r, s in zip(rows, scores, strict=True)]

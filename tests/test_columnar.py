@@ -12,7 +12,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from model.arrow import ArrowScorer
 from model.artifact import load_artifact
 from model.core import Recommender
 from model.service import RatingService
@@ -33,12 +32,12 @@ def rec(tiny_artifact) -> Recommender:
 @pytest.fixture(scope="module")
 def arrow_post(rec):
     """The Arrow path of the service, in process: request bytes -> answer bytes."""
-    scorer, lock = ArrowScorer(rec, VERSION, max_instances=20_000), threading.Lock()
+    scorer, lock = RatingService(rec, VERSION, max_instances=20_000), threading.Lock()
 
     def post(body: bytes) -> bytes:
         # One at a time, like a TorchServe worker: the Recommender reuses scratch buffers.
         with lock:
-            return scorer.answer(body)
+            return scorer.answer_arrow(body)
 
     return post
 
@@ -212,11 +211,11 @@ def test_csv_lines_are_what_csv_writer_writes():
 @pytest.fixture(scope="module")
 def fallback_post(rec):
     """The Arrow path of a cold_start: fallback service, in process."""
-    scorer, lock = ArrowScorer(rec, VERSION, max_instances=20_000, cold_start="fallback"), threading.Lock()
+    scorer, lock = RatingService(rec, VERSION, max_instances=20_000, cold_start="fallback"), threading.Lock()
 
     def post(body: bytes) -> bytes:
         with lock:
-            return scorer.answer(body)
+            return scorer.answer_arrow(body)
 
     return post
 
