@@ -220,7 +220,7 @@ def csv_results(arrow_rows_s: float, json_rows_s: float, same: bool = True) -> d
         },
         "same_output": same,
         "startup_s": 4.04,
-        "settings": asdict(BatchSettings(linger_s=120.0)),  # the real fields, as bench_csv stores them,
+        "settings": asdict(BatchSettings(idle_workers=2)),  # the real fields, as bench_csv stores them,
     }
 
 
@@ -244,7 +244,7 @@ def test_score_rows_and_target_for_both_protocols(results):
     assert (
         "Starting the 2 workers of `movierec-batch` (registered by the server at start with batch size 1) took 4.0 s"
         in text
-        and "`--linger` (120 s)" in text
+        and "run with `--idle-workers 2`" in text
     )
     assert "During CSV scoring: 0.05 (arrow), 0.50 (json) cores." in text
 

@@ -387,107 +387,23 @@ def test_a_protocol_that_cannot_do_the_job_is_refused_before_registering(tmp_pat
     assert client.calls == []
 
 
-class LingerSpy:
-    """Stands in for jobs.start_linger: records the lingers a job would leave behind."""
-
-    def __init__(self, fail: bool = False) -> None:
-        self.calls: list[tuple] = []
-        self.fail = fail
-
-    def __call__(self, jobs, endpoints, model, version, idle_workers, seconds):
-        if self.fail:
-            raise OSError("no fork for you")
-        self.calls.append((model, version, idle_workers, seconds))
-        return jobs.mark_linger(f"{model}/{version}", seconds)
-
-
-def test_the_last_job_lingers_instead_of_scaling_down(tmp_path, monkeypatch):
-    import movierec.client.jobs as jobs_module
-
-    spy = LingerSpy()
-    monkeypatch.setattr(jobs_module, "start_linger", spy)
+def test_the_last_job_leaves_idle_workers_up_for_the_next(tmp_path):
+    """--idle-workers N: a fixed number of workers stays after the last job, so the next one finds them."""
     write_input(tmp_path / "in.csv", 10)
     client = RecordingClient(tmp_path)
-    jobs = JobLeases(tmp_path / "jobs")
-    settings = BatchSettings(workers=3, idle_workers=1, linger_s=45)
-    score_csv(
-        client, tmp_path / "in.csv", tmp_path / "out.csv", settings=settings, progress=False, jobs=jobs, protocol="json"
-    )
-    assert [c[2] for c in client.calls if c[0] == "scale"] == [3]  # up, and not down: the lingerer will
-    assert spy.calls == [("movierec-batch", "1.0", 1, 45)]
-    assert jobs.linger_token("movierec-batch/1.0") is not None
-
-
-def test_a_job_that_cannot_linger_scales_down_at_once(tmp_path, monkeypatch):
-    import movierec.client.jobs as jobs_module
-
-    monkeypatch.setattr(jobs_module, "start_linger", LingerSpy(fail=True))
-    write_input(tmp_path / "in.csv", 10)
-    client = RecordingClient(tmp_path)
-    settings = BatchSettings(workers=3, linger_s=45)
+    settings = BatchSettings(workers=3, idle_workers=2)
     score_csv(client, tmp_path / "in.csv", tmp_path / "out.csv", settings=settings, progress=False, protocol="json")
-    assert [c[2] for c in client.calls if c[0] == "scale"] == [3, 0]
+    assert [c[2] for c in client.calls if c[0] == "scale"] == [3, 2]
 
 
-def test_only_the_last_of_overlapping_jobs_lingers(tmp_path, monkeypatch):
-    import movierec.client.jobs as jobs_module
+def test_the_old_linger_flag_still_parses_and_points_to_idle_workers(capsys):
+    from movierec.client.cli import build_parser
+    from movierec.client.cli_score import batch_job
 
-    spy = LingerSpy()
-    monkeypatch.setattr(jobs_module, "start_linger", spy)
-    write_input(tmp_path / "a.csv", 10)
-    write_input(tmp_path / "b.csv", 10)
-    jobs = JobLeases(tmp_path / "jobs")
-    settings = BatchSettings(workers=2, linger_s=30)
-    common = {"settings": settings, "progress": False, "jobs": jobs, "protocol": "json"}
-    inner: list[int] = []
-
-    class OverlappingClient(RecordingClient):
-        def predict_many(self, instances, *, model=None, version=None):
-            if not inner:
-                inner.append(1)
-                score_csv(self, tmp_path / "b.csv", tmp_path / "b.out.csv", **common)
-                inner.append(len(spy.calls))
-            return super().predict_many(instances, model=model, version=version)
-
-    score_csv(OverlappingClient(tmp_path), tmp_path / "a.csv", tmp_path / "a.out.csv", **common)
-    assert inner == [1, 0]  # B ended while A ran: no linger yet
-    assert len(spy.calls) == 1
-
-
-def test_a_linger_ends_only_if_no_job_runs_and_no_newer_linger_began(tmp_path):
-    jobs = JobLeases(tmp_path / "jobs")
-    target = "movierec-batch/1.0"
-    scaled: list[str] = []
-    with jobs.locked():
-        old = jobs.mark_linger(target, 60)
-        new = jobs.mark_linger(target, 60)
-    assert old != new
-    assert not jobs.end_linger(target, old, lambda: scaled.append("old"))  # superseded
-    with jobs.locked():
-        lease = jobs.add(target, 2)
-    assert not jobs.end_linger(target, new, lambda: scaled.append("busy"))  # a job runs
-    jobs.remove(lease)
-    assert not jobs.end_linger("movierec-batch/2.0", new, lambda: scaled.append("other"))  # not its target
-    assert jobs.end_linger(target, new, lambda: scaled.append("new"))
-    assert scaled == ["new"] and jobs.linger_token(target) is None
-    assert not jobs.end_linger(target, new, lambda: scaled.append("twice"))
-
-
-@pytest.mark.slow  # a Python start-up, then the client's retries against a closed port (~10 s)
-def test_the_lingerer_process_gives_up_quietly_when_the_server_is_gone(tmp_path):
-    import subprocess
-
-    import movierec.client.jobs as jobs_module
-
-    jobs = JobLeases(tmp_path / "jobs")
-    with jobs.locked():
-        token = jobs.mark_linger("movierec-batch/1.0", 0)
-    args = ["--leases", str(jobs.directory), "--token", token, "--seconds", "0", "--model", "movierec-batch"]
-    args += ["--version", "1.0", "--idle-workers", "0", "--inference-url", "http://127.0.0.1:9"]
-    args += ["--management-url", "http://127.0.0.1:9", "--key-file", str(tmp_path / "none.json")]
-    done = subprocess.run([*jobs_module.LINGERER, *args], capture_output=True, timeout=120)
-    assert done.returncode == 1, done.stderr
-    assert jobs.linger_token("movierec-batch/1.0") == token  # nothing scaled, so the marker stays
+    args = build_parser().parse_args(["score", "in.csv", "out.csv", "--linger", "120", "--idle-workers", "1"])
+    job = batch_job(args)
+    assert (job.settings.workers, job.settings.idle_workers) == (2, 1)
+    assert "--linger is no longer used: keep workers up with --idle-workers N" in capsys.readouterr().err
 
 
 def test_default_chunk_is_the_server_cap_for_arrow_and_5000_for_json(tmp_path):

@@ -257,7 +257,9 @@ def test_arrow_pairs_carry_a_fallback_column_matching_json(rec, service, artifac
     users = [artifact.users.ids[0], str(GHOST_USER), artifact.users.ids[1], str(GHOST_USER), None]
     movies = [artifact.movies.ids[0], artifact.movies.ids[1], GHOST_MOVIE, GHOST_MOVIE, artifact.movies.ids[0]]
     answer = read_answer(
-        RatingService(rec, VERSION, 100, cold_start="fallback").answer_arrow(arrow_body({"user_id": users, "movie_id": movies}))
+        RatingService(rec, VERSION, 100, cold_start="fallback").answer_arrow(
+            arrow_body({"user_id": users, "movie_id": movies})
+        )
     )
     assert answer["fallback"].to_pylist() == [None, "unknown_user", "unknown_movie", "unknown_both", None]
     _, json_answer = ask(
@@ -267,7 +269,9 @@ def test_arrow_pairs_carry_a_fallback_column_matching_json(rec, service, artifac
         assert (rating is None) == ("rating" not in p)
         if rating is not None:
             assert rating == pytest.approx(p["rating"], abs=1e-6)
-    plain = read_answer(RatingService(rec, VERSION, 100).answer_arrow(arrow_body({"user_id": users, "movie_id": movies})))
+    plain = read_answer(
+        RatingService(rec, VERSION, 100).answer_arrow(arrow_body({"user_id": users, "movie_id": movies}))
+    )
     assert plain.column_names == ["rating", "error"]
 
 

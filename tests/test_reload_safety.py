@@ -217,7 +217,7 @@ def test_a_score_job_survives_a_restart_with_the_same_output(served, synth_data,
     ratings, _ = synth_data
     lines = ratings.read_text().splitlines(keepends=True)
     job = {"protocol": "json", "chunk_size": 50, "concurrency": 2, "progress": False}
-    job["settings"] = BatchSettings(workers=1, idle_workers=0, linger_s=0)
+    job["settings"] = BatchSettings(workers=1, idle_workers=0)
     with MovieRecClient(server.inference_url, server.management_url, server.key_file, retries=2) as client:
         score_csv(client, ratings, tmp_path / "undisturbed.csv", **job)
     expected = (tmp_path / "undisturbed.csv").read_bytes()
@@ -262,7 +262,7 @@ def test_a_recommend_all_job_survives_a_restart_with_the_same_output(served, tmp
     run_dir, _ = served
     server = torchserve.running(run_dir)
     job = {"per_request": 5, "concurrency": 1, "progress": False}
-    job["settings"] = BatchSettings(workers=1, idle_workers=0, linger_s=0)
+    job["settings"] = BatchSettings(workers=1, idle_workers=0)
     with MovieRecClient(server.inference_url, server.management_url, server.key_file, retries=2) as client:
         recommend_all(client, tmp_path / "undisturbed.csv", **job)
     expected = (tmp_path / "undisturbed.csv").read_bytes()

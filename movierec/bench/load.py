@@ -22,7 +22,6 @@ from movierec.bench.pyload import PY_SERVED, check_arrow_answer, measure_py
 from movierec.bench.settings import ARROW_KIND, BULK_MODEL, MODEL, SEED, Settings
 from movierec.client.api import MovieRecClient
 from movierec.client.scoring import (
-    DEFAULT_LINGER_S,
     BatchSettings,
     default_chunk,
     ensure_batch_registration,
@@ -31,6 +30,8 @@ from movierec.client.scoring import (
 from movierec.torchserve.archive import load_model_config
 
 LUA = Path(__file__).resolve().parent / "post.lua"
+# The CSV jobs leave their workers up for the next one: each job's wall is then its own, not the start-up's.
+KEEP_UP = BatchSettings(idle_workers=BatchSettings().workers)
 SOCKET_ERRORS = ("connect_errors", "read_errors", "write_errors", "timeouts")
 
 
@@ -268,11 +269,12 @@ def count_lines(path: Path) -> int:
 def bench_csv(server: torchserve.Server, service: RatingService, work_dir: Path, rows: int) -> dict:
     """Score one CSV through the client library as `movierec score` does, over Arrow and over JSON.
 
-    The batch workers are started first and timed on their own: with --linger a job that follows
-    another finds them up, so each job's wall is its own lease, scaling check and scoring.
+    The batch workers are started first and timed on their own: with --idle-workers as many as a job
+    asks for, a job that follows another finds them up, so each job's wall is its own lease, scaling
+    check and scoring.
     """
     source = write_pairs_csv(work_dir / f"pairs-{rows}.csv", service, rows)
-    settings = BatchSettings(linger_s=DEFAULT_LINGER_S)
+    settings = KEEP_UP
     configs = {}
     with MovieRecClient(server.inference_url, server.management_url, key_file=server.key_file) as client:
         started = time.perf_counter()
@@ -294,10 +296,9 @@ def bench_csv(server: torchserve.Server, service: RatingService, work_dir: Path,
 
 def score_once(server: torchserve.Server, client: MovieRecClient, source: Path, scored: Path, protocol: str) -> dict:
     """One `score_csv` run over one protocol, timed end to end, with CPU and noise."""
-    settings = BatchSettings(linger_s=DEFAULT_LINGER_S)
     with CpuMeter(server.pid) as cpu:
         started = time.perf_counter()
-        summary = score_csv(client, source, scored, settings=settings, protocol=protocol, progress=False)
+        summary = score_csv(client, source, scored, settings=KEEP_UP, protocol=protocol, progress=False)
         wall = time.perf_counter() - started
     return {
         "protocol": protocol,

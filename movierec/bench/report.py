@@ -79,7 +79,7 @@ METHOD = [
     "whole answer before the next (closed loop, like `wrk -cN`). The same generator sends the JSON bodies of "
     "the same pairs, and the Arrow target is checked against that figure; its client CPU is in the noise meter.",
     "- `movierec score`: `score_csv` over each protocol on the same CSV, after the batch workers were started "
-    "(timed apart), as a job that follows another within `--linger` finds them; wall time covers the job's "
+    "(timed apart), as a job finds them when the one before left them up (`--idle-workers`); wall time covers the job's "
     "lease and scaling calls, reading, scoring and writing. The two outputs are compared byte for byte.",
     "",
 ]
@@ -397,8 +397,8 @@ def csv_section(data: dict | None) -> list[str]:
         "",
         f"- Outputs of the two protocols: {same}, byte for byte ({data['rows']:,} input rows).",
         f"- Starting the {st['workers']} workers of `{BULK_MODEL}` (registered by the server at start with batch size 1) "
-        f"took {data['startup_s']:.1f} s before the jobs; each job found them up, as one within `--linger` "
-        f"({st['linger_s']:.0f} s) of another does. One run each.",
+        f"took {data['startup_s']:.1f} s before the jobs; each job found them up, as one does after another "
+        f"run with `--idle-workers {st['idle_workers']}`. One run each.",
         "",
     ]
     return lines

@@ -26,8 +26,7 @@ class BatchSettings:
     """How a job sizes the bulk-scoring registration (its batching is fixed when the server starts)."""
 
     workers: int = DEFAULT_WORKERS
-    idle_workers: int = DEFAULT_IDLE_WORKERS
-    linger_s: float = 0.0  # seconds the last job leaves its workers up before scaling to idle_workers
+    idle_workers: int = DEFAULT_IDLE_WORKERS  # what the last job leaves up: N > 0 spares the next job the start-up
 
 
 @dataclass
@@ -36,8 +35,7 @@ class BatchJob:
 
     Concurrent jobs on one server share the registration through `jobs` (by default leases under
     state_dir()): it runs the most workers any of them asked for, and the last one to finish scales it
-    down to `settings.idle_workers`, at once or after `settings.linger_s` seconds in which a new job finds
-    the workers still up. With manage=False the registration and its workers are left as they are.
+    down to `settings.idle_workers`. With manage=False the registration and its workers are left as they are.
     """
 
     model: str = DEFAULT_MODEL
@@ -111,7 +109,7 @@ def leased_batch_version(client: MovieRecClient, job: BatchJob) -> Iterator[Batc
         # but a job still running keeps the workers it asked for.
         with jobs.locked():
             jobs.remove(lease)
-            release(client, jobs, target, job.settings.idle_workers, job.settings.linger_s)
+            release(client, jobs, target, job.settings.idle_workers)
 
 
 def run_on_batch(

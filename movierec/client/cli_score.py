@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING
 
 from model.protocol import DEFAULT_TOP_K, MAX_INSTANCES, MAX_TOP_K, MAX_USERS
@@ -70,7 +71,7 @@ def _add_job_options(p: argparse.ArgumentParser, resume: str) -> None:
         "--idle-workers",
         type=non_negative,
         default=settings.DEFAULT_IDLE_WORKERS,
-        help="workers after the last running job ends (default %(default)s)",
+        help="workers left up after the last running job ends; 1 or more spares the next job their start-up (default %(default)s)",
     )
     p.add_argument(
         "--batch-model",
@@ -78,14 +79,7 @@ def _add_job_options(p: argparse.ArgumentParser, resume: str) -> None:
         help="name of the bulk-scoring registration; movierec-serve registers it with batch size 1 and a 1 ms "
         "delay for every version (default %(default)s)",
     )
-    p.add_argument(
-        "--linger",
-        type=float,
-        default=settings.DEFAULT_LINGER_S,
-        metavar="SECONDS",
-        help="keep the batch workers up this long after the last job, so the next job skips their start-up; "
-        "0 scales down at once (default %(default)s)",
-    )
+    p.add_argument("--linger", type=float, help=argparse.SUPPRESS)  # before --idle-workers kept workers up
     p.add_argument("--resume", action="store_true", help=resume)
     p.add_argument("--no-manage", action="store_true", help="use the batch registration as is: no scaling")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (or, off a terminal, progress lines)")
@@ -95,11 +89,13 @@ def batch_job(args: argparse.Namespace) -> BatchJob:
     """The BatchJob of a parsed `score` or `recommend-all` command line."""
     from movierec.client.batch import BatchJob, BatchSettings  # requests: only once a job runs
 
+    if args.linger is not None:
+        print("movierec: --linger is no longer used: keep workers up with --idle-workers N", file=sys.stderr)
     return BatchJob(
         model=args.model,
         version=args.version,
         batch_model=args.batch_model,
-        settings=BatchSettings(args.workers, args.idle_workers, args.linger),
+        settings=BatchSettings(args.workers, args.idle_workers),
         manage=not args.no_manage,
         concurrency=args.concurrency,
         resume=args.resume,

@@ -9,34 +9,26 @@ The management API listens on loopback only, so every job that can reach it runs
 and the leases live in a local directory, one per server. A job killed with SIGKILL leaves its
 file behind; a lease whose process is gone counts as released.
 
-Starting workers costs seconds (4 of a 5.5 s 1M-row job), so the last job can leave them up for a
-linger time: it writes a linger marker with a fresh token and starts a detached process (this
-module's main) that sleeps, then, under the lock, scales down only if no job holds a lease and the
-marker still carries its token. A job that starts meanwhile finds the workers READY; when it ends it
-writes a newer token, so the older lingerer does nothing and the newer one decides.
+Starting workers costs seconds (4 of a 5.5 s 1M-row job): where jobs follow each other, keep the
+workers up between them with a fixed `--idle-workers N` rather than any timer in the client.
 """
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import json
 import os
 import re
-import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from movierec.client.api import ConfigError, Endpoints, MovieRecClient, MovieRecError
+from movierec.client.api import ConfigError, MovieRecClient, MovieRecError
 
 ENV_STATE_DIR = "MOVIEREC_STATE_DIR"
-# The detached lingerer's command line (not `-m movierec.client.jobs`: the package imports this module first).
-LINGERER = (sys.executable, "-c", "import sys; from movierec.client.jobs import main; sys.exit(main(sys.argv[1:]))")
 
 
 def state_dir() -> Path:
@@ -120,98 +112,16 @@ class JobLeases:
                 wanted = max(wanted, workers)
         return wanted
 
-    def _linger_path(self, target: str) -> Path:
-        # Not *.json: workers() reads those as leases.
-        return self.directory / f"{re.sub(r'[^A-Za-z0-9.-]+', '_', target)}.linger"
 
-    def mark_linger(self, target: str, seconds: float) -> str:
-        """Record that `target` lingers for `seconds` from now; the token names this linger (newer ones replace it)."""
-        token = uuid.uuid4().hex
-        path = self._linger_path(target)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"token": token, "target": target, "until": time.time() + seconds}))
-        tmp.replace(path)
-        return token
-
-    def linger_token(self, target: str) -> str | None:
-        """The token of the newest linger of `target`, or None."""
-        try:
-            return json.loads(self._linger_path(target).read_text())["token"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def end_linger(self, target: str, token: str, scale_down: Callable[[], None]) -> bool:
-        """Call scale_down if `target` has no live job and `token` is still its newest linger; True if it did."""
-        with self.locked():
-            if self.workers(target) or self.linger_token(target) != token:
-                return False
-            scale_down()
-            self._linger_path(target).unlink(missing_ok=True)
-            return True
-
-
-def start_linger(
-    jobs: JobLeases, endpoints: Endpoints, model: str, version: str, idle_workers: int, seconds: float
-) -> str:
-    """Mark a linger of model/version and start the detached process that ends it; call under jobs.locked()."""
-    token = jobs.mark_linger(f"{model}/{version}", seconds)
-    args = [
-        *("--leases", str(jobs.directory), "--token", token, "--seconds", str(seconds)),
-        *("--model", model, "--version", version, "--idle-workers", str(idle_workers)),
-        *("--inference-url", endpoints.inference_url, "--management-url", endpoints.management_url),
-        *("--key-file", str(endpoints.key_file)),
-    ]
-    # Its own session: Ctrl-C in the terminal that ran the job must not stop the scale-down.
-    subprocess.Popen(
-        [*LINGERER, *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        close_fds=True,
-    )
-    return token
-
-
-def release(client: MovieRecClient, jobs: JobLeases, target: str, idle_workers: int, linger_s: float) -> None:
-    """After a job on target (model/version): leave running jobs their workers, else linger or scale to idle.
+def release(client: MovieRecClient, jobs: JobLeases, target: str, idle_workers: int) -> None:
+    """After a job on target (model/version): leave running jobs their workers, else scale to idle_workers.
 
     Call under jobs.locked(), after removing the job's lease. Never raises for the server: the job's
     own outcome matters more than its clean-up.
     """
     model, version = target.rsplit("/", 1)
-    running = jobs.workers(target)
-    if not running and linger_s > 0:
-        try:
-            start_linger(jobs, client.endpoints, model, version, idle_workers, linger_s)
-            return
-        except OSError as exc:
-            print(f"warning: cannot leave {target} up ({exc}); scaling it down now", file=sys.stderr)
-    workers = running or idle_workers
+    workers = jobs.workers(target) or idle_workers
     try:
         client.scale(version, workers, model=model)
     except MovieRecError as exc:
         print(f"warning: could not scale {target} to {workers} workers: {exc}", file=sys.stderr)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The lingerer: sleep, then scale model/version to --idle-workers unless a job started meanwhile."""
-
-    p = argparse.ArgumentParser(prog="movierec-lingerer", description=main.__doc__)
-    for flag in ("--leases", "--token", "--model", "--version", "--inference-url", "--management-url", "--key-file"):
-        p.add_argument(flag, required=True)
-    p.add_argument("--seconds", type=float, required=True)
-    p.add_argument("--idle-workers", type=int, required=True)
-    args = p.parse_args(argv)
-    time.sleep(args.seconds)
-    jobs = JobLeases(args.leases)
-    with MovieRecClient(args.inference_url, args.management_url, args.key_file) as client:
-
-        def scale_down() -> None:
-            client.scale(args.version, args.idle_workers, model=args.model)
-
-        try:
-            jobs.end_linger(f"{args.model}/{args.version}", args.token, scale_down)
-        except MovieRecError:
-            return 1  # the server went away or no longer serves the version: nothing left to scale
-    return 0

@@ -38,7 +38,6 @@ from movierec.client.settings import (  # noqa: F401 - re-exported: callers read
     DEFAULT_CHUNK,
     DEFAULT_CONCURRENCY,
     DEFAULT_IDLE_WORKERS,
-    DEFAULT_LINGER_S,
     DEFAULT_PROTOCOL,
     DEFAULT_ROUTE,
     DEFAULT_WORKERS,

@@ -16,7 +16,6 @@ DEFAULT_ARROW_CHUNK = MAX_INSTANCES
 DEFAULT_CONCURRENCY = 8
 DEFAULT_WORKERS = 2
 DEFAULT_IDLE_WORKERS = 0
-DEFAULT_LINGER_S = 120.0  # the CLI's default; library callers get 0 (scale down at once) unless they ask
 PROTOCOLS = ("arrow", "json")
 DEFAULT_PROTOCOL = "arrow"
 # "predictions": TorchServe's /predictions/{model}[/{version}]; "v1": its KServe v1 /v1/models/{model}:predict.
