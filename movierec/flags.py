@@ -32,11 +32,12 @@ class _Renamed(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option_string: Any = None) -> None:
         print(f"{parser.prog}: {option_string} is deprecated, use {self.new}", file=sys.stderr)
-        setattr(namespace, self.dest, values)
+        setattr(namespace, self.dest, True if self.nargs == 0 else values)
 
 
 def add_renamed(parser: argparse.ArgumentParser, old: str, new: str, **kwargs: Any) -> None:
-    """Keep `old` working as a hidden alias of the flag `new` (pass new's type), warning on stderr when used."""
+    """Keep `old` working as a hidden alias of the flag `new` (pass new's type, or nargs=0 for a switch), warning on
+    stderr when used."""
     dest = new.lstrip("-").replace("-", "_")
     parser.add_argument(old, dest=dest, action=_Renamed, new=new, help=argparse.SUPPRESS, **kwargs)
 

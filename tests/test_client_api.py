@@ -215,7 +215,7 @@ def test_a_failed_job_names_the_exact_command_that_resumes_it(tmp_path, capsys, 
     url = f"http://127.0.0.1:{free_port()}"
     argv = ["score", str(tmp_path / "in file.csv"), str(tmp_path / "out.csv"), "--no-manage", "--version", "1.0"]
     argv += ["--inference-url", url, "--management-url", url, "--key-file", str(tmp_path / "k.json")]
-    argv += ["--retries", "0", "--no-progress"]
+    argv += ["--retries", "0", "--quiet"]
     monkeypatch.setattr(batch, "recovering", functools.partial(recovering, patience_s=1))
     assert main(argv) == 1
     err = capsys.readouterr().err

@@ -75,9 +75,25 @@ def test_bad_arguments_exit_with_usage(argv, capsys):
 
 
 def test_client_errors_print_one_line_and_exit_nonzero(tmp_path, capsys):
-    code = main(["promote", "../1.0", "--key-file", str(tmp_path / "k.json")])
+    code = main(["promote", "--version", "../1.0", "--key-file", str(tmp_path / "k.json")])
     assert code == 2
     assert capsys.readouterr().err.startswith("error: bad model version")
+
+
+def test_versions_are_named_by_one_flag_and_the_old_positional_still_works(capsys):
+    for argv in (
+        ["promote"],
+        ["versions", "set-default"],
+        ["predict", "--user", "1", "--movie", "2"],
+        ["score", "i", "o"],
+    ):
+        assert build_parser().parse_args([*argv, "--version", "2.0"]).version == "2.0"
+    assert capsys.readouterr().err == ""
+    assert build_parser().parse_args(["versions", "set-default", "1.0"]).version == "1.0"
+    assert "VERSION as an argument is deprecated, use --version 1.0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["promote"])
+    assert "promote: --version is required" in capsys.readouterr().err
 
 
 def test_recommend_all_defaults():
@@ -102,3 +118,10 @@ def test_recommend_all_refuses_more_users_per_request_than_the_server_takes(tmp_
     assert code == 1
     assert "users per request must be 1..1000" in capsys.readouterr().err
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_quiet_means_no_progress_everywhere_and_the_old_switch_still_works(capsys):
+    assert build_parser().parse_args(["score", "i", "o", "--quiet"]).quiet is True
+    assert build_parser().parse_args(["recommend-all", "o.parquet"]).quiet is False
+    assert build_parser().parse_args(["recommend-all", "o.parquet", "--no-progress"]).quiet is True
+    assert "--no-progress is deprecated, use --quiet" in capsys.readouterr().err

@@ -43,7 +43,7 @@ def served_post(batch_client: MovieRecClient):
 def test_all_users_equal_per_user_recommend_requests(batch_client, server, user_ids, tmp_path, capsys):
     out = tmp_path / "all.csv"
     argv = ["recommend-all", str(out), "--top-k", "5", "--users-per-request", "17", "--concurrency", "3"]
-    argv += ["--workers", "1", "--no-progress"]
+    argv += ["--workers", "1", "--quiet"]
     argv += ["--inference-url", server.inference_url, "--management-url", server.management_url]
     assert main([*argv, "--key-file", str(server.key_file)]) == 0
     assert f"recommended for {len(user_ids)} users (0 with errors)" in capsys.readouterr().out

@@ -35,7 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `movierec`; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "needs_version", False) and not args.version:
+        parser.error(f"{args.command}: --version is required")
     args.argv = argv  # bulk jobs print the exact command that resumes them
     try:
         return args.func(args)

@@ -11,7 +11,15 @@ import orjson
 
 from model.protocol import DEFAULT_TOP_K, MAX_TOP_K, MAX_USERS
 from movierec.client import settings
-from movierec.client.cli_common import make_client, model_option, non_negative, percent, positive, raw_id
+from movierec.client.cli_common import (
+    make_client,
+    model_option,
+    non_negative,
+    percent,
+    positive,
+    raw_id,
+    version_option,
+)
 from movierec.torchserve.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -24,14 +32,14 @@ def add_predict_and_recommend(sub: argparse._SubParsersAction, server: argparse.
     """`movierec predict` and `movierec recommend`: one request each."""
     p = sub.add_parser("predict", parents=[server], help="predict one user's rating of one movie")
     model_option(p)
-    p.add_argument("--version", help="model version (default: the server's default version)")
+    version_option(p, "model version (default: the server's default version)")
     p.add_argument("--user", required=True, type=raw_id, help="user ID")
     p.add_argument("--movie", required=True, type=raw_id, help="movie ID")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("recommend", parents=[server], help="top-K movie recommendations for one user")
     model_option(p)
-    p.add_argument("--version", help="model version (default: the server's default version)")
+    version_option(p, "model version (default: the server's default version)")
     p.add_argument("--user", required=True, type=raw_id, help="user ID")
     p.add_argument(
         "--top-k",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -53,6 +54,23 @@ def percent(text: str) -> float:
     if not 0 <= value <= 100:
         raise argparse.ArgumentTypeError(f"must be within 0..100, got {text}")
     return value
+
+
+class _PositionalVersion(argparse.Action):
+    """VERSION as a positional argument, as `promote` and `versions set-default` took it: kept one release."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values, option_string=None):
+        if values is not None:
+            print(f"{parser.prog}: VERSION as an argument is deprecated, use --version {values}", file=sys.stderr)
+            namespace.version = values
+
+
+def version_option(parser: argparse.ArgumentParser, help: str, required: bool = False) -> None:
+    """--version V: how every command names a model version (required: the command acts on one)."""
+    parser.add_argument("--version", help=help)
+    if required:
+        parser.add_argument("old_version", nargs="?", action=_PositionalVersion, help=argparse.SUPPRESS)
+        parser.set_defaults(needs_version=True)
 
 
 def positive(text: str) -> int:

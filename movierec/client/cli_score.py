@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 from model.protocol import DEFAULT_TOP_K, MAX_INSTANCES, MAX_TOP_K, MAX_USERS
 from movierec.client import settings
-from movierec.client.cli_common import make_client, model_option, non_negative, positive, resumable
+from movierec.client.cli_common import make_client, model_option, non_negative, positive, resumable, version_option
+from movierec.flags import add_renamed
 
 if TYPE_CHECKING:
     from movierec.client.batch import BatchJob
@@ -28,7 +29,7 @@ def add_score(sub: argparse._SubParsersAction, server: argparse.ArgumentParser) 
     p.add_argument("input", help="CSV with a user_id,movie_id[,...] header, or a Parquet file with those columns")
     p.add_argument("output", help="CSV or Parquet (.parquet, .pq) file to write")
     model_option(p)
-    p.add_argument("--version", help="archive version to score with (default: the default version of --model)")
+    version_option(p, "archive version to score with (default: the default version of --model)")
     p.add_argument(
         "--chunk",
         type=positive,
@@ -82,7 +83,8 @@ def _add_job_options(p: argparse.ArgumentParser, resume: str) -> None:
     p.add_argument("--linger", type=float, help=argparse.SUPPRESS)  # before --idle-workers kept workers up
     p.add_argument("--resume", action="store_true", help=resume)
     p.add_argument("--no-manage", action="store_true", help="use the batch registration as is: no scaling")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (or, off a terminal, progress lines)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (or, off a terminal, progress lines)")
+    add_renamed(p, "--no-progress", "--quiet", nargs=0)
 
 
 def batch_job(args: argparse.Namespace) -> BatchJob:
@@ -99,7 +101,7 @@ def batch_job(args: argparse.Namespace) -> BatchJob:
         manage=not args.no_manage,
         concurrency=args.concurrency,
         resume=args.resume,
-        progress=not args.no_progress,
+        progress=not args.quiet,
     )
 
 
@@ -137,7 +139,7 @@ def add_recommend_all(sub: argparse._SubParsersAction, server: argparse.Argument
     )
     p.add_argument("--include-rated", action="store_true", help="let recommendations include rated movies")
     model_option(p)
-    p.add_argument("--version", help="archive version to recommend with (default: the default version of --model)")
+    version_option(p, "archive version to recommend with (default: the default version of --model)")
     p.add_argument(
         "--users-per-request",
         type=positive,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from movierec.client.cli_common import make_client, model_option
+from movierec.client.cli_common import make_client, model_option, version_option
 from movierec.client.settings import STATE_FILE_NAME
 
 
@@ -23,14 +23,14 @@ def add_versions(sub: argparse._SubParsersAction, server: argparse.ArgumentParse
     v.set_defaults(func=cmd_versions_list)
     v = vsub.add_parser("set-default", parents=[server], help="make a version the default")
     model_option(v)
-    v.add_argument("version")
+    version_option(v, "the version to make the default", required=True)
     v.set_defaults(func=cmd_versions_set_default)
 
 
 def add_promote_and_rollback(sub: argparse._SubParsersAction, server: argparse.ArgumentParser) -> None:
     """`movierec promote` and `movierec rollback`: switch the default version and back."""
     p = sub.add_parser("promote", parents=[server], help="make VERSION the default, remembering the previous one")
-    p.add_argument("version")
+    version_option(p, "the version to make the default", required=True)
     model_option(p)
     p.add_argument("--state-file", help=f"A/B state file (default: {STATE_FILE_NAME} next to the key file)")
     p.set_defaults(func=cmd_promote)
