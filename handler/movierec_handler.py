@@ -21,6 +21,7 @@ from model.service import RatingService
 log = logging.getLogger(__name__)
 WORKER_METRICS_LOGGER = "ts.metrics.caching_metric"
 PER_BATCH_LINE = "Backend received inference at"
+STREAM_NEXT = "ts_stream_next"  # TorchServe's response header: more answers follow on this stream
 
 
 class MovierecHandler:
@@ -109,6 +110,11 @@ class MovierecHandler:
             if reply.status != 200:
                 context.set_response_status(reply.status, reply.reason, idx)
             context.set_response_content_type(idx, reply.content_type)
+            if _content_type(context, idx) is None:
+                # No Content-Type: a gRPC call (refused, see model.protocol). For a StreamPredictions the
+                # 0.12 frontend reads this header and, without it, fails and kills the worker; "false"
+                # makes this answer the stream's last. Over HTTP the answer then goes out chunked.
+                context.set_response_header(idx, STREAM_NEXT, "false")
         return [reply.body for reply in replies]
 
 

@@ -31,6 +31,7 @@ class LocalContext:
         self.request_headers = request_headers
         self.statuses: dict[int, tuple[int, str]] = {}
         self.content_types: dict[int, str] = {}
+        self.headers: dict[int, dict[str, str]] = {}
 
     def get_all_request_header(self, idx: int) -> dict[str, Any]:
         """Request idx's headers as TorchServe 0.12 passes them (names as sent)."""
@@ -43,6 +44,10 @@ class LocalContext:
     def set_response_content_type(self, idx: int, value: str) -> None:
         """Record the content type TorchServe would send for request idx."""
         self.content_types[idx] = value
+
+    def set_response_header(self, idx: int, key: str, value: str) -> None:
+        """Record a response header TorchServe would send for request idx."""
+        self.headers.setdefault(idx, {})[key] = value
 
     def status(self, idx: int) -> int:
         """The HTTP status of request idx: 200 unless the handler set another."""

@@ -3,7 +3,7 @@
 What a gRPC client must know, pinned here: the tokens are checked (PERMISSION_DENIED), the handler's
 per-request status is not carried (its 400 arrives as OK, with the JSON error in `prediction`), and
 every Predictions call gets that 400, since no Content-Type reaches the handler over gRPC; and
-StreamPredictions kills the worker (docs/serving.md, API). The stubs in tests/grpc_stubs/ were generated from the protos in
+StreamPredictions gets that refusal as one message (docs/serving.md, API). The stubs in tests/grpc_stubs/ were generated from the protos in
 TorchServe's jar; test_the_stubs_match_the_protos_in_the_jar says when to generate them again.
 """
 
@@ -18,8 +18,6 @@ import pytest
 import ts
 from google.protobuf import empty_pb2
 
-from movierec import torchserve
-from tests.conftest import wait_until
 from tests.grpc_stubs import inference_pb2, inference_pb2_grpc, management_pb2, management_pb2_grpc
 
 STUBS = Path(__file__).parent / "grpc_stubs"
@@ -136,21 +134,17 @@ def test_an_unknown_model_or_version_is_internal(server, inference, model, versi
 
 
 @pytest.mark.integration
-def test_stream_predictions_kills_the_worker_which_comes_back(server, inference, http):
-    """StreamPredictions to a handler that does not stream: INTERNAL "Worker died.", and TorchServe restarts it.
+def test_stream_predictions_get_the_refusal_as_one_message_and_the_worker_lives(server, inference, http):
+    """StreamPredictions: the same 400 JSON as one message, the stream ends OK, the worker is the same process.
 
-    The frontend expects the streaming response header our handler never sets, and the worker thread fails.
-    The test waits until the server is healthy again (`make health`), leaving the session's server as it found it.
+    TorchServe 0.12's frontend reads the ts_stream_next response header for a stream and, without it,
+    kills the worker; the handler sets it on every answer to a request without a Content-Type.
     """
     pid = worker_pid(server)
     stream = inference.StreamPredictions(predict("movierec", PAIR), metadata=bearer(server.token()), timeout=60)
-    with pytest.raises(grpc.RpcError) as caught:
-        list(stream)
-    error = caught.value
-    assert error.code() == grpc.StatusCode.INTERNAL
-    assert error.details().startswith("Worker died.")
-    wait_until(lambda: torchserve.health(server.run_dir) == "", 120, "a READY movierec 1.0 worker again")
-    assert worker_pid(server) != pid
+    answers = [json.loads(message.prediction) for message in stream]
+    assert answers == [NO_CONTENT_TYPE]
+    assert worker_pid(server) == pid
     url = f"{server.inference_url}/predictions/movierec"
     assert http.post(url, data=PAIR, headers={"Content-Type": "application/json"}).status_code == 200
 

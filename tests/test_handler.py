@@ -247,3 +247,11 @@ def test_a_surrogate_escaped_text_body_is_named_as_not_utf8(handler):
 def test_invalid_json_in_utf8_still_names_the_json_error(handler):
     [(status, answer)] = run(handler, [b'{"user_id": 1,'])
     assert status == 400 and answer["error"].startswith("request body is not valid JSON")
+
+
+def test_only_an_answer_without_a_content_type_ends_a_stream(handler):
+    """gRPC passes no Content-Type: its refusal carries ts_stream_next=false, so a StreamPredictions ends cleanly."""
+    ctx = LocalContext(".", request_headers=[{}, {"Content-Type": "application/json"}])
+    body = b'{"user_id": 1, "movie_id": 2}'
+    handler.handle([{"body": body}, {"body": body}], ctx)
+    assert ctx.status(0) == 400 and ctx.headers == {0: {"ts_stream_next": "false"}}
