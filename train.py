@@ -57,7 +57,7 @@ from model.index import IdIndex
 from model.metrics import RELEVANT_RATING, K, popular_top_k, top_k_metrics
 from model.net import ARCHS, EmbeddingNet, NetConfig
 from model.protocol import MIN_MOVIE_RATINGS
-from model.ranking import FULL_SOFTMAX_MAX, RankTrainConfig, fit_ranker
+from model.ranking import RankTrainConfig, fit_ranker, step_plan
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -109,7 +109,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rank-factors", type=int, default=r.n_factors, help="the ranker's factors per user and movie")
     p.add_argument("--rank-lr", type=float, default=r.lr, help="the ranker's peak learning rate")
     p.add_argument("--rank-wd", type=float, default=r.wd, help="the ranker's L2 on the factors of each example")
-    p.add_argument("--rank-batch", type=int, default=r.batch_size, help="the ranker's examples per step")
+    p.add_argument(
+        "--rank-users",
+        type=int,
+        default=r.users_per_step,
+        help="the ranker's users per step (at least; more on larger data, see model/ranking.py step_plan)",
+    )
+    p.add_argument("--rank-batch", type=int, help=argparse.SUPPRESS)  # examples per step, before steps over users
     p.add_argument("--val-frac", type=float, default=d.val_frac, help="random validation fraction (0 < f < 1)")
     p.add_argument(
         "--cold-users",
@@ -143,7 +149,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--out is required (or --resume OUT)")
     if args.ratings and getattr(args, "dataset", None):
         p.error("--ratings and --dataset exclude each other")
-    for name in ("epochs", "batch_size", "n_factors", "nh", "rank_epochs", "rank_factors", "rank_batch"):
+    if getattr(args, "rank_batch", None) is not None:
+        print(f"{p.prog}: --rank-batch is no longer used: the ranker steps over users (--rank-users)", file=sys.stderr)
+    for name in ("epochs", "batch_size", "n_factors", "nh", "rank_epochs", "rank_factors", "rank_users"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     n_dot = getattr(args, "n_dot", None)
@@ -379,7 +387,8 @@ def train(args: argparse.Namespace) -> dict:
         "arch": "dot",
         "net": {"n_users": len(users), "n_movies": len(movies), "n_factors": rank_cfg.n_factors},
         "train": rank_cfg.to_dict(),
-        "loss": "softmax" if len(movies) <= FULL_SOFTMAX_MAX else "sampled-softmax",
+        "loss": "softmax",
+        "plan": asdict(step_plan(np.count_nonzero(np.bincount(urows[tr_idx])), len(movies), rank_cfg)),
         "history": rank_history,
         "export_max_abs_diff": ranker_diff,
     }
@@ -425,7 +434,7 @@ def rank_config(args: argparse.Namespace) -> RankTrainConfig:
     d = RankTrainConfig()
     return RankTrainConfig(
         epochs=getattr(args, "rank_epochs", d.epochs),
-        batch_size=getattr(args, "rank_batch", d.batch_size),
+        users_per_step=getattr(args, "rank_users", d.users_per_step),
         lr=getattr(args, "rank_lr", d.lr),
         wd=getattr(args, "rank_wd", d.wd),
         n_factors=getattr(args, "rank_factors", d.n_factors),

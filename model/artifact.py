@@ -14,7 +14,8 @@
                     {"method", "global_mean", "user": {"embedding": [n_factors floats], "bias"},
                      "movie": {"embedding", "bias"}}
                     ranker (v3): {"arch": "dot", "net": {n_users, n_movies, n_factors},
-                     "train": the ranker's recipe, "loss": "softmax" | "sampled-softmax"}
+                     "train": the ranker's recipe, "plan": {users_per_step, epochs, lr} as run,
+                     "loss": "softmax" (artifacts from before steps over users may say "sampled-softmax")}
 Version 2 (no ranker) still loads and ranks by predicted rating; version 1 (no cold_start) also
 loads, and cannot answer for unknown IDs.
 

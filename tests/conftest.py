@@ -139,8 +139,8 @@ TINY_TRAIN_ARGS = [
     "10",
     "--rank-factors",
     "8",
-    "--rank-batch",
-    "256",
+    "--rank-users",
+    "8",
 ]
 
 

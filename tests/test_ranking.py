@@ -15,7 +15,7 @@ from model import ranking
 from model.artifact import load_artifact
 from model.core import Recommender
 from model.metrics import popular_top_k, top_k_metrics
-from model.ranking import DotRanker, RankerConfig, RankTrainConfig, fit_ranker
+from model.ranking import DotRanker, RankerConfig, RankTrainConfig, StepPlan, fit_ranker, softmax_loss, step_plan
 
 
 @pytest.fixture(scope="module")
@@ -76,13 +76,10 @@ def _planted(n_users=80, n_movies=60, seed=0):
     return np.array(users), np.array(movies), np.full(len(users), 5.0, dtype=np.float32)
 
 
-@pytest.mark.parametrize("sampled", [False, True])
-def test_the_ranker_learns_who_picks_what(monkeypatch, sampled):
-    """Fitted on planted tastes, each user's best unseen movies are from their own half (full and sampled softmax)."""
-    if sampled:
-        monkeypatch.setattr(ranking, "FULL_SOFTMAX_MAX", 10)
+def test_the_ranker_learns_who_picks_what():
+    """Fitted on planted tastes, each user's best unseen movies are from their own half."""
     users, movies, ratings = _planted()
-    cfg = RankTrainConfig(epochs=30, batch_size=64, lr=3e-2, wd=1e-3, n_factors=8, negatives=16)
+    cfg = RankTrainConfig(epochs=30, users_per_step=8, lr=3e-2, wd=1e-3, n_factors=8)
     model, history = fit_ranker(users, movies, ratings, 80, 60, cfg, torch.device("cpu"), seed=0, quiet=True)
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     with torch.no_grad():
@@ -93,12 +90,35 @@ def test_the_ranker_learns_who_picks_what(monkeypatch, sampled):
     assert own_half.mean() > 0.9
 
 
+def test_the_loss_over_users_is_the_weighted_cross_entropy_of_each_rating():
+    """One logits row per user gives the same loss as a softmax over the catalogue for every rating."""
+    torch.manual_seed(0)
+    model = DotRanker(RankerConfig(n_users=3, n_movies=7, n_factors=4))
+    users = torch.tensor([0, 2])
+    local, movies = torch.tensor([0, 0, 0, 1, 1]), torch.tensor([1, 4, 6, 0, 4])
+    weight = torch.tensor([1.0, 5.0, 2.0, 3.0, 1.0])
+    per_rating = users[local]
+    logits = model.u(per_rating) @ model.m.weight.T + model.mb.weight.T
+    expected = (torch.nn.functional.cross_entropy(logits, movies, reduction="none") * weight).sum() / weight.sum()
+    assert float(softmax_loss(model, users, local, movies, weight)) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_larger_data_takes_more_users_a_step_within_the_logits_cap():
+    """The ML-100K recipe as it is; 1M ratings keep its steps per epoch; ML-25M's catalogue caps the step."""
+    cfg = RankTrainConfig()
+    assert step_plan(943, 1682, cfg) == StepPlan(32, 60, cfg.lr)
+    assert step_plan(6502, 2362, cfg) == StepPlan(217, 60, pytest.approx(cfg.lr * 217 / 32))
+    plan = step_plan(162_541, 59_047, cfg)
+    assert plan.users_per_step * 59_047 <= ranking.MAX_LOGITS < (plan.users_per_step + 1) * 59_047
+    assert plan.epochs == ranking.MIN_EPOCHS
+
+
 def test_rating_weights_favour_what_users_liked():
     """The same picks, but each user's second movie is rated 1: with rating weights it ranks below the first."""
     users = np.repeat(np.arange(40), 2)
     movies = np.tile([0, 1], 40)
     ratings = np.tile([5.0, 1.0], 40).astype(np.float32)
-    cfg = RankTrainConfig(epochs=20, batch_size=16, lr=3e-2, wd=1e-4, n_factors=4)
+    cfg = RankTrainConfig(epochs=20, users_per_step=8, lr=3e-2, wd=1e-4, n_factors=4)
     model, _ = fit_ranker(users, movies, ratings, 41, 3, cfg, torch.device("cpu"), quiet=True)
     new_user = torch.tensor([40, 40])
     s = model(new_user, torch.tensor([0, 1]))
