@@ -100,7 +100,8 @@ def test_the_loss_over_users_is_the_weighted_cross_entropy_of_each_rating():
     per_rating = users[local]
     logits = model.u(per_rating) @ model.m.weight.T + model.mb.weight.T
     expected = (torch.nn.functional.cross_entropy(logits, movies, reduction="none") * weight).sum() / weight.sum()
-    assert float(softmax_loss(model, users, local, movies, weight)) == pytest.approx(float(expected), rel=1e-6)
+    got = softmax_loss(model, users, local, movies, weight).item()
+    assert got == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_larger_data_takes_more_users_a_step_within_the_logits_cap():
