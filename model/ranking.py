@@ -88,7 +88,7 @@ def step_plan(n_users: int, n_movies: int, cfg: RankTrainConfig) -> StepPlan:
     epochs = cfg.epochs
     if steps > STEPS_PER_EPOCH:
         epochs = min(cfg.epochs, max(MIN_EPOCHS, round(cfg.epochs * STEPS_PER_EPOCH / steps)))
-    return StepPlan(per_step, epochs, lr)
+    return StepPlan(int(per_step), int(epochs), float(lr))
 
 
 class DotRanker(nn.Module):
