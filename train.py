@@ -57,7 +57,8 @@ from model.index import IdIndex
 from model.metrics import RELEVANT_RATING, K, popular_top_k, top_k_metrics
 from model.net import ARCHS, EmbeddingNet, NetConfig
 from model.protocol import MIN_MOVIE_RATINGS
-from model.ranking import RankTrainConfig, fit_ranker, step_plan
+from model.ranking import RankTrainConfig, fit_ranker
+from movierec.flags import add_retired
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -115,7 +116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=r.users_per_step,
         help="the ranker's users per step (at least; more on larger data, see model/ranking.py step_plan)",
     )
-    p.add_argument("--rank-batch", type=int, help=argparse.SUPPRESS)  # examples per step, before steps over users
+    add_retired(p, "--rank-batch", "the ranker steps over users (--rank-users)", type=int)
     p.add_argument("--val-frac", type=float, default=d.val_frac, help="random validation fraction (0 < f < 1)")
     p.add_argument(
         "--cold-users",
@@ -149,8 +150,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--out is required (or --resume OUT)")
     if args.ratings and getattr(args, "dataset", None):
         p.error("--ratings and --dataset exclude each other")
-    if getattr(args, "rank_batch", None) is not None:
-        print(f"{p.prog}: --rank-batch is no longer used: the ranker steps over users (--rank-users)", file=sys.stderr)
     for name in ("epochs", "batch_size", "n_factors", "nh", "rank_epochs", "rank_factors", "rank_users"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -371,7 +370,7 @@ def train(args: argparse.Namespace) -> dict:
 
     metrics, scripted = evaluate_and_export(model, train_t, val_t)
     rank_cfg = rank_config(args)
-    ranker, rank_history = fit_ranker(
+    ranker, rank_history, rank_plan = fit_ranker(
         urows[tr_idx], mrows[tr_idx], ratings[tr_idx], len(users), len(movies), rank_cfg, device, args.seed, args.quiet
     )
     scripted_ranker, ranker_diff = export(ranker, val_t[0], val_t[1])
@@ -388,7 +387,7 @@ def train(args: argparse.Namespace) -> dict:
         "net": {"n_users": len(users), "n_movies": len(movies), "n_factors": rank_cfg.n_factors},
         "train": rank_cfg.to_dict(),
         "loss": "softmax",
-        "plan": asdict(step_plan(np.count_nonzero(np.bincount(urows[tr_idx])), len(movies), rank_cfg)),
+        "plan": asdict(rank_plan),
         "history": rank_history,
         "export_max_abs_diff": ranker_diff,
     }

@@ -133,8 +133,11 @@ def fit_ranker(
     device: torch.device,
     seed: int = 0,
     quiet: bool = False,
-) -> tuple[DotRanker, list[dict]]:
-    """Fit a DotRanker on (user row, movie row, rating) rows with Adam and one-cycle; returns it and per-epoch history."""
+) -> tuple[DotRanker, list[dict], StepPlan]:
+    """Fit a DotRanker on (user row, movie row, rating) rows with Adam and one-cycle.
+
+    Returns the ranker, its per-epoch history and the step plan it ran.
+    """
     torch.manual_seed(seed)
     model = DotRanker(RankerConfig(n_users, n_movies, cfg.n_factors)).to(device)
     order = np.argsort(np.asarray(users), kind="stable")
@@ -174,4 +177,4 @@ def fit_ranker(
         history.append(row)
         if not quiet:
             print(f"ranker epoch {epoch:3d}/{epochs}  softmax loss {row['train_loss']:.4f}  ({row['seconds']:.1f}s)")
-    return model.eval(), history
+    return model.eval(), history, plan

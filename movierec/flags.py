@@ -42,6 +42,22 @@ def add_renamed(parser: argparse.ArgumentParser, old: str, new: str, **kwargs: A
     parser.add_argument(old, dest=dest, action=_Renamed, new=new, help=argparse.SUPPRESS, **kwargs)
 
 
+class _Retired(argparse.Action):
+    """A flag whose setting no longer exists: still parsed, so old scripts run, and named on stderr."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, instead: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, argparse.SUPPRESS, default=argparse.SUPPRESS, **kwargs)
+        self.instead = instead
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option_string: Any = None) -> None:
+        print(f"{parser.prog}: {option_string} is no longer used: {self.instead}", file=sys.stderr)
+
+
+def add_retired(parser: argparse.ArgumentParser, old: str, instead: str, **kwargs: Any) -> None:
+    """Accept `old` (pass its type) without effect, saying on stderr what to use `instead`."""
+    parser.add_argument(old, action=_Retired, instead=instead, help=argparse.SUPPRESS, **kwargs)
+
+
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 

@@ -80,7 +80,7 @@ def test_the_ranker_learns_who_picks_what():
     """Fitted on planted tastes, each user's best unseen movies are from their own half."""
     users, movies, ratings = _planted()
     cfg = RankTrainConfig(epochs=30, users_per_step=8, lr=3e-2, wd=1e-3, n_factors=8)
-    model, history = fit_ranker(users, movies, ratings, 80, 60, cfg, torch.device("cpu"), seed=0, quiet=True)
+    model, history, _ = fit_ranker(users, movies, ratings, 80, 60, cfg, torch.device("cpu"), seed=0, quiet=True)
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     with torch.no_grad():
         scores = model.u.weight @ model.m.weight.T + model.mb.weight.T
@@ -120,11 +120,11 @@ def test_rating_weights_favour_what_users_liked():
     movies = np.tile([0, 1], 40)
     ratings = np.tile([5.0, 1.0], 40).astype(np.float32)
     cfg = RankTrainConfig(epochs=20, users_per_step=8, lr=3e-2, wd=1e-4, n_factors=4)
-    model, _ = fit_ranker(users, movies, ratings, 41, 3, cfg, torch.device("cpu"), quiet=True)
+    model, _, _ = fit_ranker(users, movies, ratings, 41, 3, cfg, torch.device("cpu"), quiet=True)
     new_user = torch.tensor([40, 40])
     s = model(new_user, torch.tensor([0, 1]))
     assert s[0] > s[1]
-    flat, _ = fit_ranker(
+    flat, _, _ = fit_ranker(
         users, movies, ratings, 41, 3, dataclasses.replace(cfg, rating_power=0.0), torch.device("cpu"), quiet=True
     )
     gap = [abs(float((m.mb.weight[0, 0] - m.mb.weight[1, 0]).detach())) for m in (flat, model)]

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import TYPE_CHECKING
 
 from model.protocol import DEFAULT_TOP_K, MAX_INSTANCES, MAX_TOP_K, MAX_USERS
 from movierec.client import settings
 from movierec.client.cli_common import make_client, model_option, non_negative, positive, resumable, version_option
-from movierec.flags import add_renamed
+from movierec.flags import add_renamed, add_retired
 
 if TYPE_CHECKING:
     from movierec.client.batch import BatchJob
@@ -80,7 +79,7 @@ def _add_job_options(p: argparse.ArgumentParser, resume: str) -> None:
         help="name of the bulk-scoring registration; movierec-serve registers it with batch size 1 and a 1 ms "
         "delay for every version (default %(default)s)",
     )
-    p.add_argument("--linger", type=float, help=argparse.SUPPRESS)  # before --idle-workers kept workers up
+    add_retired(p, "--linger", "keep workers up with --idle-workers N", type=float)
     p.add_argument("--resume", action="store_true", help=resume)
     p.add_argument("--no-manage", action="store_true", help="use the batch registration as is: no scaling")
     p.add_argument("--quiet", action="store_true", help="no progress bar (or, off a terminal, progress lines)")
@@ -91,8 +90,6 @@ def batch_job(args: argparse.Namespace) -> BatchJob:
     """The BatchJob of a parsed `score` or `recommend-all` command line."""
     from movierec.client.batch import BatchJob, BatchSettings  # requests: only once a job runs
 
-    if args.linger is not None:
-        print("movierec: --linger is no longer used: keep workers up with --idle-workers N", file=sys.stderr)
     return BatchJob(
         model=args.model,
         version=args.version,
