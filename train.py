@@ -107,7 +107,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     r = RankTrainConfig()
     p.add_argument("--rank-epochs", type=int, default=r.epochs, help="the ranker's epochs (top-K lists)")
-    p.add_argument("--rank-factors", type=int, default=r.n_factors, help="the ranker's factors per user and movie")
+    p.add_argument(
+        "--rank-factors",
+        type=int,
+        help="the ranker's factors per user and movie (default: 128, fewer for a catalogue over 32k movies)",
+    )
     p.add_argument("--rank-lr", type=float, default=r.lr, help="the ranker's peak learning rate")
     p.add_argument("--rank-wd", type=float, default=r.wd, help="the ranker's L2 on the factors of each example")
     p.add_argument(
@@ -384,7 +388,7 @@ def train(args: argparse.Namespace) -> dict:
     meta["cold_start"] = ColdStart.average_of(model.state_dict(), metrics["global_mean"]).to_dict()
     meta["ranker"] = {
         "arch": "dot",
-        "net": {"n_users": len(users), "n_movies": len(movies), "n_factors": rank_cfg.n_factors},
+        "net": {"n_users": len(users), "n_movies": len(movies), "n_factors": rank_plan.n_factors},
         "train": rank_cfg.to_dict(),
         "loss": "softmax",
         "plan": asdict(rank_plan),
@@ -436,7 +440,7 @@ def rank_config(args: argparse.Namespace) -> RankTrainConfig:
         users_per_step=getattr(args, "rank_users", d.users_per_step),
         lr=getattr(args, "rank_lr", d.lr),
         wd=getattr(args, "rank_wd", d.wd),
-        n_factors=getattr(args, "rank_factors", d.n_factors),
+        n_factors=getattr(args, "rank_factors", None) or d.n_factors,
     )
 
 

@@ -424,6 +424,42 @@ def load_planted(folder: Path) -> Truth:
     return Truth(Planted(**arrays), user_ids, movie_ids, report["config"]["mean"], report["rmse_floor"])
 
 
+def users_estimated_rmse(folder: Path, val_frac: float = 0.1, seed: int = 0) -> float:
+    """Validation RMSE of the planted movies with each user learned from that user's training rows.
+
+    The split is model.data.split_indices(rows, val_frac, seed), as train.py's. Each user's bias and
+    factors are the posterior mean under the generator's priors (half-star rounding counted as noise),
+    so this is what a model that knew every movie exactly could reach: a model that must also learn
+    the movies should not be expected to come closer to rmse_floor than this.
+    """
+    from model.data import split_indices
+
+    truth, cfg = load_planted(folder), json.loads((Path(folder) / "generation.json").read_text())["config"]
+    planted = truth.planted
+    read = pacsv.ConvertOptions(include_columns=["userId", "movieId", "rating"])
+    table = pacsv.read_csv(Path(folder) / "ratings.csv", convert_options=read)
+    users = truth.rows(table["userId"].to_numpy(), "user")
+    movies = truth.rows(table["movieId"].to_numpy(), "movie")
+    y = table["rating"].to_numpy().astype(np.float64)
+    train, val = split_indices(len(y), val_frac, seed)
+    x = np.hstack(
+        [np.ones((len(planted.movie_bias), 1)), planted.movie_factors]
+    )  # what a user's bias and factors weigh
+    noise = cfg["noise_sd"] ** 2 + 0.5**2 / 12
+    factor_var = np.sqrt(cfg["interaction_sd"] ** 2 / cfg["rank"])  # of each factor: Var<p, q> = rank * var^2
+    prior = np.diag([noise / cfg["user_bias_sd"] ** 2] + [noise / factor_var] * (x.shape[1] - 1))
+    residual = y - truth.mean - planted.movie_bias[movies]
+    order = train[np.argsort(users[train], kind="stable")]
+    cuts = np.searchsorted(users[order], np.arange(len(truth.user_ids) + 1))
+    weights = np.zeros((len(truth.user_ids), x.shape[1]))
+    for user in range(len(weights)):
+        rows = order[cuts[user] : cuts[user + 1]]
+        xu = x[movies[rows]]
+        weights[user] = np.linalg.solve(xu.T @ xu + prior, xu.T @ residual[rows])
+    score = truth.mean + planted.movie_bias[movies[val]] + np.einsum("ij,ij->i", weights[users[val]], x[movies[val]])
+    return float(np.sqrt(np.mean((expected_rating(score, cfg["noise_sd"])[0] - y[val]) ** 2)))
+
+
 def _rated_by(folder: Path, users: np.ndarray) -> dict[int, np.ndarray]:
     """Movie IDs each of the given users rated in folder/ratings.csv."""
     read = pacsv.ConvertOptions(include_columns=["userId", "movieId"])

@@ -28,6 +28,7 @@ from movierec.datagen import (
     planted_top_k,
     sample_pairs,
     user_counts,
+    users_estimated_rmse,
 )
 
 SMALL = GenConfig(n_users=400, n_movies=300, n_ratings=30_000, min_per_user=20, chunk_ratings=7_000, seed=3)
@@ -215,6 +216,19 @@ def test_floor_is_reported_and_reached_by_the_oracle(small):
     # The best predictor's observed error is the floor; the rounded planted rating does worse.
     assert abs(report["rmse_floor_observed"] - floor) < 0.01
     assert report["rmse_planted_rounded"] > floor
+
+
+def test_learning_users_costs_less_with_more_ratings_each(tmp_path):
+    """Movies known, users estimated: above the floor, below a movie-mean guess, closer with more ratings a user."""
+    few = replace(SMALL, n_ratings=12_000)
+    many = replace(SMALL, n_ratings=60_000)
+    gaps = {}
+    for name, cfg in (("few", few), ("many", many)):
+        report = generate(cfg, tmp_path / name, quiet=True)
+        rmse = users_estimated_rmse(tmp_path / name)
+        assert report["rmse_floor"] < rmse < report["rating_sd"]
+        gaps[name] = rmse - report["rmse_floor"]
+    assert gaps["many"] < gaps["few"] / 1.5
 
 
 def test_floor_shrinks_with_the_noise(tmp_path):

@@ -107,11 +107,24 @@ def test_the_loss_over_users_is_the_weighted_cross_entropy_of_each_rating():
 def test_larger_data_takes_more_users_a_step_within_the_logits_cap():
     """The ML-100K recipe as it is; 1M ratings keep its steps per epoch; ML-25M's catalogue caps the step."""
     cfg = RankTrainConfig()
-    assert step_plan(943, 1682, cfg) == StepPlan(32, 60, cfg.lr)
-    assert step_plan(6502, 2362, cfg) == StepPlan(217, 60, pytest.approx(cfg.lr * 217 / 32))
+    assert step_plan(943, 1682, cfg) == StepPlan(32, 60, cfg.lr, 128)
+    assert step_plan(6502, 2362, cfg) == StepPlan(217, 60, pytest.approx(cfg.lr * 217 / 32), 128)
     plan = step_plan(162_541, 59_047, cfg)
     assert plan.users_per_step * 59_047 <= ranking.MAX_LOGITS < (plan.users_per_step + 1) * 59_047
     assert plan.epochs == ranking.MIN_EPOCHS
+
+
+def test_a_large_catalogue_gets_fewer_factors_unless_they_are_given():
+    """Factors left to the plan keep a top-K within TOPK_PRODUCTS; factors the recipe names are kept."""
+    auto = RankTrainConfig()
+    assert step_plan(671, 9_066, auto).n_factors == ranking.MAX_FACTORS
+    large = step_plan(162_541, 59_047, auto).n_factors
+    assert large == 64 and large * 59_047 <= ranking.TOPK_PRODUCTS
+    assert step_plan(162_541, 59_047, RankTrainConfig(n_factors=96)).n_factors == 96
+    model, _, plan = fit_ranker(
+        np.arange(4), np.arange(4), np.ones(4), 4, 4, RankTrainConfig(epochs=1), torch.device("cpu"), quiet=True
+    )
+    assert model.u.weight.shape == (4, plan.n_factors) == (4, ranking.MAX_FACTORS)
 
 
 def test_rating_weights_favour_what_users_liked():

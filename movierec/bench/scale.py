@@ -27,7 +27,7 @@ import torch
 
 from movierec.bench.settings import TOP_K
 from movierec.bench.timing import p50_ms
-from movierec.datagen import generate
+from movierec.datagen import generate, users_estimated_rmse
 from movierec.datagen import shape_for as shape_for  # ML-25M's shape at a size, re-exported for callers
 from movierec.defaults import BATCH_MODEL, MODEL, VERSION
 from movierec.flags import add_renamed, whole_seconds
@@ -101,6 +101,10 @@ def measure_train(ratings: Path, artifact: Path, train_args: list[str]) -> dict:
         "batch_size": meta["train"]["batch_size"],
         "recipe": {k: meta["train"][k] for k in ("epochs", "batch_size", "lr", "wd", "n_factors", "nh", "p1", "p2")},
         "device": metrics["device"],
+        "rank_epoch_s": round(float(np.median([h["seconds"] for h in meta["ranker"]["history"]])), 1),
+        "rank_plan": meta["ranker"]["plan"],
+        "val_recall": metrics["val_recall@10"],
+        "popular_recall": metrics["val_recall@10_most_popular"],
     }
 
 
@@ -227,6 +231,7 @@ def measure_size(n_ratings: int, work: Path, args: argparse.Namespace) -> dict:
     print(f"   load {row['load_s']} s, peak RSS {row['load_peak_rss_mb']} MB; training", flush=True)
     row.update(measure_train(folder / "data" / "ratings.csv", folder / "artifact", args.train_args.split()))
     row["gap_to_floor"] = round(row["val_rmse"] - row["rmse_floor"], 4)
+    row["users_estimated_rmse"] = round(users_estimated_rmse(folder / "data"), 4)
     row["load_avg"] = round(os.getloadavg()[1], 1)  # 5-minute, at the end of training: the CPU is shared
     print(f"   val RMSE {row['val_rmse']:.4f} (floor {row['rmse_floor']:.4f}), {row['epoch_s']} s/epoch", flush=True)
     store = folder / "model_store"
@@ -253,6 +258,10 @@ COLUMNS = [  # (key, header, format)
     ("val_rmse", "val RMSE", "{:.4f}"),
     ("rmse_floor", "floor", "{:.4f}"),
     ("gap_to_floor", "gap", "{:+.4f}"),
+    ("users_estimated_rmse", "movies known", "{:.4f}"),
+    ("rank_epoch_s", "ranker s/epoch", "{:.1f}"),
+    ("val_recall", "val recall@10", "{:.3f}"),
+    ("popular_recall", "most popular", "{:.3f}"),
     ("mar_s", ".mar s", "{:.1f}"),
     ("mar_mb", ".mar MB", "{:.1f}"),
     ("top10_p50_ms", "top-10 p50 ms", "{:.2f}"),
@@ -277,7 +286,10 @@ def render(result: dict) -> str:
         f"`{result['command']}` on {result['machine']}, torch {result['torch']}, {result['threads']} torch threads "
         f"for training unless --threads is in the train arguments; load average {result['load_before']} before, {result['load_after']} after. "
         "Training is train.py's default recipe plus the train arguments in the command; `floor` is the generator's best possible RMSE "
-        "and `gap` how far the model's validation RMSE is above it. In-process scoring uses the handler's "
+        "and `gap` how far the model's validation RMSE is above it; `movies known` is the validation RMSE of the planted movies with "
+        "each user estimated from their training ratings (`datagen.users_estimated_rmse`), the nearest to the floor a model that must "
+        "learn users from this many ratings can be expected to come. `val recall@10` is train.py's, of the served top-10 lists "
+        "(the ranker), next to a most-popular list's. In-process scoring uses the handler's "
         "one thread: top-10 over all movies, and bulk pairs/s of `Recommender.predict`. " + served_text(rows),
         "",
         "| " + " | ".join(c[1] for c in cols) + " |",
@@ -289,7 +301,9 @@ def render(result: dict) -> str:
     for r in rows:
         by_epoch = ", ".join(f"{v:.4f}" for v in r["val_rmse_by_epoch"])
         recipe = ", ".join(f"{k} {v}" for k, v in r["recipe"].items())
-        lines.append(f"- {r['ratings']:,} ratings: {recipe}; val RMSE by epoch {by_epoch}")
+        plan = ", ".join(f"{k} {v:g}" for k, v in r.get("rank_plan", {}).items())
+        ranker = f"; ranker: {plan}" if plan else ""
+        lines.append(f"- {r['ratings']:,} ratings: {recipe}; val RMSE by epoch {by_epoch}{ranker}")
     return "\n".join(lines) + "\n"
 
 
