@@ -42,7 +42,6 @@ DATASETS = {  # name -> the source an artifact records
     "ml-100k": "ml-100k (MovieLens 100K from the recbole 1.2.1 wheel)",
     "ml-latest-small": "ml-latest-small (the 2016 edition, 100,004 ratings, from the lenskit 2025.8.1 sdist)",
 }
-DEFAULT_NAME = DATASETS["ml-100k"]
 
 COLUMN_ALIASES = {
     "user_id": ("userid", "user_id", "user"),

@@ -145,11 +145,6 @@ def id_problem(name: str, value: object) -> str:
     return f"'{name}' must be an integer or a non-empty string, got {type(value).__name__} {value!r:.40}"
 
 
-def id_error(name: str, value: object) -> str:
-    """Why an ID found no row: what is wrong with it, or else that the model does not know it."""
-    return id_problem(name, value) if not is_id(value) else f"unknown {name} {value}"
-
-
 def undecodable_body(body: bytes | bytearray | memoryview | str) -> RequestError | None:
     """The 400 for a body that is not UTF-8 text (binary, gzip, another charset), or None if it is."""
     try:
@@ -205,11 +200,6 @@ def check_user_rows(value: object, n_users: int, max_users: int) -> tuple[int, i
 def media_type(content_type: str | None) -> str:
     """A Content-Type without its parameters, in lower case ("" when there is none)."""
     return (content_type or "").split(";", 1)[0].strip().lower()
-
-
-def is_arrow(content_type: str | None) -> bool:
-    """Whether a request's Content-Type asks for the Arrow protocol (parameters and case ignored)."""
-    return media_type(content_type) == ARROW_STREAM
 
 
 def request_body(body: object, content_type: str | None) -> object:

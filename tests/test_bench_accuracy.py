@@ -51,7 +51,15 @@ def test_quick_run_writes_every_row_and_keeps_other_sections(tmp_path):
         assert f"| {accuracy.ROWS[name]}" in section
     assert "--epochs 1 --rank-epochs 1" in section and "--epochs 3" not in section
 
-    rows = json.loads((tmp_path / "work" / "accuracy.json").read_text())["datasets"]["ratings"]["rows"]
+    data = json.loads((tmp_path / "work" / "accuracy.json").read_text())["datasets"]["ratings"]
+    rows = data["rows"]
+    # The new default against EASE^R, paired by user: the difference of the two rows, inside its interval.
+    gap = data["default_vs_ease"]
+    assert gap["users"] == rows["default"]["users"] == rows["ease"]["users"]
+    assert gap["recall"][0] == pytest.approx(rows["default"]["recall@10"] - rows["ease"]["recall@10"], abs=1e-4)
+    for diff, low, high in (gap["recall"], gap["ndcg"]):
+        assert low <= diff <= high and low < high
+    assert f"New default − EASE^R, paired over the {gap['users']:,} users" in section
     assert set(rows) == {"global_mean", "popular", "ease", "lesson", "previous", "default"}
     for name, row in rows.items():
         assert "error" not in row, name

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.metrics import RELEVANT_RATING, K, popular_top_k, top_k_metrics
+from model.metrics import RELEVANT_RATING, K, per_user_quality, popular_top_k, top_k_metrics
 from model.protocol import MIN_MOVIE_RATINGS
 from movierec.bench.markdown import put_section
 from movierec.flags import add_renamed
@@ -187,9 +187,28 @@ def eligible_movies(movies: np.ndarray, n_movies: int) -> np.ndarray:
 
 
 def ranking(split: Split, lists: dict[int, np.ndarray]) -> dict:
-    """recall@K and NDCG@K of lists (user code -> movie codes) against the held-out ratings."""
+    """recall@K and NDCG@K of lists (user code -> movie codes) against the held-out ratings.
 
-    return top_k_metrics(lists, split.test_u, split.test_m, split.test_r)
+    "per_user" (user -> (recall, NDCG)) is for paired comparisons and is dropped before the JSON is written.
+    """
+    judged, recall, ndcg = per_user_quality(lists, split.test_u, split.test_m, split.test_r)
+    per_user = dict(zip(judged, zip(recall.tolist(), ndcg.tolist(), strict=True), strict=True))
+    return {**top_k_metrics(lists, split.test_u, split.test_m, split.test_r), "per_user": per_user}
+
+
+def paired_gap(rows: dict, a: str, b: str) -> dict | None:
+    """B - A in recall@K and NDCG@K over the users both judged, with 95 % user-bootstrap intervals (as ab-eval)."""
+    from movierec.client.abstats import ranking_comparison
+
+    if "per_user" not in rows.get(a, {}) or "per_user" not in rows.get(b, {}):
+        return None
+    users = sorted(rows[a]["per_user"].keys() & rows[b]["per_user"].keys())
+    quality = [np.array([rows[name]["per_user"][u] for u in users]).reshape(-1, 2).T for name in (a, b)]
+    cmp = ranking_comparison(tuple(quality[0]), tuple(quality[1]), k=K, paired=True)
+    gap = {"users": len(users)}
+    for metric, est in (("recall", cmp.recall), ("ndcg", cmp.ndcg)):
+        gap[metric] = [round(est.diff, 4), round(est.ci_diff.low, 4), round(est.ci_diff.high, 4)]
+    return gap
 
 
 def reference_rows(split: Split, seed: int) -> dict[str, dict]:
@@ -358,7 +377,11 @@ def measure(split: Split, args: argparse.Namespace) -> dict:
         if "error" not in row:
             shown_metrics = ", ".join(f"{k} {row[k]:.4f}" for k in ("rmse", "recall@10", "ndcg@10") if k in row)
             print(f"  {ROWS[name]}: {shown_metrics}, fit {row['fit_s']:.1f}s", flush=True)
+    versus_ease = paired_gap(rows, "ease", "default")
+    for row in rows.values():
+        row.pop("per_user", None)
     return {
+        "default_vs_ease": versus_ease,
         "title": TITLES.get(split.name, split.name),
         "source": split.source,
         "ratings": len(split.train_r) + len(split.test_r),
@@ -430,6 +453,13 @@ def section(results: dict, png_name: str) -> str:
                 f"| {label} | {cell(row, 'rmse')} | {cell(row, 'recall@10', 3)} | {cell(row, 'ndcg@10', 3)} "
                 f"| {row['fit_s']:.1f} |"
             )
+        if gap := data.get("default_vs_ease"):
+            lines += [
+                "",
+                f"New default − EASE^R, paired over the {gap['users']:,} users both judged (95 % intervals, bootstrap "
+                f"over users, as `movierec ab-eval`): recall@10 {gap['recall'][0]:+.3f} [{gap['recall'][1]:+.3f}, "
+                f"{gap['recall'][2]:+.3f}], NDCG@10 {gap['ndcg'][0]:+.3f} [{gap['ndcg'][1]:+.3f}, {gap['ndcg'][2]:+.3f}].",
+            ]
     lines += ["", f"![recall@10 by model]({png_name})", "", "Notes:", ""]
     lines += notes(results)
     return "\n".join(lines) + "\n"
