@@ -401,6 +401,7 @@ def train(args: argparse.Namespace) -> dict:
     metrics.update(
         ranking_metrics(seen, (urows[tr_idx], mrows[tr_idx]), (urows[va_idx], mrows[va_idx], ratings[va_idx]))
     )
+    metrics["ranker_beats_popular"] = check_beats_popular(metrics)
     rated = rated_csr(urows, mrows, len(users))
     if cold is not None:
         # Scored by the serving core on the artifact about to be written: what clients will get.
@@ -464,6 +465,19 @@ def ranking_metrics(artifact: Artifact, train_pairs: tuple, val: tuple, seed: in
         f"val_recall@{K}_most_popular": reference[f"recall@{K}"],
         f"val_ndcg@{K}_most_popular": reference[f"ndcg@{K}"],
     }
+
+
+def check_beats_popular(metrics: dict) -> bool:
+    """Whether the served lists' validation recall@K beats a most-popular list's; warns on stderr if not."""
+    # Lists no better than the most popular movies are not worth serving, however well the run went otherwise.
+    ours, popular = metrics[f"val_recall@{K}"], metrics[f"val_recall@{K}_most_popular"]
+    if ours <= popular:
+        print(
+            f"warning: the ranker's validation recall@{K} {ours:.4f} is not better than a most-popular list's "
+            f"({popular:.4f}); see metrics.ranker_beats_popular",
+            file=sys.stderr,
+        )
+    return ours > popular
 
 
 def check_beats_mean(metrics: dict) -> bool:

@@ -382,6 +382,20 @@ def test_a_model_no_better_than_the_mean_is_flagged(tmp_path, synth_data, capsys
     assert "not better than predicting the training mean" in capsys.readouterr().err
 
 
+def test_lists_no_better_than_the_most_popular_are_flagged(capsys):
+    assert train.check_beats_popular({"val_recall@10": 0.046, "val_recall@10_most_popular": 0.062}) is False
+    assert "recall@10 0.0460 is not better than a most-popular list's (0.0620)" in capsys.readouterr().err
+    assert train.check_beats_popular({"val_recall@10": 0.33, "val_recall@10_most_popular": 0.29}) is True
+    assert capsys.readouterr().err == ""
+
+
+def test_a_ranker_that_learned_is_not_flagged(tmp_path, synth_data, capsys):
+    out = quick_run(synth_data[0], tmp_path / "ranked", "--rank-epochs", "30", "--rank-factors", "16", "--epochs", "1")
+    metrics = json.loads((out / "metadata.json").read_text())["metrics"]
+    assert metrics["ranker_beats_popular"] is True
+    assert "most-popular" not in capsys.readouterr().err
+
+
 def test_a_model_that_learned_is_not_flagged(tiny_artifact):
     metrics = json.loads((tiny_artifact / "metadata.json").read_text())["metrics"]
     assert metrics["beats_global_mean"] is True
