@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from movierec.bench import soak
+from movierec.torchserve.processes import WORKER_MAIN, workers
 
 SCALE = "## Scale\n\nPasted from `make bench-scale`; the soak must leave it alone.\n"
 
@@ -24,6 +28,19 @@ def test_growth_counts_only_samples_after_the_warm_up():
     # A worker that restarted after the warm-up has one sample: no growth figure rather than a wrong one.
     samples[-1]["rss"]["worker 9"] = 200 * 2**20
     assert soak.growth(samples, warmup_s=60)["worker 9"]["growth_pct"] is None
+
+
+def test_only_model_workers_count_as_workers_not_other_children():
+    # The frontend's once-a-minute metrics collector is a child too; sampled once, it had no growth figure.
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    worker = subprocess.Popen([*sleep, f"ts/{WORKER_MAIN}.py"])
+    other = subprocess.Popen([*sleep, "ts/metrics/metric_collector.py"])
+    try:
+        assert [p.pid for p in workers(os.getpid())] == [worker.pid]
+    finally:
+        for proc in (worker, other):
+            proc.kill()
+            proc.wait()
 
 
 @pytest.mark.integration

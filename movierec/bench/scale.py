@@ -152,9 +152,8 @@ def measure_served(store: Path, artifact: Path, seconds: int, work: Path) -> dic
     That registration (movierec-batch: batch size 1) answers a lone request at once instead of waiting
     maxBatchDelay for companions; its worker's start-up and RSS are measured, then top-10 p50 through it.
     """
-    import psutil
-
     from movierec import torchserve
+    from movierec.torchserve.processes import workers
 
     unbatched = BATCH_MODEL
     users = json.loads((artifact / "users.json").read_text())
@@ -165,12 +164,9 @@ def measure_served(store: Path, artifact: Path, seconds: int, work: Path) -> dic
         with server.client(timeout=600) as api:
             api.scale(VERSION, 1, model=unbatched)
         startup = time.perf_counter() - started
-        workers = [
-            p
-            for p in psutil.Process(server.pid).children(recursive=True)
-            if "model_service_worker" in " ".join(p.cmdline())
-        ]
-        rss = max(p.memory_info().rss for p in workers) / 2**20  # the served model's worker and this one: alike
+        rss = (
+            max(p.memory_info().rss for p in workers(server.pid)) / 2**20
+        )  # the served model's worker and this one: alike
         rng = np.random.default_rng(1)
         asked = [{"user_id": users[i], "top_k": TOP_K} for i in rng.integers(len(users), size=500).tolist()]
         row = {"worker_startup_s": round(startup, 1), "worker_rss_mb": round(rss)}

@@ -37,6 +37,7 @@ from movierec.bench.timing import percentiles_ms
 from movierec.flags import add_renamed, duration, minutes
 from movierec.paths import REPO
 from movierec.torchserve.archive import build_mar
+from movierec.torchserve.processes import is_frontend, workers
 
 # Share of requests per kind: mostly single pairs and top-K, some bulk bodies, some bad requests.
 MIX = {"single": 60, "bulk1k": 10, "topk": 20, "bad": 10}
@@ -112,16 +113,18 @@ def load_thread(url: str, token: str, reqs: dict, order: list[str], slot: int, s
 
 
 def rss_sample(server_pid: int) -> dict[str, int]:
-    """RSS bytes of the frontend ("frontend") and of each worker ("worker PID")."""
+    """RSS bytes of the frontend ("frontend") and of each model worker ("worker PID")."""
     try:
-        root = psutil.Process(server_pid)
-        procs = [root, *root.children(recursive=True)]
+        frontend = psutil.Process(server_pid) if is_frontend(server_pid) else None
     except psutil.Error:
+        frontend = None
+    if frontend is None:
         return {}
+    procs = {"frontend": frontend, **{f"worker {p.pid}": p for p in workers(server_pid)}}
     out = {}
-    for proc in procs:
+    for name, proc in procs.items():
         try:
-            out["frontend" if proc.pid == server_pid else f"worker {proc.pid}"] = proc.memory_info().rss
+            out[name] = proc.memory_info().rss
         except psutil.Error:
             continue
     return out

@@ -19,6 +19,8 @@ import psutil
 from movierec.torchserve.errors import ServeError
 
 JAVA_MAIN = "org.pytorch.serve.ModelServer"
+# The frontend also starts short-lived children (its system-metrics collector, once a minute).
+WORKER_MAIN = "model_service_worker"
 PID_FILE = ".model_server.pid"
 # Worker sockets are TMPDIR/.ts.sock.<port>; AF_UNIX paths must stay under 108 bytes.
 MAX_TMPDIR_LEN = 90
@@ -75,6 +77,22 @@ def is_frontend(pid: int) -> bool:
         return JAVA_MAIN in psutil.Process(pid).cmdline()
     except psutil.Error:
         return False
+
+
+def workers(pid: int) -> list[psutil.Process]:
+    """The model workers of the frontend pid; none if it has gone."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    out = []
+    for child in children:
+        try:
+            if any(WORKER_MAIN in arg for arg in child.cmdline()):
+                out.append(child)
+        except psutil.Error:
+            continue
+    return out
 
 
 def instance_processes(pid: int, pgid: int, tmp_dir: str) -> list[psutil.Process]:
