@@ -57,7 +57,7 @@ from model.index import IdIndex
 from model.metrics import RELEVANT_RATING, K, popular_top_k, top_k_metrics
 from model.net import ARCHS, EmbeddingNet, NetConfig
 from model.protocol import MIN_MOVIE_RATINGS
-from model.ranking import RankTrainConfig, fit_ranker
+from model.ranking import ENCODE_USERS, USER_FACTORS, RankTrainConfig, fit_ranker
 from movierec.flags import add_retired
 
 
@@ -106,7 +106,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--n-dot", type=int, help=f"dot-product factors of --arch fused (default {FUSED_N_DOT}; 0 for embedding-net)"
     )
     r = RankTrainConfig()
-    p.add_argument("--rank-epochs", type=int, default=r.epochs, help="the ranker's epochs (top-K lists)")
+    p.add_argument(
+        "--rank-epochs",
+        type=int,
+        help="the ranker's epochs (top-K lists; default: 60, or 10 when users are encoded from their movies)",
+    )
     p.add_argument(
         "--rank-factors",
         type=int,
@@ -119,6 +123,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=r.users_per_step,
         help="the ranker's users per step (at least; more on larger data, see model/ranking.py step_plan)",
+    )
+    p.add_argument(
+        "--rank-user-factors",
+        choices=USER_FACTORS,
+        default=r.user_factors,
+        help="the ranker's user factors: free rows, or encoded from the movies each user rated "
+        f"(default auto: encoded from {ENCODE_USERS:,} users on)",
     )
     add_retired(p, "--rank-batch", "the ranker steps over users (--rank-users)", type=int)
     p.add_argument("--val-frac", type=float, default=d.val_frac, help="random validation fraction (0 < f < 1)")
@@ -437,11 +448,12 @@ def rank_config(args: argparse.Namespace) -> RankTrainConfig:
     """The ranker's recipe from the command line (a run resumed from before the ranker takes the defaults)."""
     d = RankTrainConfig()
     return RankTrainConfig(
-        epochs=getattr(args, "rank_epochs", d.epochs),
+        epochs=getattr(args, "rank_epochs", None) or d.epochs,
         users_per_step=getattr(args, "rank_users", d.users_per_step),
         lr=getattr(args, "rank_lr", d.lr),
         wd=getattr(args, "rank_wd", d.wd),
         n_factors=getattr(args, "rank_factors", None) or d.n_factors,
+        user_factors=getattr(args, "rank_user_factors", d.user_factors),
     )
 
 

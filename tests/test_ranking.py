@@ -76,11 +76,13 @@ def _planted(n_users=80, n_movies=60, seed=0):
     return np.array(users), np.array(movies), np.full(len(users), 5.0, dtype=np.float32)
 
 
-def test_the_ranker_learns_who_picks_what():
+@pytest.mark.parametrize("user_factors", ["free", "movies"])
+def test_the_ranker_learns_who_picks_what(user_factors):
     """Fitted on planted tastes, each user's best unseen movies are from their own half."""
     users, movies, ratings = _planted()
-    cfg = RankTrainConfig(epochs=30, users_per_step=8, lr=3e-2, wd=1e-3, n_factors=8)
-    model, history, _ = fit_ranker(users, movies, ratings, 80, 60, cfg, torch.device("cpu"), seed=0, quiet=True)
+    cfg = RankTrainConfig(epochs=30, users_per_step=8, lr=3e-2, wd=1e-3, n_factors=8, user_factors=user_factors)
+    model, history, plan = fit_ranker(users, movies, ratings, 80, 60, cfg, torch.device("cpu"), seed=0, quiet=True)
+    assert plan.user_factors == user_factors
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     with torch.no_grad():
         scores = model.u.weight @ model.m.weight.T + model.mb.weight.T
@@ -88,6 +90,27 @@ def test_the_ranker_learns_who_picks_what():
     top = scores.topk(5, dim=1).indices.numpy()
     own_half = (top >= 30) == (np.arange(80)[:, None] % 2 == 1)
     assert own_half.mean() > 0.9
+
+
+def test_encoded_users_are_the_weighted_sum_of_their_movies_embeddings():
+    """The served rows of an encoded ranker are its encoder over each user's movies, none dropped."""
+    users, movies, ratings = _planted(n_users=20, n_movies=30)
+    ratings[::3] = 2.0
+    cfg = RankTrainConfig(epochs=2, users_per_step=8, n_factors=4, user_factors="movies")
+    torch.manual_seed(1)
+    encoder = ranking.MovieEncoder(30, 4)
+    users_t = torch.from_numpy(users)
+    order = torch.argsort(users_t, stable=True)
+    indptr = torch.from_numpy(np.concatenate([[0], np.cumsum(np.bincount(users, minlength=20))]))
+    weight = 1 + 4 * (torch.from_numpy(ratings) - 2.0) / 3.0
+    model = DotRanker(RankerConfig(20, 30, 4))
+    ranking._encode_users(model, encoder, indptr, torch.from_numpy(movies)[order], weight[order], torch.arange(20), 8)
+    for u in (0, 7, 19):
+        mine = users == u
+        w = weight[torch.from_numpy(mine)]
+        expected = (encoder.e.weight[torch.from_numpy(movies[mine])] * w[:, None]).sum(0) / w.norm()
+        torch.testing.assert_close(model.u.weight[u], expected)
+    assert fit_ranker(users, movies, ratings, 20, 30, cfg, torch.device("cpu"), quiet=True)[2].user_factors == "movies"
 
 
 def test_the_loss_over_users_is_the_weighted_cross_entropy_of_each_rating():
@@ -100,18 +123,31 @@ def test_the_loss_over_users_is_the_weighted_cross_entropy_of_each_rating():
     per_rating = users[local]
     logits = model.u(per_rating) @ model.m.weight.T + model.mb.weight.T
     expected = (torch.nn.functional.cross_entropy(logits, movies, reduction="none") * weight).sum() / weight.sum()
-    got = softmax_loss(model, users, local, movies, weight).item()
+    got = softmax_loss(model, model.u(users), local, movies, weight).item()
     assert got == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_larger_data_takes_more_users_a_step_within_the_logits_cap():
     """The ML-100K recipe as it is; 1M ratings keep its steps per epoch; ML-25M's catalogue caps the step."""
-    cfg = RankTrainConfig()
-    assert step_plan(943, 1682, cfg) == StepPlan(32, 60, cfg.lr, 128)
-    assert step_plan(6502, 2362, cfg) == StepPlan(217, 60, pytest.approx(cfg.lr * 217 / 32), 128)
+    cfg = RankTrainConfig(user_factors="free")
+    assert step_plan(943, 1682, cfg) == StepPlan(32, 60, cfg.lr, 128, "free")
+    assert step_plan(6502, 2362, cfg) == StepPlan(217, 60, pytest.approx(cfg.lr * 217 / 32), 128, "free")
     plan = step_plan(162_541, 59_047, cfg)
     assert plan.users_per_step * 59_047 <= ranking.MAX_LOGITS < (plan.users_per_step + 1) * 59_047
     assert plan.epochs == ranking.MIN_EPOCHS
+    assert plan.lr == ranking.MAX_LR < cfg.lr * plan.users_per_step / cfg.users_per_step
+    assert step_plan(162_541, 59_047, RankTrainConfig(lr=0.1)).lr == 0.1
+
+
+def test_many_users_are_encoded_from_their_movies_with_fewer_epochs():
+    """Left to the plan, ML-100K's 943 users get free rows and 60 epochs; 1M ratings' 6.5k users are encoded."""
+    auto = RankTrainConfig()
+    small, large = step_plan(943, 1682, auto), step_plan(ranking.ENCODE_USERS, 2362, auto)
+    assert (small.user_factors, small.epochs) == ("free", ranking.FREE_EPOCHS)
+    assert (large.user_factors, large.epochs) == ("movies", ranking.ENCODED_EPOCHS)
+    assert step_plan(943, 1682, RankTrainConfig(user_factors="movies", epochs=25)).epochs == 25
+    with pytest.raises(ValueError, match="user_factors must be one of auto, free, movies"):
+        step_plan(943, 1682, RankTrainConfig(user_factors="users"))
 
 
 def test_a_large_catalogue_gets_fewer_factors_unless_they_are_given():
