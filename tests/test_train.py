@@ -399,3 +399,15 @@ def test_a_ranker_that_learned_is_not_flagged(tmp_path, synth_data, capsys):
 def test_a_model_that_learned_is_not_flagged(tiny_artifact):
     metrics = json.loads((tiny_artifact / "metadata.json").read_text())["metrics"]
     assert metrics["beats_global_mean"] is True
+
+
+def test_a_ranker_with_encoded_users_is_exported_served_and_flagged_as_learned(tmp_path, synth_data, capsys):
+    """--rank-user-factors movies (the default from 5,000 users): the artifact records it and its lists beat popular."""
+    out = quick_run(
+        synth_data[0], tmp_path / "encoded", "--rank-user-factors", "movies", "--rank-factors", "16", "--epochs", "1"
+    )
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["ranker"]["plan"]["user_factors"] == "movies"
+    assert meta["ranker"]["export_max_abs_diff"] <= train.PARITY_TOL
+    assert meta["metrics"]["ranker_beats_popular"] is True
+    assert "most-popular" not in capsys.readouterr().err
