@@ -67,6 +67,10 @@ class Recommender:
         # Rows for IDs the model never saw (None without cold-start data: a format v1 artifact).
         self.average_user, self.average_movie = self._add_average_rows(artifact.cold_start)
         self.global_mean = None if artifact.cold_start is None else artifact.cold_start.global_mean
+        if self.ranker is not None:
+            # Rare movies get a -inf bias for ranking only, so one addmv per user both adds the bias
+            # and masks them: no separate pass over the 59k-movie row for each.
+            self._rank_offset = self._rank_bias.masked_fill(self._rare, float("-inf"))
 
     @torch.inference_mode()
     def _add_average_rows(self, cold: ColdStart | None) -> tuple[int | None, int | None]:
@@ -183,7 +187,7 @@ class Recommender:
         return answers
 
     def _block_scores(self, users: torch.Tensor) -> torch.Tensor:
-        """[users, movies] ranker scores: one matrix-vector product per user into the same scratch row.
+        """[users, movies] ranker scores, rare movies -inf: one matrix-vector product per user into one scratch row.
 
         Per user rather than one matmul per block, so that a user's bits do not depend on the block.
         """
@@ -192,8 +196,8 @@ class Recommender:
             self._topk_row = torch.empty(n_movies, device=self.device)
         scores = torch.empty(len(users), n_movies, device=self.device)
         for i, u in enumerate(users.tolist()):
-            scores[i] = torch.mv(self._rank_movie, self._rank_user[u], out=self._topk_row)
-        return scores.add_(self._rank_bias)
+            scores[i] = torch.addmv(self._rank_offset, self._rank_movie, self._rank_user[u], out=self._topk_row)
+        return scores
 
     def _block_logits(self, users: torch.Tensor) -> torch.Tensor:
         """[users, movies] logits: per slice of movies and per user, add + ReLU into one buffer, then a BLAS mv.
@@ -222,8 +226,10 @@ class Recommender:
 
     def _top_k_block(self, user_rows: np.ndarray, k: int, exclude_rated: bool) -> list[tuple[np.ndarray, np.ndarray]]:
         users = torch.from_numpy(user_rows).to(self.device)
-        logit = self._block_scores(users) if self.ranker is not None else self._block_logits(users)
-        logit.masked_fill_(self._rare, float("-inf"))
+        if self.ranker is not None:
+            logit = self._block_scores(users)
+        else:
+            logit = self._block_logits(users).masked_fill_(self._rare, float("-inf"))
         available = np.full(len(user_rows), self._n_eligible, dtype=np.int64)
         if exclude_rated:
             rated = [self.artifact.rated_by(int(u)).astype(np.int64) for u in user_rows.tolist()]
