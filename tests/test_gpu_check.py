@@ -10,6 +10,7 @@ import pytest
 
 from model.artifact import load_artifact
 from model.core import PARITY_TOL
+from model.protocol import SCORE_DECIMALS
 from movierec.bench import gpu_check
 from tests.conftest import TINY_TRAIN_ARGS
 
@@ -44,6 +45,12 @@ def test_compare_finds_differences_injected_into_real_handler_output(real_answer
     within = copy.deepcopy(real_answers)
     within[first(within, "rating")][1]["rating"] += PARITY_TOL / 2
     assert gpu_check.compare(real_answers, within)["problems"] == []
+
+    # Within PARITY_TOL before rounding, one rounding step apart after: seen on an H200 at 25M ratings.
+    rounded = copy.deepcopy(real_answers)
+    i = first(rounded, "rating")
+    rounded[i][1]["rating"] = round(rounded[i][1]["rating"] + 10.0**-SCORE_DECIMALS, SCORE_DECIMALS)
+    assert gpu_check.compare(real_answers, rounded)["problems"] == []
 
     rating = copy.deepcopy(real_answers)
     rating[first(rating, "rating")][1]["rating"] += 3 * PARITY_TOL
@@ -85,7 +92,7 @@ def test_handler_parity_loads_two_handlers_and_catches_a_drifting_device(model_d
     assert [gpu_id for gpu_id, _ in loaded] == [None, None]
     assert loaded[0][1].service.rec is not loaded[1][1].service.rec
     assert parity["max_abs_diff"] == pytest.approx(1e-3, rel=1e-3)
-    assert parity["problems"] == ["largest rating difference 1.00e-03 > 0.0001"]
+    assert parity["problems"] == ["largest rating difference 1.00e-03 > 0.0002 (rounded answers)"]
 
 
 def test_gpu_check_runs_end_to_end_on_the_cpu(synth_data, tmp_path, capsys, monkeypatch):
@@ -103,7 +110,7 @@ def test_gpu_check_runs_end_to_end_on_the_cpu(synth_data, tmp_path, capsys, monk
     assert len(loads) == 2 and loads[0].service is not loads[1].service
     parity = result["handler_parity"]
     assert parity["requests"] == 20 and {200, 400, 404} <= set(parity["statuses"])
-    assert parity["max_abs_diff"] <= PARITY_TOL
+    assert parity["max_abs_diff"] <= gpu_check.ANSWER_TOL
     assert 0 < result["train"]["val_rmse"] < 1.0
     assert result["timings"]["cpu"]["pairs_per_s"] > 0
     assert "handler on cpu vs CPU over 20 mixed requests" in capsys.readouterr().out

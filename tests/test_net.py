@@ -62,6 +62,20 @@ def test_fused_adds_a_dot_product_at_the_logit_and_scripts_the_same():
     torch.testing.assert_close(torch.jit.script(fused)(users, movies), fused(users, movies))
 
 
+@pytest.mark.parametrize(("arch", "n_dot"), [("embedding-net", 0), ("fused", 3)])
+def test_no_zero_width_table_reaches_autograd(arch, n_dot):
+    """CUDA's embedding backward crashes on a zero-width table (an illegal memory access), so the
+    lesson's net must train without one: its empty dot tables stay in the artifact but get no gradient."""
+    net = EmbeddingNet(NetConfig(6, 9, n_factors=4, nh=8, arch=arch, n_dot=n_dot))
+    trained = [name for name, p in net.named_parameters() if p.requires_grad]
+    assert all(dict(net.named_parameters())[name].numel() > 0 for name in trained)
+    assert ("ud.weight" in trained) == (n_dot > 0) and ("md.weight" in trained) == (n_dot > 0)
+    users, movies = all_pairs()
+    (net(users, movies) - 4.0).pow(2).mean().backward()
+    assert (net.ud.weight.grad is None) == (n_dot == 0)
+    assert {"ud.weight", "md.weight"} <= set(torch.jit.script(net.eval()).state_dict())
+
+
 @pytest.mark.parametrize(("arch", "n_dot"), [("embedding-net", 2), ("fused", 0), ("mlp", 0)])
 def test_an_arch_and_dot_width_that_do_not_go_together_are_refused(arch, n_dot):
     with pytest.raises(ValueError, match="arch"):
