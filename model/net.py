@@ -71,7 +71,6 @@ class EmbeddingNet(nn.Module):
         # The lesson's net keeps zero-width dot tables so that both archs script to one shape. They must
         # stay out of autograd: CUDA's embedding backward reads a null pointer for a zero-width table
         # (an illegal memory access that killed every embedding-net run on a GPU).
-        self.n_dot = cfg.n_dot
         for emb in (self.ud, self.md):
             emb.weight.requires_grad_(cfg.n_dot > 0)
 
@@ -80,6 +79,6 @@ class EmbeddingNet(nn.Module):
         x = self.drop1(torch.cat([self.u(users), self.m(movies)], dim=1))
         x = self.drop2(F.relu(self.lin1(x)))
         logit = self.lin2(x).squeeze(1) + self.ub(users).squeeze(1) + self.mb(movies).squeeze(1)
-        if self.n_dot > 0:
+        if self.ud.embedding_dim > 0:
             logit = logit + (self.ud(users) * self.md(movies)).sum(1)
         return torch.sigmoid(logit) * (self.y_max - self.y_min + 1) + self.y_min - 0.5

@@ -7,7 +7,8 @@ This is the one script to run on a machine with CUDA (no TorchServe or Java need
 It trains with train.py's defaults on the chosen device, loads the artifact through the handler
 the way TorchServe does on an assigned GPU (gpu_id 0), and checks that every reply of a mixed
 batch (single pairs, instances, top-K, bad requests) matches the CPU handler: same statuses,
-ratings within model.core.PARITY_TOL plus the answers' rounding step, the same top-K movies. It also times in-process scoring on both devices.
+ratings within model.core.PARITY_TOL plus the answers' rounding step, the same top-K movies.
+It also times in-process scoring on both devices.
 With --device cpu it runs the same code end to end, which is how the tests keep it working.
 With --scale-ratings N it trains on ML-25M-shaped generated data of N ratings instead (the scale
 path: 25000095 is ML-25M's size) and reports the validation RMSE against the data's known floor.
